@@ -1,0 +1,159 @@
+// Package appliance builds the subsystems of edgesbc from a validated
+// configuration, starts them in order, serves the local admin socket and
+// stops everything in reverse order. It owns process-wide concerns (the
+// slog bridge for sipgo, file descriptor limits); it knows no SIP itself.
+package appliance
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"runtime"
+	"syscall"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/edgesbc/edgesbc/appliance/config"
+	"github.com/edgesbc/edgesbc/media"
+	"github.com/edgesbc/edgesbc/sbc"
+)
+
+// Options are the run-time settings that do not belong in the config file.
+type Options struct {
+	// AdminSocket is the path of the unix admin socket; empty disables it.
+	AdminSocket string
+	// Ready is called once every listener is up.
+	Ready func()
+}
+
+// Agent is a running edgesbc.
+type Agent struct {
+	log   hclog.Logger
+	relay *media.Relay
+	sbc   *sbc.Server
+}
+
+// Status is what the admin socket reports.
+type Status struct {
+	sbc.Status
+	Sessions   int `json:"sessions"`
+	PortsInUse int `json:"ports_in_use"`
+	Goroutines int `json:"goroutines"`
+}
+
+// Run builds the subsystems from cfg, starts them and blocks until ctx ends,
+// then shuts down gracefully: stop taking calls, drain them with BYE, release
+// media.
+func Run(ctx context.Context, cfg *config.Config, opts Options, log hclog.Logger) error {
+	raiseFileLimit(log)
+	sl := NewSlogLogger(log.Named("sip"))
+	sip.SetDefaultLogger(sl)
+
+	a := &Agent{log: log}
+	var srv *sbc.Server
+	relay, err := media.NewRelay(media.Config{
+		PortMin:    cfg.Media.PortMin,
+		PortMax:    cfg.Media.PortMax,
+		Quarantine: cfg.Media.Quarantine,
+		Timeout:    cfg.Media.Timeout,
+		OnTimeout: func(id media.SessionID) {
+			if srv != nil {
+				srv.OnMediaTimeout(id)
+			}
+		},
+		Username: "edgesbc",
+	}, log.Named("media"))
+	if err != nil {
+		return fmt.Errorf("start media relay: %w", err)
+	}
+	a.relay = relay
+	defer relay.Shutdown()
+
+	srv, err = sbc.NewServer(SBCConfig(cfg), relay, sbc.Hooks{}, log.Named("sbc"), sl)
+	if err != nil {
+		return fmt.Errorf("build sbc: %w", err)
+	}
+	a.sbc = srv
+
+	runCtx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := srv.Start(runCtx); err != nil {
+		return fmt.Errorf("start sbc: %w", err)
+	}
+	if opts.AdminSocket != "" {
+		stop, err := serveAdmin(opts.AdminSocket, a, log.Named("admin"))
+		if err != nil {
+			srv.Shutdown(context.Background())
+			return fmt.Errorf("start admin socket: %w", err)
+		}
+		defer stop()
+	}
+	log.Info("edgesbc ready", "zones", len(cfg.Zones), "peers", len(cfg.Peers))
+	if opts.Ready != nil {
+		opts.Ready()
+	}
+	<-ctx.Done()
+	log.Info("stopping", "calls", srv.Status().Calls)
+	srv.Shutdown(context.Background())
+	log.Info("stopped")
+	return nil
+}
+
+// Status reports the current state of every subsystem.
+func (a *Agent) Status() Status {
+	return Status{
+		Status:     a.sbc.Status(),
+		Sessions:   a.relay.Sessions(),
+		PortsInUse: a.relay.PortsInUse(),
+		Goroutines: runtime.NumGoroutine(),
+	}
+}
+
+// SBCConfig maps the file's values onto the signaling core's own Config.
+func SBCConfig(cfg *config.Config) sbc.Config {
+	out := sbc.Config{
+		UserAgent:      cfg.SIP.UserAgent,
+		MaxMessageSize: cfg.SIP.MaxMessageSize,
+		InviteTimeout:  cfg.SIP.InviteTimeout,
+	}
+	for _, z := range cfg.Zones {
+		out.Zones = append(out.Zones, sbc.ZoneConfig{
+			Name:      z.Name,
+			Address:   z.Address,
+			SIPPort:   z.SIPPort,
+			Advertise: z.Advertise,
+			Networks:  append([]netip.Prefix(nil), z.Networks...),
+		})
+	}
+	for _, p := range cfg.Peers {
+		out.Peers = append(out.Peers, sbc.PeerConfig{
+			Name:        p.Name,
+			Kind:        sbc.PeerKind(p.Kind),
+			Zone:        p.Zone,
+			Address:     p.Address,
+			Host:        p.Host,
+			Sources:     append([]netip.Prefix(nil), p.Sources...),
+			KeepHeaders: append([]string(nil), p.KeepHeaders...),
+		})
+	}
+	return out
+}
+
+// raiseFileLimit lifts the soft RLIMIT_NOFILE to the hard limit: every call
+// holds four media sockets per stream.
+func raiseFileLimit(log hclog.Logger) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return
+	}
+	if lim.Cur < lim.Max {
+		old := lim.Cur
+		lim.Cur = lim.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			log.Warn("cannot raise open file limit", "soft", old, "hard", lim.Max, "error", err)
+			return
+		}
+		log.Debug("raised open file limit", "from", old, "to", lim.Max)
+	}
+}

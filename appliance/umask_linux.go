@@ -1,0 +1,7 @@
+//go:build linux
+
+package appliance
+
+import "syscall"
+
+func syscallUmask(m int) int { return syscall.Umask(m) }

@@ -1,0 +1,179 @@
+// Command edgesbc is the edgesbc Session Border Controller.
+//
+//	edgesbc run    -config FILE [-admin SOCKET]   run the daemon
+//	edgesbc check  -config FILE                   validate a config file and exit
+//	edgesbc status [-admin SOCKET]                print the running daemon's status as JSON
+//	edgesbc example                               print the embedded example config
+//	edgesbc version
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/edgesbc/edgesbc/appliance"
+	"github.com/edgesbc/edgesbc/appliance/config"
+	"github.com/edgesbc/edgesbc/examples"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const (
+	defaultConfig = "/etc/edgesbc/edgesbc.hcl"
+	defaultAdmin  = "/run/edgesbc/admin.sock"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, `usage: edgesbc <command> [flags]
+
+commands:
+  run      run the daemon            (-config FILE, -admin SOCKET)
+  check    validate a config file    (-config FILE)
+  status   print daemon status JSON  (-admin SOCKET)
+  example  print the embedded example configuration
+  version  print the version`)
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return 2
+	}
+	cmd, args := args[0], args[1:]
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", defaultConfig, "configuration file (HCL)")
+	admin := fs.String("admin", defaultAdmin, "admin unix socket path (empty disables it)")
+	switch cmd {
+	case "run":
+		if err := fs.Parse(args); err != nil {
+			return 2
+		}
+		return cmdRun(*cfgPath, *admin, stderr)
+	case "check":
+		if err := fs.Parse(args); err != nil {
+			return 2
+		}
+		return cmdCheck(*cfgPath, stdout, stderr)
+	case "status":
+		if err := fs.Parse(args); err != nil {
+			return 2
+		}
+		return cmdStatus(*admin, stdout, stderr)
+	case "example":
+		_, _ = stdout.Write(examples.Default)
+		return 0
+	case "version", "-version", "--version":
+		fmt.Fprintln(stdout, "edgesbc", version)
+		return 0
+	case "help", "-h", "-help", "--help":
+		usage(stdout)
+		return 0
+	}
+	fmt.Fprintf(stderr, "edgesbc: unknown command %q\n", cmd)
+	usage(stderr)
+	return 2
+}
+
+// load parses and validates a config file, printing every problem as
+// file:line:col. It returns nil when the file is not usable.
+func load(path string, stderr io.Writer) *config.Config {
+	cfg, files, diags := config.Load(path)
+	if len(diags) > 0 {
+		_ = config.WriteDiagnostics(stderr, files, diags)
+	}
+	if diags.HasErrors() {
+		return nil
+	}
+	return cfg
+}
+
+func cmdCheck(path string, stdout, stderr io.Writer) int {
+	cfg := load(path, stderr)
+	if cfg == nil {
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d zones, %d peers)\n", path, len(cfg.Zones), len(cfg.Peers))
+	return 0
+}
+
+func cmdRun(path, admin string, stderr io.Writer) int {
+	cfg := load(path, stderr)
+	if cfg == nil {
+		fmt.Fprintln(stderr, "edgesbc: configuration has errors, not starting")
+		return 1
+	}
+	log := hclog.New(&hclog.LoggerOptions{
+		Name:   "edgesbc",
+		Level:  hclog.LevelFromString(cfg.Log.Level),
+		Output: stderr,
+	})
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if admin != "" {
+		if err := os.MkdirAll(dirOf(admin), 0o750); err != nil {
+			log.Error("create admin socket directory", "path", admin, "error", err)
+			return 1
+		}
+	}
+	if err := appliance.Run(ctx, cfg, appliance.Options{AdminSocket: admin}, log); err != nil {
+		log.Error("edgesbc stopped with error", "error", err)
+		return 1
+	}
+	return 0
+}
+
+func dirOf(p string) string {
+	for i := len(p) - 1; i >= 0; i-- {
+		if p[i] == '/' {
+			if i == 0 {
+				return "/"
+			}
+			return p[:i]
+		}
+	}
+	return "."
+}
+
+func cmdStatus(admin string, stdout, stderr io.Writer) int {
+	out, err := adminCommand(admin, "status")
+	if err != nil {
+		fmt.Fprintf(stderr, "edgesbc: %v\n", err)
+		return 1
+	}
+	_, _ = stdout.Write(out)
+	return 0
+}
+
+func adminCommand(path, cmd string) ([]byte, error) {
+	conn, err := net.DialTimeout("unix", path, 2*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("connect to admin socket %s: %w", path, err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := fmt.Fprintf(conn, "%s\n", cmd); err != nil {
+		return nil, fmt.Errorf("send %q: %w", cmd, err)
+	}
+	line, err := bufio.NewReader(conn).ReadBytes('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("read reply to %q: %w", cmd, err)
+	}
+	return line, nil
+}

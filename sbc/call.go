@@ -1,0 +1,957 @@
+package sbc
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/edgesbc/edgesbc/media"
+)
+
+// callState is where a Call stands. Every state has a timer that ends it:
+// early calls the invite timeout, answered calls the 2xx retransmission
+// limit (64*T1), confirmed calls the media timeout.
+type callState int
+
+const (
+	stateEarly     callState = iota // INVITE sent on leg B, no final response yet
+	stateAnswered                   // 2xx sent on leg A, waiting for its ACK
+	stateConfirmed                  // both dialogs confirmed
+	stateEnded                      // released; late messages find no dialog
+)
+
+func (s callState) String() string {
+	return [...]string{"early", "answered", "confirmed", "ended"}[s]
+}
+
+// Leg is one SIP dialog of a Call, seen from the SBC: on leg A the SBC is the
+// UAS, on leg B the UAC. Local and remote are the From/To values of this
+// dialog only; nothing here is ever copied to the other leg.
+type Leg struct {
+	side       media.Side
+	zone       *zone
+	peer       *peer
+	callID     string
+	localTag   string
+	remoteTag  string
+	local      sip.Uri
+	localName  string
+	remote     sip.Uri
+	remoteName string
+	localCSeq  uint32 // last CSeq we used for a request on this leg
+	remoteCSeq uint32 // highest CSeq received on this leg
+	target     sip.Uri   // remote target: the peer's Contact
+	routes     []sip.Uri // route set (RFC 3261 §12.1)
+	dest       string    // where requests go: the peer, never the Contact host
+	learned    foreignSet
+}
+
+// Call is one B2BUA call: leg A toward the caller and leg B toward the callee.
+//
+// sipgo runs every request in its own goroutine, so a Call serialises all of
+// its state changes with mu. Outgoing messages are sent while mu is held, so
+// that the messages of one leg leave in the order the state machine decided
+// them. Handlers tolerate reordering on the way in (a BYE before its ACK ends
+// the call; the late ACK then finds no dialog and is dropped) and refuse
+// out-of-order requests by CSeq (RFC 3261 §12.2.2).
+type Call struct {
+	id  string
+	srv *Server
+	log hclog.Logger
+
+	mu        sync.Mutex // guards everything below
+	state     callState
+	legs      [2]*Leg
+	inReq     *sip.Request // leg A's INVITE
+	inTx      sip.ServerTransaction
+	outReq    *sip.Request // leg B's INVITE
+	lateOffer bool         // leg A's INVITE had no SDP: offer comes in B's 2xx, answer in A's ACK
+	earlySDP  []byte       // last SDP answer relayed to A in a provisional
+	bAck      *sip.Request // ACK sent (or deferred) on leg B
+	bAckSent  bool
+	a2xx      *sip.Response // 2xx sent on leg A, retransmitted until ACK
+	retrans   *time.Timer
+	provSeen  bool // leg B sent a provisional: CANCEL is allowed (RFC 3261 §9.1)
+	cancelled bool // leg A cancelled, or we gave up on leg B
+	cancelTx  bool // CANCEL already sent on leg B
+	aborted   chan int
+	keys      []dialogKey
+	mediaOpen bool
+	rec       CallRecord
+}
+
+func newID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func newTag() string { return sip.GenerateTagN(12) }
+
+func newCall(s *Server, from, to *peer, req *sip.Request, tx sip.ServerTransaction) *Call {
+	c := &Call{
+		id:      newID(),
+		srv:     s,
+		inReq:   req,
+		inTx:    tx,
+		aborted: make(chan int, 1),
+	}
+	c.log = s.log.Named("call").With("call", c.id)
+	fromH, toH := req.From(), req.To()
+	remoteTag, _ := fromH.Params.Get("tag")
+	a := &Leg{
+		side:       media.A,
+		zone:       from.zone,
+		peer:       from,
+		callID:     req.CallID().Value(),
+		localTag:   newTag(),
+		remoteTag:  remoteTag,
+		local:      toH.Address,
+		localName:  toH.DisplayName,
+		remote:     fromH.Address,
+		remoteName: fromH.DisplayName,
+		localCSeq:  randCSeq(),
+		remoteCSeq: req.CSeq().SeqNo,
+		dest:       sourceOrPeer(req, from),
+	}
+	if ct := msgContact(req); ct != nil {
+		a.target = ct.Address
+	} else {
+		a.target = fromH.Address
+	}
+	for _, h := range req.GetHeaders("Record-Route") {
+		if rr, ok := h.(*sip.RecordRouteHeader); ok {
+			a.routes = append(a.routes, rr.Address)
+		}
+	}
+	a.learned.learnFrom(req, s.isOwnHost)
+
+	user := req.Recipient.User
+	if user == "" {
+		user = toH.Address.User
+	}
+	b := &Leg{
+		side:       media.B,
+		zone:       to.zone,
+		peer:       to,
+		callID:     newID(),
+		localTag:   newTag(),
+		local:      sip.Uri{Scheme: "sip", User: fromH.Address.User, Host: to.zone.host},
+		localName:  fromH.DisplayName,
+		remote:     sip.Uri{Scheme: "sip", User: user, Host: to.host},
+		remoteName: toH.DisplayName,
+		localCSeq:  randCSeq(),
+		target:     sip.Uri{Scheme: "sip", User: user, Host: to.host},
+		dest:       to.dest,
+	}
+	if to.cfg.Address.Port() != 5060 && to.cfg.Host == "" {
+		b.target.Port = int(to.cfg.Address.Port())
+	}
+	c.legs = [2]*Leg{a, b}
+	c.rec = CallRecord{ID: c.id, From: fromH.Address.User, To: user, InPeer: from.cfg.Name, OutPeer: to.cfg.Name, Start: time.Now()}
+	return c
+}
+
+// sourceOrPeer is where in-dialog requests toward the caller go: the address
+// its INVITE really came from (far-end NAT friendly, RFC 3581), never the
+// host in its Contact, which may be a private name we cannot resolve.
+func sourceOrPeer(req *sip.Request, p *peer) string {
+	if src := sourceOf(req); src.IsValid() {
+		return src.String()
+	}
+	return p.dest
+}
+
+func randCSeq() uint32 {
+	var b [2]byte
+	_, _ = rand.Read(b[:])
+	return uint32(b[0])<<8 | uint32(b[1]) + 1
+}
+
+// isOwnHost reports whether host is one of the SBC's own addresses; those
+// are never treated as learned topology.
+func (s *Server) isOwnHost(host string) bool {
+	for _, z := range s.zones {
+		if strings.EqualFold(strings.Trim(z.host, "[]"), host) || z.cfg.Address.String() == host {
+			return true
+		}
+	}
+	return false
+}
+
+// foreignFor is what must not appear in a message sent on leg l.
+func (c *Call) foreignFor(l *Leg) *foreignSet {
+	other := c.legs[l.side.Other()]
+	return &foreignSet{networks: l.zone.foreign, addrs: other.learned.addrs, hosts: other.learned.hosts}
+}
+
+// run carries the call from leg A's INVITE to its final response. It runs in
+// the INVITE handler's goroutine and returns only when leg A has a final
+// response, because sipgo ends the server transaction when it returns.
+func (c *Call) run() {
+	s := c.srv
+	a, b := c.legs[media.A], c.legs[media.B]
+	if !s.addCall(c) {
+		s.respond(a.zone, c.inReq, c.inTx, 503, nil)
+		return
+	}
+	s.counters.callsTotal.Add(1)
+	c.keys = []dialogKey{
+		{zone: a.zone, callID: a.callID, localTag: a.localTag},
+		{zone: b.zone, callID: b.callID, localTag: b.localTag},
+	}
+	s.register(c.keys[0], legRef{call: c, side: media.A})
+	s.register(c.keys[1], legRef{call: c, side: media.B})
+	c.log.Debug("new call", "from_peer", a.peer.cfg.Name, "to_peer", b.peer.cfg.Name, "from", c.rec.From, "to", c.rec.To)
+
+	// register for CANCEL before anything leaves on leg B, so none is missed
+	cancelled := make(chan struct{})
+	var once sync.Once
+	if !c.inTx.OnCancel(func(*sip.Request) { once.Do(func() { close(cancelled) }) }) {
+		once.Do(func() { close(cancelled) })
+	}
+
+	if rej := c.checkRequire(); rej != nil {
+		c.finishEarly(rej.Code, rej, []sip.Header{sip.NewHeader("Unsupported", rej.Reason)})
+		return
+	}
+
+	c.mu.Lock()
+	body, err := c.anchorOffer()
+	if err != nil {
+		c.mu.Unlock()
+		code := 488
+		if errors.Is(err, media.ErrPoolExhausted) {
+			code = 503
+		}
+		c.finishEarly(code, err, nil)
+		return
+	}
+	req := c.buildInvite(body)
+	c.outReq = req
+	c.send(b, req)
+	c.mu.Unlock()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	tx, err := b.zone.client.TransactionRequest(ctx, req, noBuild)
+	if err != nil {
+		c.finishEarly(503, fmt.Errorf("send invite to %s: %w", b.peer.cfg.Name, err), nil)
+		return
+	}
+	defer tx.Terminate()
+
+	inviteTimer := time.NewTimer(s.cfg.InviteTimeout)
+	defer inviteTimer.Stop()
+	var giveUp <-chan time.Time // bounds the wait for leg B's final response after a CANCEL
+	for {
+		select {
+		case res := <-tx.Responses():
+			if c.onInviteResponse(res) {
+				return
+			}
+		case <-tx.Done():
+			c.onInviteFailed(tx.Err())
+			return
+		case <-cancelled:
+			cancelled = nil
+			c.mu.Lock()
+			c.rec.EndReason = "caller cancel"
+			c.rec.Status = 487 // sipgo has answered 487 on leg A
+			c.abandonLegB()
+			c.mu.Unlock()
+			giveUp = time.After(64 * sip.T1)
+		case <-inviteTimer.C:
+			c.log.Debug("no answer in time, cancelling", "timeout", s.cfg.InviteTimeout)
+			c.mu.Lock()
+			c.rec.EndReason = "no answer"
+			c.respondA(408, nil, nil)
+			c.abandonLegB()
+			c.mu.Unlock()
+			giveUp = time.After(64 * sip.T1)
+		case code := <-c.aborted:
+			c.mu.Lock()
+			if !c.cancelled {
+				c.respondA(code, nil, nil)
+			}
+			c.abandonLegB()
+			c.mu.Unlock()
+			giveUp = time.After(64 * sip.T1)
+		case <-giveUp:
+			c.mu.Lock()
+			c.end()
+			c.mu.Unlock()
+			return
+		}
+	}
+}
+
+// checkRequire refuses extensions the SBC does not implement yet (RFC 3261
+// §8.2.2.3). 100rel and timer come with complete dialog handling.
+func (c *Call) checkRequire() *Reject {
+	var unsupported []string
+	for _, h := range c.inReq.GetHeaders("Require") {
+		for _, opt := range strings.Split(h.Value(), ",") {
+			if opt = strings.TrimSpace(opt); opt != "" {
+				unsupported = append(unsupported, opt)
+			}
+		}
+	}
+	if len(unsupported) == 0 {
+		return nil
+	}
+	return &Reject{Code: 420, Reason: strings.Join(unsupported, ", "), Err: errors.New("unsupported Require")}
+}
+
+// finishEarly answers leg A with a final error before leg B exists.
+func (c *Call) finishEarly(code int, err error, extra []sip.Header) {
+	c.log.Info("call refused", "code", code, "error", err)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.respondA(code, nil, extra)
+	c.rec.EndReason = "refused"
+	c.end()
+}
+
+// anchorOffer opens the media session and rewrites leg A's SDP offer for leg
+// B. Without SDP the call is a late offer.
+func (c *Call) anchorOffer() ([]byte, error) {
+	body := sdpBody(c.inReq)
+	if body == nil {
+		c.lateOffer = true
+	}
+	m := c.srv.media
+	if m == nil {
+		return body, nil
+	}
+	a, b := c.legs[media.A], c.legs[media.B]
+	if err := m.Open(media.SessionID(c.id), mediaAddress(a.zone), mediaAddress(b.zone)); err != nil {
+		return nil, fmt.Errorf("open media session: %w", err)
+	}
+	c.mediaOpen = true
+	if body == nil {
+		return nil, nil
+	}
+	out, err := m.Offer(media.SessionID(c.id), media.A, body)
+	if err != nil {
+		return nil, fmt.Errorf("anchor offer: %w", err)
+	}
+	return out, nil
+}
+
+func mediaAddress(z *zone) media.Address {
+	return media.Address{Bind: z.cfg.Address, Advertise: z.cfg.Advertise}
+}
+
+// sdpBody returns the message body if it is SDP.
+func sdpBody(msg sip.Message) []byte {
+	body := msg.Body()
+	if len(body) == 0 {
+		return nil
+	}
+	ct := msg.GetHeaders("Content-Type")
+	if len(ct) == 0 {
+		return nil
+	}
+	v := strings.ToLower(strings.TrimSpace(ct[0].Value()))
+	if i := strings.IndexByte(v, ';'); i >= 0 {
+		v = strings.TrimSpace(v[:i])
+	}
+	if v != "application/sdp" {
+		return nil
+	}
+	return body
+}
+
+// passHeaders are copied from one leg's INVITE to the other's: they carry
+// no topology. Everything else is rebuilt or dropped; a peer's keep_headers
+// extends the list toward that peer.
+var passHeaders = []string{"Subject", "Priority", "Privacy", "Accept", "Accept-Language", "Session-Expires", "Min-SE"}
+
+// buildInvite builds leg B's INVITE from scratch (RFC 3261 §8.1.1).
+func (c *Call) buildInvite(body []byte) *sip.Request {
+	a, b := c.legs[media.A], c.legs[media.B]
+	req := sip.NewRequest(sip.INVITE, *b.target.Clone())
+	req.AppendHeader(c.srv.via(b.zone))
+	mf := sip.MaxForwardsHeader(70)
+	if in := c.inReq.MaxForwards(); in != nil && in.Val() > 0 {
+		mf = sip.MaxForwardsHeader(in.Val() - 1)
+	}
+	req.AppendHeader(&mf)
+	req.AppendHeader(c.fromHeader(b))
+	req.AppendHeader(c.toHeader(b))
+	cid := sip.CallIDHeader(b.callID)
+	req.AppendHeader(&cid)
+	b.localCSeq++
+	req.AppendHeader(&sip.CSeqHeader{SeqNo: b.localCSeq, MethodName: sip.INVITE})
+	req.AppendHeader(c.srv.contact(b.zone))
+	req.AppendHeader(sip.NewHeader("Allow", allowMethods))
+	req.AppendHeader(sip.NewHeader("User-Agent", c.srv.cfg.UserAgent))
+	copyAllowed(c.inReq, req, b.peer)
+	_ = a
+	if body != nil {
+		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	}
+	req.SetBody(body)
+	req.Laddr = b.zone.laddr
+	req.SetDestination(b.dest)
+	return req
+}
+
+func copyAllowed(from, to sip.Message, toward *peer) {
+	for _, name := range passHeaders {
+		for _, h := range from.GetHeaders(name) {
+			to.AppendHeader(sip.NewHeader(h.Name(), h.Value()))
+		}
+	}
+	if toward == nil {
+		return
+	}
+	for name := range toward.keep {
+		for _, h := range from.GetHeaders(name) {
+			to.AppendHeader(sip.NewHeader(h.Name(), h.Value()))
+		}
+	}
+}
+
+func (c *Call) fromHeader(l *Leg) *sip.FromHeader {
+	p := sip.NewParams()
+	p.Add("tag", l.localTag)
+	return &sip.FromHeader{DisplayName: l.localName, Address: l.local, Params: p}
+}
+
+func (c *Call) toHeader(l *Leg) *sip.ToHeader {
+	p := sip.NewParams()
+	if l.remoteTag != "" {
+		p.Add("tag", l.remoteTag)
+	}
+	return &sip.ToHeader{DisplayName: l.remoteName, Address: l.remote, Params: p}
+}
+
+// inDialog builds a request within leg l's dialog (RFC 3261 §12.2.1.1).
+func (c *Call) inDialog(l *Leg, method sip.RequestMethod, seq uint32) *sip.Request {
+	req := sip.NewRequest(method, *l.target.Clone())
+	req.AppendHeader(c.srv.via(l.zone))
+	mf := sip.MaxForwardsHeader(70)
+	req.AppendHeader(&mf)
+	for _, r := range l.routes {
+		req.AppendHeader(&sip.RouteHeader{Address: r})
+	}
+	if l.side == media.A {
+		// on leg A we are the UAS: our URI is its To, the caller's its From
+		req.AppendHeader(&sip.FromHeader{DisplayName: l.localName, Address: l.local, Params: tagParams(l.localTag)})
+		req.AppendHeader(&sip.ToHeader{DisplayName: l.remoteName, Address: l.remote, Params: tagParams(l.remoteTag)})
+	} else {
+		req.AppendHeader(c.fromHeader(l))
+		req.AppendHeader(c.toHeader(l))
+	}
+	cid := sip.CallIDHeader(l.callID)
+	req.AppendHeader(&cid)
+	req.AppendHeader(&sip.CSeqHeader{SeqNo: seq, MethodName: method})
+	req.AppendHeader(sip.NewHeader("User-Agent", c.srv.cfg.UserAgent))
+	req.SetBody(nil)
+	req.Laddr = l.zone.laddr
+	req.SetDestination(l.dest)
+	return req
+}
+
+func tagParams(tag string) sip.HeaderParams {
+	p := sip.NewParams()
+	if tag != "" {
+		p.Add("tag", tag)
+	}
+	return p
+}
+
+// send runs the leak guard over a message about to leave on leg l.
+func (c *Call) send(l *Leg, msg sip.Message) {
+	if touched := c.srv.guard.scrub(msg, c.foreignFor(l)); len(touched) > 0 {
+		c.log.Warn("leak guard removed content", "leg", l.side, "zone", l.zone.cfg.Name, "headers", strings.Join(touched, ","))
+	}
+}
+
+// respondA sends a response on leg A's INVITE transaction. Caller holds mu.
+func (c *Call) respondA(code int, body []byte, extra []sip.Header) {
+	a := c.legs[media.A]
+	res := sip.NewResponseFromRequest(c.inReq, code, reasonPhrase(code), nil)
+	if code > 100 {
+		if to := res.To(); to != nil {
+			to.Params.Add("tag", a.localTag)
+		}
+	}
+	c.srv.decorateResponse(a.zone, res, code)
+	for _, h := range extra {
+		res.AppendHeader(h)
+	}
+	if body != nil {
+		res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	}
+	res.SetBody(body)
+	c.send(a, res)
+	if code >= 200 && c.rec.Status == 0 {
+		c.rec.Status = code
+	}
+	if code >= 200 && code < 300 {
+		c.a2xx = res
+	}
+	if err := c.inTx.Respond(res); err != nil {
+		c.log.Debug("respond on leg A failed", "code", code, "error", err)
+	}
+}
+
+// onInviteResponse handles one response to leg B's INVITE and reports
+// whether the INVITE transaction is finished for the call.
+func (c *Call) onInviteResponse(res *sip.Response) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b := c.legs[media.B]
+	code := res.StatusCode
+	if code == 100 {
+		return false
+	}
+	b.learned.learnFrom(res, c.srv.isOwnHost)
+	if tag, ok := res.To().Params.Get("tag"); ok && tag != "" && code < 300 {
+		b.remoteTag = tag
+	}
+	switch {
+	case code < 200:
+		c.provSeen = true
+		if c.cancelled {
+			c.sendCancel()
+			return false
+		}
+		var body []byte
+		if sdp := sdpBody(res); sdp != nil && !c.lateOffer {
+			out, err := c.anchorAnswer(sdp)
+			if err != nil {
+				c.log.Warn("early media answer refused", "error", err)
+			} else {
+				body = out
+				c.earlySDP = out
+			}
+		}
+		c.respondA(code, body, nil)
+		return false
+
+	case code < 300:
+		c.setTarget(b, res)
+		if c.cancelled || c.state == stateEnded {
+			// CANCEL/200 race (RFC 3261 §9.1): the callee answered after
+			// we gave up; confirm and immediately end its dialog
+			c.ackB(nil)
+			c.byeLeg(b)
+			c.end()
+			return true
+		}
+		return c.answered(res)
+
+	default:
+		if !c.cancelled {
+			out := code
+			if code < 400 {
+				// redirects are not followed yet, and their Contact
+				// would reveal the far side
+				out = 480
+			}
+			var extra []sip.Header
+			for _, name := range []string{"Retry-After", "Reason", "WWW-Authenticate", "Proxy-Authenticate", "Unsupported"} {
+				for _, h := range res.GetHeaders(name) {
+					extra = append(extra, sip.NewHeader(h.Name(), h.Value()))
+				}
+			}
+			c.respondA(out, nil, extra)
+			c.rec.EndReason = "callee rejected"
+		}
+		c.end()
+		return true
+	}
+}
+
+// answered relays leg B's 2xx to leg A. Caller holds mu.
+func (c *Call) answered(res *sip.Response) bool {
+	b := c.legs[media.B]
+	sdp := sdpBody(res)
+	var body []byte
+	var err error
+	switch {
+	case c.lateOffer && sdp != nil:
+		// leg B made the offer; leg A answers in its ACK, which then goes
+		// to leg B: its ACK waits until then
+		body, err = c.anchorReoffer(sdp)
+	case c.lateOffer:
+		err = errors.New("late offer answered without SDP")
+	case sdp != nil:
+		body, err = c.anchorAnswer(sdp)
+	default:
+		body = c.earlySDP
+		if body == nil && c.srv.media != nil {
+			err = errors.New("offer answered without SDP")
+		}
+	}
+	c.bAck = c.inDialog(b, sip.ACK, c.outReq.CSeq().SeqNo)
+	if err != nil {
+		c.log.Warn("callee answer unusable", "error", err)
+		c.ackB(nil)
+		c.byeLeg(b)
+		c.respondA(502, nil, nil)
+		c.rec.EndReason = "bad answer"
+		c.end()
+		return true
+	}
+	if !c.lateOffer {
+		c.ackB(nil)
+	}
+	c.state = stateAnswered
+	c.rec.Answer = time.Now()
+	c.srv.counters.callsAnswered.Add(1)
+	c.respondA(200, body, nil)
+	c.startRetransmit()
+	c.log.Debug("call answered", "setup_ms", c.rec.Answer.Sub(c.rec.Start).Milliseconds())
+	return true
+}
+
+func (c *Call) setTarget(l *Leg, res *sip.Response) {
+	if ct := msgContact(res); ct != nil {
+		l.target = ct.Address
+	}
+	// the UAC's route set is the Record-Route of the 2xx in reverse order
+	var routes []sip.Uri
+	for _, h := range res.GetHeaders("Record-Route") {
+		if rr, ok := h.(*sip.RecordRouteHeader); ok {
+			routes = append([]sip.Uri{rr.Address}, routes...)
+		}
+	}
+	l.routes = routes
+}
+
+func (c *Call) anchorAnswer(sdp []byte) ([]byte, error) {
+	if c.srv.media == nil {
+		return sdp, nil
+	}
+	return c.srv.media.Answer(media.SessionID(c.id), media.B, sdp)
+}
+
+func (c *Call) anchorReoffer(sdp []byte) ([]byte, error) {
+	if c.srv.media == nil {
+		return sdp, nil
+	}
+	return c.srv.media.Offer(media.SessionID(c.id), media.B, sdp)
+}
+
+// ackB sends (or resends) leg B's ACK for its 2xx. Caller holds mu.
+func (c *Call) ackB(body []byte) {
+	b := c.legs[media.B]
+	if c.bAck == nil {
+		c.bAck = c.inDialog(b, sip.ACK, c.outReq.CSeq().SeqNo)
+	}
+	if body != nil {
+		c.bAck.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		c.bAck.SetBody(body)
+	}
+	c.send(b, c.bAck)
+	if err := b.zone.client.WriteRequest(c.bAck, noBuild); err != nil {
+		c.log.Debug("send ack on leg B", "error", err)
+	}
+	c.bAckSent = true
+}
+
+// onRetransmitted2xx re-ACKs a 2xx retransmission from leg B.
+func (c *Call) onRetransmitted2xx(res *sip.Response) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.bAckSent && c.bAck != nil {
+		b := c.legs[media.B]
+		if err := b.zone.client.WriteRequest(c.bAck, noBuild); err != nil {
+			c.log.Debug("resend ack on leg B", "error", err)
+		}
+	}
+}
+
+// startRetransmit resends leg A's 2xx until its ACK arrives (RFC 3261
+// §13.3.1.4): T1, doubling up to T2, for at most 64*T1; without an ACK by
+// then the call ends with BYE on both legs.
+func (c *Call) startRetransmit() {
+	interval := sip.T1
+	deadline := time.Now().Add(64 * sip.T1)
+	var tick func()
+	tick = func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.state != stateAnswered {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.log.Warn("no ACK for 2xx on leg A, ending call")
+			c.rec.EndReason = "no ack"
+			c.byeBoth()
+			return
+		}
+		if err := c.inTx.Respond(c.a2xx); err != nil {
+			c.log.Debug("2xx retransmission", "error", err)
+		}
+		interval *= 2
+		if interval > sip.T2 {
+			interval = sip.T2
+		}
+		c.retrans = time.AfterFunc(interval, tick)
+	}
+	c.retrans = time.AfterFunc(interval, tick)
+}
+
+// onInviteFailed handles leg B's INVITE transaction ending without a final
+// response: Timer B (no answer at all) or a transport error.
+func (c *Call) onInviteFailed(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.cancelled && c.state == stateEarly {
+		code := 408
+		if err != nil && errors.Is(err, sip.ErrTransactionTransport) {
+			code = 503
+		}
+		c.log.Info("callee did not answer", "code", code, "error", err)
+		c.respondA(code, nil, nil)
+		c.rec.EndReason = "callee timeout"
+	}
+	if c.state == stateEarly {
+		c.end()
+	}
+}
+
+// abandonLegB gives up on leg B while it is early. Caller holds mu.
+func (c *Call) abandonLegB() {
+	if c.cancelled {
+		return
+	}
+	c.cancelled = true
+	if c.provSeen {
+		c.sendCancel()
+	}
+}
+
+// sendCancel cancels leg B's INVITE (RFC 3261 §9.1): same Request-URI,
+// Call-ID, To, From, CSeq number and top Via as the INVITE.
+func (c *Call) sendCancel() {
+	if c.cancelTx || c.outReq == nil {
+		return
+	}
+	c.cancelTx = true
+	b := c.legs[media.B]
+	inv := c.outReq
+	req := sip.NewRequest(sip.CANCEL, *inv.Recipient.Clone())
+	req.AppendHeader(inv.Via().Clone())
+	mf := sip.MaxForwardsHeader(70)
+	req.AppendHeader(&mf)
+	req.AppendHeader(c.fromHeader(b))
+	to := inv.To()
+	req.AppendHeader(&sip.ToHeader{DisplayName: to.DisplayName, Address: to.Address, Params: to.Params.Clone()})
+	cid := sip.CallIDHeader(b.callID)
+	req.AppendHeader(&cid)
+	req.AppendHeader(&sip.CSeqHeader{SeqNo: inv.CSeq().SeqNo, MethodName: sip.CANCEL})
+	req.AppendHeader(sip.NewHeader("User-Agent", c.srv.cfg.UserAgent))
+	req.SetBody(nil)
+	req.Laddr = b.zone.laddr
+	req.SetDestination(b.dest)
+	c.runTx(b, req)
+}
+
+// runTx sends a non-INVITE request and waits for its outcome in the
+// background, bounded by Timer F. The server waits for these on shutdown.
+func (c *Call) runTx(l *Leg, req *sip.Request) {
+	c.send(l, req)
+	s := c.srv
+	s.callWG.Add(1)
+	go func() {
+		defer s.callWG.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 64*sip.T1+time.Second)
+		defer cancel()
+		tx, err := l.zone.client.TransactionRequest(ctx, req, noBuild)
+		if err != nil {
+			c.log.Debug("send request", "method", req.Method, "leg", l.side, "error", err)
+			return
+		}
+		defer tx.Terminate()
+		for {
+			select {
+			case res := <-tx.Responses():
+				if res.StatusCode >= 200 {
+					return
+				}
+			case <-tx.Done():
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+}
+
+// byeLeg ends one confirmed leg. Caller holds mu.
+func (c *Call) byeLeg(l *Leg) {
+	l.localCSeq++
+	c.runTx(l, c.inDialog(l, sip.BYE, l.localCSeq))
+}
+
+// byeBoth ends an answered call from the SBC's side. Caller holds mu.
+func (c *Call) byeBoth() {
+	if c.lateOffer && !c.bAckSent && c.bAck != nil {
+		c.ackB(nil)
+	}
+	c.byeLeg(c.legs[media.A])
+	c.byeLeg(c.legs[media.B])
+	c.end()
+}
+
+// hangup ends the call from the SBC's side, whatever its state: used for
+// shutdown and media timeout.
+func (c *Call) hangup(reason string, code int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch c.state {
+	case stateEarly:
+		if c.rec.EndReason == "" {
+			c.rec.EndReason = reason
+		}
+		select {
+		case c.aborted <- code:
+		default:
+		}
+	case stateAnswered, stateConfirmed:
+		c.rec.EndReason = reason
+		c.byeBoth()
+	}
+}
+
+func (c *Call) onAck(side media.Side, req *sip.Request) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if side != media.A || c.state != stateAnswered {
+		return // retransmission or stray: ACKs are never answered
+	}
+	if req.CSeq() == nil || c.inReq.CSeq() == nil || req.CSeq().SeqNo != c.inReq.CSeq().SeqNo {
+		return
+	}
+	c.state = stateConfirmed
+	if c.retrans != nil {
+		c.retrans.Stop()
+	}
+	c.legs[media.A].learned.learnFrom(req, c.srv.isOwnHost)
+	if c.lateOffer {
+		var body []byte
+		if sdp := sdpBody(req); sdp != nil {
+			out, err := c.answerFromA(sdp)
+			if err != nil {
+				c.log.Warn("late-offer answer from caller unusable", "error", err)
+				c.rec.EndReason = "bad answer"
+				c.ackB(nil)
+				c.byeLeg(c.legs[media.A])
+				c.byeLeg(c.legs[media.B])
+				c.end()
+				return
+			}
+			body = out
+		}
+		c.ackB(body)
+	}
+}
+
+func (c *Call) answerFromA(sdp []byte) ([]byte, error) {
+	if c.srv.media == nil {
+		return sdp, nil
+	}
+	return c.srv.media.Answer(media.SessionID(c.id), media.A, sdp)
+}
+
+func (c *Call) onBye(side media.Side, req *sip.Request, tx sip.ServerTransaction) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l := c.legs[side]
+	if seq := req.CSeq().SeqNo; seq < l.remoteCSeq {
+		c.srv.respond(l.zone, req, tx, 500, nil)
+		return
+	}
+	l.remoteCSeq = req.CSeq().SeqNo
+	if c.state == stateEnded {
+		c.srv.respond(l.zone, req, tx, 481, nil)
+		return
+	}
+	c.srv.respond(l.zone, req, tx, 200, nil)
+	if c.state == stateEarly {
+		// a BYE in an early dialog (only leg B can have one): treat it
+		// as the callee giving up
+		c.rec.EndReason = "callee bye early"
+		select {
+		case c.aborted <- 480:
+		default:
+		}
+		return
+	}
+	if c.retrans != nil {
+		c.retrans.Stop()
+	}
+	if side == media.A {
+		c.rec.EndReason = "caller bye"
+	} else {
+		c.rec.EndReason = "callee bye"
+	}
+	if c.lateOffer && !c.bAckSent && c.bAck != nil {
+		c.ackB(nil)
+	}
+	c.byeLeg(c.legs[side.Other()])
+	c.end()
+}
+
+// onReinvite refuses session changes until complete dialog handling lands;
+// the call itself is unaffected (RFC 3261 §14.2).
+func (c *Call) onReinvite(side media.Side, req *sip.Request, tx sip.ServerTransaction) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l := c.legs[side]
+	if req.CSeq().SeqNo <= l.remoteCSeq {
+		c.srv.respond(l.zone, req, tx, 500, nil)
+		return
+	}
+	l.remoteCSeq = req.CSeq().SeqNo
+	c.srv.respond(l.zone, req, tx, 488, nil)
+}
+
+// end releases everything of the call exactly once. Caller holds mu.
+func (c *Call) end() {
+	if c.state == stateEnded {
+		return
+	}
+	c.state = stateEnded
+	if c.retrans != nil {
+		c.retrans.Stop()
+	}
+	if c.mediaOpen {
+		if st, ok := c.srv.media.Close(media.SessionID(c.id), c.rec.EndReason); ok {
+			c.rec.MediaStats = st
+		}
+	}
+	c.rec.End = time.Now()
+	c.srv.removeCall(c, c.keys)
+	c.log.Debug("call ended", "reason", c.rec.EndReason, "status", c.rec.Status, "duration_ms", c.rec.End.Sub(c.rec.Start).Milliseconds())
+	if h := c.srv.hooks.CallEnded; h != nil {
+		rec := c.rec
+		go h(context.Background(), rec)
+	}
+}
+
+// OnMediaTimeout ends the call whose media stopped in both directions.
+func (s *Server) OnMediaTimeout(id media.SessionID) {
+	s.mu.RLock()
+	c := s.calls[string(id)]
+	s.mu.RUnlock()
+	if c != nil {
+		c.log.Info("media timeout, ending call")
+		c.hangup("media timeout", 408)
+	}
+}

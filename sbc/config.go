@@ -1,0 +1,98 @@
+package sbc
+
+import (
+	"context"
+	"net/netip"
+	"time"
+
+	"github.com/edgesbc/edgesbc/media"
+)
+
+// Config is everything the signaling core needs. appliance/config builds it
+// from the HCL file; this package never sees HCL.
+type Config struct {
+	Zones []ZoneConfig
+	Peers []PeerConfig
+	// UserAgent is the product string sent in User-Agent and Server headers
+	// instead of anything the far side sent.
+	UserAgent string
+	// MaxMessageSize drops datagrams larger than this before parsing.
+	MaxMessageSize int
+	// InviteTimeout bounds how long a new call may stay unanswered: the
+	// caller then gets 408 and the callee a CANCEL.
+	InviteTimeout time.Duration
+	// DrainTimeout bounds graceful shutdown (BYE transactions of calls in
+	// progress).
+	DrainTimeout time.Duration
+}
+
+// ZoneConfig is one network side of the SBC.
+type ZoneConfig struct {
+	Name    string
+	Address netip.Addr
+	SIPPort int
+	// Advertise is announced in Via, Contact and SDP instead of Address when
+	// the SBC sits behind a 1:1 NAT. Zero means Address.
+	Advertise netip.Addr
+	// Networks are the zone's own networks. The leak guard makes sure none
+	// of these addresses appear in a message sent into another zone.
+	Networks []netip.Prefix
+}
+
+// PeerKind says what a peer is, which decides routing.
+type PeerKind string
+
+const (
+	// PBX is an IP-PBX on the private side.
+	PBX PeerKind = "pbx"
+	// Trunk is a SIP-trunk carrier on the public side.
+	Trunk PeerKind = "trunk"
+)
+
+// PeerConfig is a configured remote party.
+type PeerConfig struct {
+	Name    string
+	Kind    PeerKind
+	Zone    string
+	Address netip.AddrPort
+	// Host is put in the Request-URI and To host toward this peer. Empty
+	// means the address.
+	Host string
+	// Sources are extra source prefixes accepted as this peer.
+	Sources []netip.Prefix
+	// KeepHeaders names headers (for example P-Asserted-Identity) that may
+	// cross from the other leg toward this peer. Everything not built by the
+	// SBC itself and not listed here is dropped.
+	KeepHeaders []string
+}
+
+// Media is what a Call needs from the media relay. media.Relay satisfies
+// it; a nil Media means signaling-only operation with SDP passed through
+// untouched (only for tests).
+type Media interface {
+	Open(id media.SessionID, a, b media.Address) error
+	Offer(id media.SessionID, from media.Side, body []byte) ([]byte, error)
+	Answer(id media.SessionID, from media.Side, body []byte) ([]byte, error)
+	Close(id media.SessionID, reason string) (media.Stats, bool)
+}
+
+// Hooks lets the appliance observe calls without the sbc package importing
+// it. Every field may be nil.
+type Hooks struct {
+	// CallEnded is called once per call after both legs are released.
+	CallEnded func(ctx context.Context, c CallRecord)
+}
+
+// CallRecord summarises a finished call (a CDR).
+type CallRecord struct {
+	ID         string
+	From, To   string // user parts
+	InPeer     string
+	OutPeer    string
+	Start      time.Time
+	Answer     time.Time // zero when never answered
+	End        time.Time
+	Status     int    // final status of the initial INVITE toward the caller
+	EndReason  string // "caller bye", "callee bye", "media timeout", "cancel", ...
+	MediaStats media.Stats
+}

@@ -1,0 +1,14 @@
+// Package sbc is the B2BUA core of edgesbc. It owns SIP signaling: the zones
+// the SBC listens in, the configured peers (pbx and trunk blocks), routing of
+// new calls, the two dialogs (legs) of every Call, topology hiding on egress
+// and the last-line leak guard.
+//
+// It does not own media packets (package media relays them behind the Media
+// seam) nor the firewall (bans reach it through the Enforcer seam, later).
+//
+// Every Call is two independent SIP dialogs. Nothing of one leg's Via,
+// Record-Route, Route, Contact, Call-ID, tags or CSeq space is carried to the
+// other leg: outgoing messages are built from scratch from the leg's own
+// state, and only user parts (numbers), display names, bodies (after SDP
+// anchoring) and an explicit allow list of headers cross between legs.
+package sbc

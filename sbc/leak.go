@@ -1,0 +1,262 @@
+package sbc
+
+import (
+	"bytes"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// foreignSet is what must never appear in a message sent into one zone: the
+// networks of every other zone, plus addresses and hostnames learned from
+// the other leg of the same call. It is built once per leg and read-only
+// afterwards.
+type foreignSet struct {
+	networks []netip.Prefix
+	addrs    []netip.Addr
+	hosts    []string // lower case
+}
+
+func (f *foreignSet) isForeignAddr(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range f.networks {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	for _, x := range f.addrs {
+		if x == a {
+			return true
+		}
+	}
+	return false
+}
+
+// leaks reports whether s mentions a foreign address or hostname.
+func (f *foreignSet) leaks(s string) bool {
+	if s == "" {
+		return false
+	}
+	if scanAddrs(s, f.isForeignAddr) {
+		return true
+	}
+	if len(f.hosts) == 0 {
+		return false
+	}
+	ls := strings.ToLower(s)
+	for _, h := range f.hosts {
+		if strings.Contains(ls, h) {
+			return true
+		}
+	}
+	return false
+}
+
+// learnFrom adds the topology a received message reveals about its side:
+// Via sent-by hosts, Contact, From and Record-Route hosts and the host part of
+// the Call-ID. To and the Request-URI name the target, not the sender, so they
+// are not learned (they often hold our own or the far side's domain).
+func (f *foreignSet) learnFrom(msg sip.Message, own func(string) bool) {
+	add := func(host string) {
+		host = strings.Trim(strings.ToLower(host), "[]")
+		if host == "" || own(host) {
+			return
+		}
+		if a, err := netip.ParseAddr(host); err == nil {
+			a = a.Unmap()
+			if a.IsUnspecified() || a.IsLoopback() {
+				return
+			}
+			for _, x := range f.addrs {
+				if x == a {
+					return
+				}
+			}
+			if len(f.addrs) < 32 {
+				f.addrs = append(f.addrs, a)
+			}
+			return
+		}
+		// very short names ("pbx", "a") would match innocent text
+		if len(host) < 4 || !strings.Contains(host, ".") {
+			return
+		}
+		for _, x := range f.hosts {
+			if x == host {
+				return
+			}
+		}
+		if len(f.hosts) < 32 {
+			f.hosts = append(f.hosts, host)
+		}
+	}
+	for _, h := range msg.GetHeaders("Via") {
+		if v, ok := h.(*sip.ViaHeader); ok {
+			add(v.Host)
+		}
+	}
+	if c := msgContact(msg); c != nil {
+		add(c.Address.Host)
+	}
+	if fr := msg.From(); fr != nil {
+		add(fr.Address.Host)
+	}
+	for _, h := range msg.GetHeaders("Record-Route") {
+		if rr, ok := h.(*sip.RecordRouteHeader); ok {
+			add(rr.Address.Host)
+		}
+	}
+	if id := msg.CallID(); id != nil {
+		if at := strings.LastIndexByte(id.Value(), '@'); at >= 0 {
+			add(id.Value()[at+1:])
+		}
+	}
+}
+
+func msgContact(msg sip.Message) *sip.ContactHeader {
+	for _, h := range msg.GetHeaders("Contact") {
+		if c, ok := h.(*sip.ContactHeader); ok {
+			return c
+		}
+	}
+	return nil
+}
+
+// scanAddrs finds IPv4 and IPv6 literals in s and reports whether any of
+// them satisfies match. It allocates only for candidate tokens.
+func scanAddrs(s string, match func(netip.Addr) bool) bool {
+	for i := 0; i < len(s); {
+		if !isAddrChar(s[i]) {
+			i++
+			continue
+		}
+		j := i
+		for j < len(s) && isAddrChar(s[j]) {
+			j++
+		}
+		tok := strings.TrimRight(s[i:j], ":.")
+		if strings.HasPrefix(tok, ":") && !strings.HasPrefix(tok, "::") {
+			tok = tok[1:] // "a=x:10.0.0.1": the colon separates, it is no IPv6
+		}
+		if len(tok) >= 7 || (strings.Count(tok, ":") >= 2 && len(tok) >= 2) {
+			if a, err := netip.ParseAddr(tok); err == nil && match(a) {
+				return true
+			}
+			// "10.0.0.1:5060" style tokens: split off a port
+			if k := strings.LastIndexByte(tok, ':'); k > 0 && strings.Count(tok, ":") == 1 {
+				if a, err := netip.ParseAddr(tok[:k]); err == nil && match(a) {
+					return true
+				}
+			}
+		}
+		i = j
+	}
+	return false
+}
+
+func isAddrChar(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' || c == '.' || c == ':'
+}
+
+// leakGuard is the last line of defence: every message is checked just
+// before it is sent into a zone. Messages are built from scratch so this
+// should never fire; when it does, the offending header or SDP line is
+// removed and counted, and the event is logged.
+type leakGuard struct {
+	fired atomic.Uint64
+}
+
+// mandatory headers cannot be dropped; their display names and user parts
+// are cleared instead.
+var mandatoryHeaders = map[string]bool{"via": true, "from": true, "to": true, "call-id": true, "cseq": true, "max-forwards": true, "content-length": true}
+
+// scrub removes what leaks and returns the names of the headers it touched.
+func (g *leakGuard) scrub(msg sip.Message, f *foreignSet) []string {
+	var touched []string
+	all := headersOf(msg)
+	leaky := false
+	for _, h := range all {
+		if f.leaks(h.Value()) {
+			leaky = true
+			break
+		}
+	}
+	if leaky {
+		keep := make([]sip.Header, 0, len(all))
+		for _, h := range all {
+			if !f.leaks(h.Value()) {
+				keep = append(keep, h)
+				continue
+			}
+			touched = append(touched, h.Name())
+			lname := strings.ToLower(h.Name())
+			if !mandatoryHeaders[lname] {
+				continue
+			}
+			switch v := h.(type) {
+			case *sip.FromHeader:
+				v.DisplayName = ""
+				if f.leaks(v.Value()) {
+					v.Address.User = "anonymous"
+				}
+			case *sip.ToHeader:
+				v.DisplayName = ""
+				if f.leaks(v.Value()) {
+					v.Address.User = "anonymous"
+				}
+			}
+			keep = append(keep, h)
+		}
+		for _, h := range all {
+			for msg.GetHeaders(h.Name()) != nil && len(msg.GetHeaders(h.Name())) > 0 {
+				if !removeHeader(msg, h.Name()) {
+					break
+				}
+			}
+		}
+		for _, h := range keep {
+			msg.AppendHeader(h)
+		}
+	}
+	if body := msg.Body(); len(body) > 0 && f.leaks(string(body)) {
+		msg.SetBody(scrubBody(body, f))
+		touched = append(touched, "body")
+	}
+	if len(touched) > 0 {
+		g.fired.Add(1)
+	}
+	return touched
+}
+
+func scrubBody(body []byte, f *foreignSet) []byte {
+	var out bytes.Buffer
+	for _, line := range bytes.SplitAfter(body, []byte("\n")) {
+		if len(line) == 0 || f.leaks(string(line)) {
+			continue
+		}
+		out.Write(line)
+	}
+	return out.Bytes()
+}
+
+func headersOf(msg sip.Message) []sip.Header {
+	switch m := msg.(type) {
+	case *sip.Request:
+		return append([]sip.Header(nil), m.Headers()...)
+	case *sip.Response:
+		return append([]sip.Header(nil), m.Headers()...)
+	}
+	return nil
+}
+
+func removeHeader(msg sip.Message, name string) bool {
+	switch m := msg.(type) {
+	case *sip.Request:
+		return m.RemoveHeader(name)
+	case *sip.Response:
+		return m.RemoveHeader(name)
+	}
+	return false
+}
