@@ -417,9 +417,46 @@ func copyAllowed(from, to sip.Message, toward *peer) {
 	}
 	for name := range toward.keep {
 		for _, h := range from.GetHeaders(name) {
-			to.AppendHeader(sip.NewHeader(h.Name(), h.Value()))
+			to.AppendHeader(sip.NewHeader(h.Name(), rehomeIdentity(h.Value(), toward.zone.host)))
 		}
 	}
+}
+
+// rehomeIdentity rewrites the host of a name-addr header value that carries a
+// SIP identity (P-Asserted-Identity, Diversion, ...) to the SBC's own host in
+// the egress zone: the user part (the number) is what the far side needs, the
+// host would reveal the other side's domain. Values that are not a SIP
+// name-addr (tel: URIs, free text) are returned unchanged.
+func rehomeIdentity(v, host string) string {
+	var uri sip.Uri
+	params := sip.NewParams()
+	name, err := sip.ParseAddressValue(v, &uri, &params)
+	if err != nil || (uri.Scheme != "sip" && uri.Scheme != "sips") || uri.Host == "" {
+		return v
+	}
+	out := sip.Uri{Scheme: uri.Scheme, User: uri.User, Host: host}
+	if up, ok := uri.UriParams.Get("user"); ok && up == "phone" {
+		out.UriParams = sip.NewParams()
+		out.UriParams.Add("user", "phone")
+	}
+	var b strings.Builder
+	if name != "" {
+		b.WriteString(`"`)
+		b.WriteString(strings.ReplaceAll(name, `"`, ""))
+		b.WriteString(`" `)
+	}
+	b.WriteString("<")
+	b.WriteString(out.String())
+	b.WriteString(">")
+	for _, kv := range params {
+		b.WriteString(";")
+		b.WriteString(kv.K)
+		if kv.V != "" {
+			b.WriteString("=")
+			b.WriteString(kv.V)
+		}
+	}
+	return b.String()
 }
 
 func (c *Call) fromHeader(l *Leg) *sip.FromHeader {

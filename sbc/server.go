@@ -279,6 +279,13 @@ func (s *Server) Start(ctx context.Context) error {
 				s.log.Error("sip listener stopped", "zone", z.cfg.Name, "error", err)
 			}
 		}(z)
+		// ServeUDP registers the socket in sipgo's connection pool from its
+		// own goroutine; until then requests on leg B cannot be sent from
+		// it, so Start (and "ready") waits for that
+		if err := waitListening(z, ua.String()); err != nil {
+			s.closeListeners()
+			return err
+		}
 		s.log.Info("listening", "zone", z.cfg.Name, "addr", ua.String(), "transport", "udp", "advertise", z.host)
 	}
 	s.started.Store(true)
@@ -287,6 +294,19 @@ func (s *Server) Start(ctx context.Context) error {
 		s.closeListeners()
 	}()
 	return nil
+}
+
+func waitListening(z *zone, addr string) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if c, err := z.ua.TransportLayer().GetConnection("udp", addr); err == nil && c != nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("zone %s: sip listener %s did not come up", z.cfg.Name, addr)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func (s *Server) closeListeners() {
