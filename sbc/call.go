@@ -46,8 +46,8 @@ type Leg struct {
 	localName  string
 	remote     sip.Uri
 	remoteName string
-	localCSeq  uint32 // last CSeq we used for a request on this leg
-	remoteCSeq uint32 // highest CSeq received on this leg
+	localCSeq  uint32    // last CSeq we used for a request on this leg
+	remoteCSeq uint32    // highest CSeq received on this leg
 	target     sip.Uri   // remote target: the peer's Contact
 	routes     []sip.Uri // route set (RFC 3261 §12.1)
 	dest       string    // where requests go: the peer, never the Contact host
