@@ -573,3 +573,67 @@ func testSlog(t *testing.T) *slog.Logger {
 	}
 	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
+
+// establish places an answered, confirmed call from the pbx to the carrier
+// and returns leg A's 200 and leg B's INVITE.
+func (r *rig) establish(callID string) (okA, invB sip.Message) {
+	r.t.Helper()
+	r.pbx.send(r.priv, r.pbxInvite(callID, "z9hG4bK-"+callID))
+	inv, _ := r.car.recv("INVITE", "SIP/2.0 100")
+	r.car.send(r.pub, answer(inv, 200, "OK", "car-tag", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP))
+	r.car.recv("ACK")
+	ok, _ := r.pbx.recv("SIP/2.0 200", "SIP/2.0 100")
+	r.pbx.send(r.priv, fmt.Sprintf("ACK sip:x@%s SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.3:%d;branch=z9hG4bK-a%s\nMax-Forwards: 70\nFrom: %s\nTo: %s\nCall-ID: %s\nCSeq: 10 ACK\nContent-Length: 0\n\n",
+		r.priv, r.pbx.addr.Port(), callID, ok.From().Value(), ok.To().Value(), callID))
+	return ok, inv
+}
+
+// TestShutdownEndsCalls: a graceful stop sends BYE on both legs of an
+// answered call and refuses new calls with 503.
+func TestShutdownEndsCalls(t *testing.T) {
+	r := newRig(t, nil)
+	r.establish("sd-1")
+	done := make(chan struct{})
+	go func() {
+		r.srv.Shutdown(context.Background())
+		close(done)
+	}()
+	byeA, _ := r.pbx.recv("BYE", "SIP/2.0 200")
+	byeB, _ := r.car.recv("BYE", "ACK")
+	r.pbx.send(r.priv, answer(byeA, 200, "OK", "", "", ""))
+	r.car.send(r.pub, answer(byeB, 200, "OK", "", "", ""))
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("shutdown did not finish after both BYEs were answered")
+	}
+	if st := r.srv.Status(); st.Calls != 0 || st.Dialogs != 0 {
+		t.Errorf("calls left after shutdown: %+v", st)
+	}
+}
+
+// TestMediaTimeoutEndsCall: no RTP in either direction for media.timeout
+// ends the call with BYE on both legs.
+func TestMediaTimeoutEndsCall(t *testing.T) {
+	r := newRig(t, nil)
+	r.relayTimeout(t, 700*time.Millisecond)
+	r.establish("mt-1")
+	byeA, _ := r.pbx.recv("BYE", "SIP/2.0 200")
+	byeB, _ := r.car.recv("BYE", "ACK")
+	r.pbx.send(r.priv, answer(byeA, 200, "OK", "", "", ""))
+	r.car.send(r.pub, answer(byeB, 200, "OK", "", "", ""))
+	r.waitIdle()
+}
+
+// relayTimeout swaps the rig's relay for one with a short media timeout.
+func (r *rig) relayTimeout(t *testing.T, d time.Duration) {
+	t.Helper()
+	relay, err := media.NewRelay(media.Config{PortMin: 46000 + 2*(int(r.priv.Port())%1000), PortMax: 46000 + 2*(int(r.priv.Port())%1000) + 99,
+		Quarantine: 50 * time.Millisecond, Timeout: d, OnTimeout: r.srv.OnMediaTimeout}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(relay.Shutdown)
+	r.srv.media = relay
+	r.relay = relay
+}
