@@ -23,12 +23,12 @@ import (
 // raw UDP sockets driven by the test, so every byte on the wire is checked.
 
 type phone struct {
-	t    *testing.T
+	t    testing.TB
 	conn *net.UDPConn
 	addr netip.AddrPort
 }
 
-func newPhone(t *testing.T, ip string) *phone {
+func newPhone(t testing.TB, ip string) *phone {
 	t.Helper()
 	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(ip)})
 	if err != nil {
@@ -109,7 +109,7 @@ func (p *phone) expectNothing(d time.Duration, skip ...string) {
 }
 
 type rig struct {
-	t        *testing.T
+	t        testing.TB
 	srv      *Server
 	relay    *media.Relay
 	pbx, car *phone
@@ -117,7 +117,7 @@ type rig struct {
 	pub      netip.AddrPort // SBC public SIP address
 }
 
-func freePort(t *testing.T, ip string) int {
+func freePort(t testing.TB, ip string) int {
 	t.Helper()
 	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(ip)})
 	if err != nil {
@@ -127,7 +127,7 @@ func freePort(t *testing.T, ip string) int {
 	return c.LocalAddr().(*net.UDPAddr).Port
 }
 
-func newRig(t *testing.T, tweak func(*Config)) *rig {
+func newRig(t testing.TB, tweak func(*Config)) *rig {
 	t.Helper()
 	r := &rig{t: t}
 	r.pbx = newPhone(t, "127.0.0.3")
@@ -173,7 +173,7 @@ func newRig(t *testing.T, tweak func(*Config)) *rig {
 	return r
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(b), "\n"))
@@ -567,7 +567,7 @@ func TestCallsLeaveNothingBehind(t *testing.T) {
 
 var testLogLevel = hclog.Warn
 
-func testSlog(t *testing.T) *slog.Logger {
+func testSlog(t testing.TB) *slog.Logger {
 	if testLogLevel > hclog.Debug {
 		return nil
 	}
