@@ -1,0 +1,102 @@
+package media
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+)
+
+// Buffer and batch sizing.
+//
+// The budget is 2,000 concurrent calls with one audio stream: 8,000 sockets,
+// each with its own reader goroutine, far below 200 MB. Buffers that a
+// socket keeps while it waits for traffic would dominate that budget
+// (8 × 1500 B per socket is 96 MB for buffers alone), so the two I/O
+// implementations size them differently:
+//
+//   - mmsg (Linux, the default there) reads with a non-blocking recvmmsg
+//     inside syscall.RawConn.Read and borrows its batch of buffers from a
+//     shared pool only for the time between a read that found datagrams and
+//     the end of forwarding them. A parked socket holds no buffer at all, so
+//     the batch can be generous: mmsgBatchLen × maxDatagram, and the memory
+//     it costs scales with the number of sockets busy at the same instant
+//     (about GOMAXPROCS), not with the number of sockets.
+//   - xnet (portable, golang.org/x/net ReadBatch/WriteBatch) blocks inside
+//     ReadBatch with its buffers, so each socket owns them: xnetBatchRTP
+//     buffers on RTP sockets and xnetBatchRTCP on RTCP sockets, whose few
+//     packets per second never fill a batch. That is 4 × 1.5 KB + 1.5 KB per
+//     endpoint, about 30 MB of buffers at 8,000 sockets.
+//
+// maxDatagram is the Ethernet MTU: RTP senders packetize below the path MTU,
+// so larger datagrams only arrive IP-fragmented, which no deployed RTP stack
+// produces on purpose. A longer datagram is detected (MSG_TRUNC, or one spare
+// byte on the portable path), dropped and counted, never forwarded cut.
+const (
+	maxDatagram   = 1500
+	mmsgBatchLen  = 16
+	xnetBatchRTP  = 4
+	xnetBatchRTCP = 1
+)
+
+// batchIO is the datagram I/O of one relay socket: it reads datagrams from
+// the socket and writes the admitted ones out of the peer socket (the socket
+// of the same component facing the other side). Exactly one goroutine, the
+// socket's reader, calls its methods; it needs no locking.
+type batchIO interface {
+	// recv blocks until at least one datagram is read and returns how many
+	// were. It returns an error wrapping net.ErrClosed once the socket is
+	// closed.
+	recv() (int, error)
+	// datagram returns datagram i of the last recv: its payload (valid until
+	// release), its source and whether it was longer than maxDatagram.
+	datagram(i int) (payload []byte, src netip.AddrPort, truncated bool)
+	// send writes pkts, slices of the last recv's payloads, out of the peer
+	// socket to dst. It returns how many datagrams and bytes the kernel
+	// accepted; a datagram the kernel refuses is skipped, the rest are still
+	// sent, and the first error is returned for logging.
+	send(pkts [][]byte, dst netip.AddrPort) (packets, bytes int, err error)
+	// release ends the use of the last recv's payloads.
+	release()
+}
+
+// ioImpl names a batchIO implementation.
+type ioImpl int
+
+const (
+	ioDefault ioImpl = iota // platform default: ioMmsg on Linux, ioXNet elsewhere
+	ioMmsg                  // raw recvmmsg/sendmmsg, pooled buffers (Linux)
+	ioXNet                  // golang.org/x/net ipv4/ipv6 ReadBatch/WriteBatch
+)
+
+func (i ioImpl) String() string {
+	switch i {
+	case ioMmsg:
+		return "mmsg"
+	case ioXNet:
+		return "xnet"
+	}
+	return "default"
+}
+
+// newBatchIO returns the I/O of a socket reading conn and forwarding out of
+// peer.
+func newBatchIO(impl ioImpl, conn, peer *net.UDPConn, c component) (batchIO, error) {
+	switch impl {
+	case ioMmsg:
+		return newMmsgIO(conn, peer)
+	case ioXNet:
+		n := xnetBatchRTP
+		if c == compRTCP {
+			n = xnetBatchRTCP
+		}
+		return newXNetIO(conn, peer, n), nil
+	}
+	return nil, fmt.Errorf("media: unknown batch i/o %d", impl)
+}
+
+// isIPv4Socket reports whether conn is an AF_INET socket. PortPool binds
+// "udp4" for IPv4 addresses and "udp6" otherwise, so the local address tells.
+func isIPv4Socket(conn *net.UDPConn) bool {
+	ua, ok := conn.LocalAddr().(*net.UDPAddr)
+	return ok && ua.IP.To4() != nil
+}

@@ -1,0 +1,117 @@
+//go:build linux
+
+package media
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestMemoryBudget opens 2,000 calls with one audio stream each (8,000
+// sockets and reader goroutines), latches and forwards a packet in both
+// directions of every call, and checks that the process stays far below
+// 200 MB of resident memory.
+func TestMemoryBudget(t *testing.T) {
+	if testing.Short() {
+		t.Skip("memory budget: skipped in -short mode")
+	}
+	if raceEnabled {
+		t.Skip("memory budget: the race detector multiplies memory use")
+	}
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur < 4*memCalls+500 {
+		t.Skipf("memory budget: needs %d file descriptors, limit is %d", 4*memCalls+500, lim.Cur)
+	}
+	for _, impl := range ioImpls() {
+		t.Run(impl.String(), func(t *testing.T) { memoryBudget(t, impl) })
+	}
+}
+
+const memCalls = 2000
+
+func memoryBudget(t *testing.T, impl ioImpl) {
+	const calls = memCalls
+	base := runtime.NumGoroutine()
+	runtime.GC()
+	rss0 := residentBytes(t)
+
+	lo, _ := testPortRange(4*calls + 1000)
+	r := newTestRelay(t, impl, func(c *Config) { c.PortMin, c.PortMax = lo, lo+4*calls+999 })
+	a, b := newPhone(t, phoneAIP, false), newPhone(t, phoneBIP, true)
+	a.rtp.SetReadBuffer(4 << 20)
+	b.rtp.SetReadBuffer(4 << 20)
+	offer, answer := a.sdp(1), b.sdp(1)
+	calls_ := make([]*call, calls)
+	for i := range calls_ {
+		c := &call{id: SessionID(fmt.Sprintf("call-mem-%d", i))}
+		openCall(t, r, c.id)
+		var err error
+		if c.offer, err = r.Offer(c.id, A, offer); err != nil {
+			t.Fatalf("Offer %d: %v", i, err)
+		}
+		if c.answer, err = r.Answer(c.id, B, answer); err != nil {
+			t.Fatalf("Answer %d: %v", i, err)
+		}
+		c.toB, _ = anchorOf(t, c.offer, 0)
+		c.toA, _ = anchorOf(t, c.answer, 0)
+		calls_[i] = c
+	}
+	pa, pb := rtpPacket(t, 0, 1, 1), rtpPacket(t, 0, 1, 2)
+	drained := make(chan int, 2)
+	go func() { drained <- len(collect(b.rtp, calls, 30*time.Second, 0)) }()
+	go func() { drained <- len(collect(a.rtp, calls, 30*time.Second, 0)) }()
+	for _, c := range calls_ {
+		sendTo(t, a.rtp, c.toA, pa)
+		sendTo(t, b.rtp, c.toB, pb)
+	}
+	if got := <-drained + <-drained; got != 2*calls {
+		t.Fatalf("phones got %d packets, want %d", got, 2*calls)
+	}
+
+	runtime.GC()
+	rss := residentBytes(t)
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	t.Logf("%d calls, %d sockets, %d goroutines: RSS %.1f MB (%.1f MB above start), heap in use %.1f MB, stacks %.1f MB",
+		calls, 4*calls, runtime.NumGoroutine(), mb(rss), mb(rss-rss0), mb(ms.HeapInuse), mb(ms.StackInuse))
+	if rss > 200<<20 {
+		t.Errorf("RSS %.1f MB exceeds the 200 MB budget", mb(rss))
+	}
+
+	r.Shutdown()
+	if r.pool.Allocated() != 0 || r.Sessions() != 0 {
+		t.Errorf("after Shutdown: Allocated %d, Sessions %d", r.pool.Allocated(), r.Sessions())
+	}
+	waitGoroutines(t, base)
+}
+
+func mb(n uint64) float64 { return float64(n) / (1 << 20) }
+
+// residentBytes reads VmRSS from /proc/self/status.
+func residentBytes(t *testing.T) uint64 {
+	t.Helper()
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		t.Skipf("memory budget: %v", err)
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if rest, ok := strings.CutPrefix(s.Text(), "VmRSS:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			if err != nil {
+				t.Fatalf("parse VmRSS %q: %v", rest, err)
+			}
+			return kb << 10
+		}
+	}
+	t.Skip("memory budget: no VmRSS in /proc/self/status")
+	return 0
+}

@@ -1,0 +1,244 @@
+package media
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// Relay anchors the media of every call: it owns the PortPool, the sessions
+// and their sockets, and the janitor that reports idle sessions.
+//
+// Locking: mu guards sessions and closed, and nothing else; it is never held
+// while a session's own lock is taken, so a slow Offer or Close of one call
+// does not stall the others. See session for what session.mu guards.
+//
+// Goroutines: one janitor per Relay (started by NewRelay, stopped by
+// Shutdown), four readers per active stream (one per socket, stopped by the
+// stream's or session's close), and one short-lived goroutine per idle
+// session, running OnTimeout or the relay's own Close (the latter waited
+// for by Shutdown).
+type Relay struct {
+	cfg   Config
+	log   hclog.Logger
+	pool  *PortPool
+	epoch time.Time // origin of nanotime; carries the monotonic clock
+
+	mu       sync.Mutex
+	sessions map[SessionID]*session
+	closed   bool
+
+	stop        chan struct{}
+	janitorDone chan struct{}
+	stopOnce    sync.Once
+	closers     sync.WaitGroup // Close calls the janitor started for idle sessions
+	readers     atomic.Int64   // running reader goroutines, for tests and leak checks
+}
+
+// NewRelay validates cfg, fills in defaults and starts the janitor.
+func NewRelay(cfg Config, log hclog.Logger) (*Relay, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if cfg.batchIO == ioDefault {
+		cfg.batchIO = defaultIO
+	}
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	pool, err := NewPortPool(cfg.PortMin, cfg.PortMax, cfg.Quarantine)
+	if err != nil {
+		return nil, err
+	}
+	r := &Relay{
+		cfg:         cfg,
+		log:         log.Named("media"),
+		pool:        pool,
+		epoch:       time.Now(),
+		sessions:    make(map[SessionID]*session),
+		stop:        make(chan struct{}),
+		janitorDone: make(chan struct{}),
+	}
+	go r.janitor()
+	r.log.Info("relay started", "port_min", cfg.PortMin, "port_max", cfg.PortMax, "pairs", pool.Size(),
+		"io", cfg.batchIO)
+	return r, nil
+}
+
+// nanotime is the relay's monotonic clock in nanoseconds; it never goes
+// back when the wall clock is set.
+func (r *Relay) nanotime() int64 { return int64(time.Since(r.epoch)) }
+
+// Open creates the session of a call. a and b are the SBC's addresses
+// facing leg A (the caller) and leg B (the callee). No port is bound until
+// the first Offer. The idle timer starts now.
+func (r *Relay) Open(id SessionID, a, b Address) error {
+	var err error
+	if a, err = a.normalize(); err != nil {
+		return fmt.Errorf("open session %s side A: %w", id, err)
+	}
+	if b, err = b.normalize(); err != nil {
+		return fmt.Errorf("open session %s side B: %w", id, err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case r.closed:
+		return fmt.Errorf("open session %s: %w", id, ErrRelayClosed)
+	case r.sessions[id] != nil:
+		return fmt.Errorf("open session %s: %w", id, ErrSessionExists)
+	}
+	r.sessions[id] = newSession(r, id, a, b)
+	r.log.Debug("session opened", "call", string(id), "bind_a", a.Bind, "bind_b", b.Bind)
+	return nil
+}
+
+func (r *Relay) session(id SessionID) *session {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.sessions[id]
+}
+
+// Offer anchors an SDP offer received from side from and returns the body
+// to send to from.Other(): the same offer with the SBC's advertised address
+// of that side and the ports of its endpoints. A re-offer with the same m=
+// lines keeps every port; added m= lines get new streams; m= lines with port
+// 0 get no sockets (and lose them if they had some).
+func (r *Relay) Offer(id SessionID, from Side, body []byte) ([]byte, error) {
+	if !from.valid() {
+		return nil, fmt.Errorf("offer for session %s: invalid side %v", id, from)
+	}
+	s := r.session(id)
+	if s == nil {
+		return nil, fmt.Errorf("offer for session %s: %w", id, ErrNoSession)
+	}
+	return s.negotiate(from, body, true)
+}
+
+// Answer anchors an SDP answer received from side from and returns the body
+// to send to from.Other(). It may be called more than once for one offer
+// (early media in a 183, then the 200): each call updates the expected
+// remote and allocates nothing.
+func (r *Relay) Answer(id SessionID, from Side, body []byte) ([]byte, error) {
+	if !from.valid() {
+		return nil, fmt.Errorf("answer for session %s: invalid side %v", id, from)
+	}
+	s := r.session(id)
+	if s == nil {
+		return nil, fmt.Errorf("answer for session %s: %w", id, ErrNoSession)
+	}
+	return s.negotiate(from, body, false)
+}
+
+// Close ends a session: its sockets are closed, its reader goroutines have
+// exited and its ports are in quarantine when Close returns. It returns the
+// final counters, and false if the session was not open. Close is
+// idempotent and safe to call concurrently with any other method.
+func (r *Relay) Close(id SessionID, reason string) (Stats, bool) {
+	r.mu.Lock()
+	s := r.sessions[id]
+	delete(r.sessions, id)
+	r.mu.Unlock()
+	if s == nil {
+		return Stats{}, false
+	}
+	st := s.close()
+	t := st.Total()
+	r.log.Debug("session closed", "call", string(id), "reason", reason, "streams", len(st.Streams),
+		"packets", t.Packets, "forwarded", t.Forwarded, "dropped_stranger", t.DroppedStranger)
+	return st, true
+}
+
+// Stats returns a snapshot of a session's counters, and false if it is not
+// open.
+func (r *Relay) Stats(id SessionID) (Stats, bool) {
+	s := r.session(id)
+	if s == nil {
+		return Stats{}, false
+	}
+	return s.stats(), true
+}
+
+// Sessions returns the number of open sessions.
+func (r *Relay) Sessions() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.sessions)
+}
+
+// PortsInUse returns the port pairs that cannot be allocated right now:
+// bound to a stream or waiting out their quarantine.
+func (r *Relay) PortsInUse() int { return r.pool.InUse() }
+
+// Shutdown stops the janitor and closes every session. Open fails with
+// ErrRelayClosed afterwards. It does not wait for OnTimeout callbacks that
+// are still running: they belong to the caller, which may itself be
+// shutting down.
+func (r *Relay) Shutdown() {
+	r.stopOnce.Do(func() { close(r.stop) })
+	<-r.janitorDone
+	r.closers.Wait()
+	r.mu.Lock()
+	r.closed = true
+	ids := make([]SessionID, 0, len(r.sessions))
+	for id := range r.sessions {
+		ids = append(ids, id)
+	}
+	r.mu.Unlock()
+	for _, id := range ids {
+		r.Close(id, "shutdown")
+	}
+	r.log.Info("relay stopped", "sessions", len(ids))
+}
+
+// janitorTick is how often idle sessions are looked for: about a second,
+// finer for short timeouts so they are reported within a quarter of their
+// length.
+func janitorTick(timeout time.Duration) time.Duration {
+	return min(time.Second, max(timeout/4, 10*time.Millisecond))
+}
+
+// janitor reports sessions without admitted RTP for cfg.Timeout. It reads
+// each session's activity clock atomically and holds r.mu only to copy the
+// session list.
+func (r *Relay) janitor() {
+	defer close(r.janitorDone)
+	t := time.NewTicker(janitorTick(r.cfg.Timeout))
+	defer t.Stop()
+	var batch []*session
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-t.C:
+		}
+		batch = batch[:0]
+		r.mu.Lock()
+		for _, s := range r.sessions {
+			batch = append(batch, s)
+		}
+		r.mu.Unlock()
+		now := r.nanotime()
+		for _, s := range batch {
+			idle := time.Duration(now - s.lastActivity.Load())
+			if idle < r.cfg.Timeout || !s.timedOut.CompareAndSwap(false, true) {
+				continue
+			}
+			r.log.Info("media timeout", "call", string(s.id), "idle", idle.Round(time.Millisecond))
+			if cb := r.cfg.OnTimeout; cb != nil {
+				go cb(s.id)
+			} else {
+				r.closers.Add(1)
+				go func(id SessionID) {
+					defer r.closers.Done()
+					r.Close(id, "media timeout")
+				}(s.id)
+			}
+		}
+		clear(batch) // do not keep closed sessions reachable
+	}
+}

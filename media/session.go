@@ -1,0 +1,390 @@
+package media
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/edgesbc/edgesbc/media/sdp"
+	"github.com/hashicorp/go-hclog"
+)
+
+// SessionID names the media of one call. It equals the sbc CallID.
+type SessionID string
+
+// Side is one leg of a call.
+type Side int
+
+const (
+	A Side = 0 // inbound leg: the caller
+	B Side = 1 // outbound leg: the callee
+)
+
+// Other returns the opposite side.
+func (s Side) Other() Side {
+	if s == A {
+		return B
+	}
+	return A
+}
+
+func (s Side) valid() bool { return s == A || s == B }
+
+func (s Side) String() string {
+	switch s {
+	case A:
+		return "A"
+	case B:
+		return "B"
+	}
+	return fmt.Sprintf("Side(%d)", int(s))
+}
+
+// session is the media of one call.
+//
+// Locking: mu guards closed, streams (and everything inside each stream
+// except the reader-owned parts of relay sockets) and origins. It is held
+// for the whole of an Offer, Answer, Close or Stats, including socket binds
+// and waiting for reader goroutines to exit; reader goroutines never take
+// it, so that cannot deadlock. Lock order: session.mu, then PortPool.mu.
+// lastActivity and timedOut are atomics shared with the readers and the
+// janitor.
+type session struct {
+	id    SessionID
+	relay *Relay
+	log   hclog.Logger
+	addrs [2]Address // indexed by Side, normalized
+
+	lastActivity atomic.Int64 // Relay.nanotime of the last admitted RTP batch
+	timedOut     atomic.Bool  // OnTimeout was called
+
+	mu      sync.Mutex
+	closed  bool
+	streams []*stream
+	// origins are the o= lines of the SDP sent toward each side: a stable
+	// session id per side and a version bumped by every body sent
+	// (RFC 3264 §8).
+	origins [2]sdp.Origin
+}
+
+func newSession(r *Relay, id SessionID, a, b Address) *session {
+	s := &session{
+		id:    id,
+		relay: r,
+		log:   r.log.With("call", string(id)),
+		addrs: [2]Address{a, b},
+	}
+	for side := range s.origins {
+		// 62 random bits, never zero: o= ids are decimal numbers that some
+		// stacks parse as signed 64-bit.
+		s.origins[side] = sdp.Origin{Username: r.cfg.Username, SessionID: rand.Uint64()>>2 | 1}
+	}
+	s.lastActivity.Store(r.nanotime())
+	return s
+}
+
+// touch records media activity. Two readers of a session may race here;
+// both store nearly the same instant, and skipping stores that would move
+// the clock by less than a millisecond keeps the cache line quiet.
+func (s *session) touch() {
+	now := s.relay.nanotime()
+	if now-s.lastActivity.Load() >= int64(time.Millisecond) {
+		s.lastActivity.Store(now)
+	}
+}
+
+// announced is what a side's SDP says about one m= line.
+type announced struct {
+	active    bool
+	rtp, rtcp netip.AddrPort // invalid on hold (unspecified address)
+}
+
+// negotiate applies an offer or answer received from side from and returns
+// the body to send to the other side.
+//
+// It is transactional: the body is parsed and checked, new endpoints are
+// bound and the rewritten body is built before anything visible changes,
+// so a failure leaves the session as it was and leaks no port.
+func (s *session) negotiate(from Side, body []byte, offer bool) ([]byte, error) {
+	what := "answer"
+	if offer {
+		what = "offer"
+	}
+	desc, err := sdp.Parse(body)
+	if err != nil {
+		return nil, fmt.Errorf("parse %s from side %v: %w: %w", what, from, ErrBadSDP, err)
+	}
+	media := desc.Media()
+	to := from.Other()
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, fmt.Errorf("%s from side %v for session %s: %w", what, from, s.id, ErrNoSession)
+	}
+	if !offer && len(media) > len(s.streams) {
+		// RFC 3264 §6: the answer has exactly the offer's m= lines.
+		return nil, fmt.Errorf("answer from side %v has %d m= lines, offer had %d: %w",
+			from, len(media), len(s.streams), ErrBadSDP)
+	}
+	ann := make([]announced, len(media))
+	for i, m := range media {
+		ann[i], err = s.announcement(from, m)
+		if err != nil {
+			return nil, fmt.Errorf("%s from side %v: %w", what, from, err)
+		}
+		if !offer && ann[i].active && !s.streams[i].active() {
+			return nil, fmt.Errorf("answer from side %v accepts m= line %d that the offer disabled: %w",
+				from, i, ErrBadSDP)
+		}
+	}
+
+	// Bind the endpoints of m= lines that become active. Only offers add
+	// or re-enable streams.
+	fresh := make([][2]*endpoint, len(media))
+	discard := func() {
+		for _, eps := range fresh {
+			s.dropUnstarted(eps)
+		}
+	}
+	for i := range media {
+		if !ann[i].active || (i < len(s.streams) && s.streams[i].active()) {
+			continue
+		}
+		if fresh[i], err = s.allocate(i); err != nil {
+			discard()
+			return nil, fmt.Errorf("%s from side %v: %w", what, from, err)
+		}
+	}
+
+	ports := make([]int, len(media))
+	for i := range media {
+		switch {
+		case !ann[i].active:
+			ports[i] = 0
+		case fresh[i][to] != nil:
+			ports[i] = fresh[i][to].port
+		default:
+			ports[i] = s.streams[i].eps[to].port
+		}
+	}
+	origin := s.origins[to]
+	origin.Version++
+	out, err := desc.Rewrite(sdp.Anchor{Addr: s.addrs[to].Advertise, Ports: ports, Origin: origin})
+	if err != nil {
+		discard()
+		if errors.Is(err, sdp.ErrInvalidAnchor) {
+			return nil, fmt.Errorf("rewrite %s from side %v: %w", what, from, err)
+		}
+		return nil, fmt.Errorf("rewrite %s from side %v: %w: %w", what, from, ErrBadSDP, err)
+	}
+
+	// Commit.
+	s.origins[to] = origin
+	for i, m := range media {
+		if i == len(s.streams) {
+			s.streams = append(s.streams, &stream{index: i})
+		}
+		st := s.streams[i]
+		st.kind = m.Kind
+		switch {
+		case ann[i].active:
+			if fresh[i][A] != nil {
+				s.start(st, fresh[i])
+			}
+			st.eps[from].socks[compRTP].expect(ann[i].rtp)
+			st.eps[from].socks[compRTCP].expect(ann[i].rtcp)
+		case !st.active():
+		case offer:
+			// RFC 3264 §8.2: port 0 in an offer disables the stream for
+			// good (until offered again); its ports go to quarantine.
+			s.retire(st)
+		default:
+			// A rejected stream in an answer keeps its endpoints: the
+			// offerer was already told about them, and an answer in a
+			// later 200 may still accept it. Nothing is sent toward the
+			// rejecting side.
+			st.eps[from].socks[compRTP].expect(netip.AddrPort{})
+			st.eps[from].socks[compRTCP].expect(netip.AddrPort{})
+		}
+	}
+	s.log.Debug("sdp anchored", "sdp", what, "side", from, "streams", len(media), "version", origin.Version)
+	return out, nil
+}
+
+// announcement checks one m= line of a body from side from.
+func (s *session) announcement(from Side, m sdp.Media) (announced, error) {
+	if m.Port == 0 {
+		return announced{}, nil
+	}
+	if strings.HasPrefix(strings.ToUpper(m.Proto), "TCP") || m.NumPorts > 1 {
+		// The relay moves the datagrams of one port pair per stream.
+		// TCP media and layered streams over several pairs (m=<port>/<n>)
+		// cannot be anchored, and passing their addresses through would
+		// reveal the other side, so they are disabled (port 0); the
+		// answerer rejects them in turn.
+		return announced{}, nil
+	}
+	if m.Port < 0 || m.Port > 65535 {
+		return announced{}, fmt.Errorf("m= line %d port %d: %w", m.Index, m.Port, ErrBadSDP)
+	}
+	addr := m.Addr.Unmap()
+	if !addr.IsValid() {
+		return announced{}, fmt.Errorf("m= line %d has no connection address: %w", m.Index, ErrBadSDP)
+	}
+	local := s.addrs[from].Bind
+	if addr.Is4() != local.Is4() {
+		return announced{}, fmt.Errorf("m= line %d address %v is not reachable from %v: %w", m.Index, addr, local, ErrBadSDP)
+	}
+	a := announced{active: true}
+	if !addr.IsUnspecified() {
+		a.rtp = netip.AddrPortFrom(addr, uint16(m.Port))
+	}
+	rtcp := netip.AddrPortFrom(m.RTCP.Addr().Unmap(), m.RTCP.Port())
+	if !m.RTCP.IsValid() || m.RTCP.Port() == 0 {
+		// RFC 3605 absent: RTCP is on the next port (RFC 3550 §11).
+		rtcp = netip.AddrPortFrom(addr, uint16(min(m.Port+1, 65535)))
+	}
+	switch {
+	case rtcp.Addr().Is4() != local.Is4():
+		return announced{}, fmt.Errorf("m= line %d rtcp address %v is not reachable from %v: %w", m.Index, rtcp.Addr(), local, ErrBadSDP)
+	case !rtcp.Addr().IsUnspecified():
+		a.rtcp = rtcp
+	}
+	return a, nil
+}
+
+// allocate binds a new endpoint on each side for stream index and pairs
+// their sockets. Nothing runs yet; start or dropUnstarted ends that state.
+func (s *session) allocate(index int) ([2]*endpoint, error) {
+	var eps [2]*endpoint
+	for _, side := range [...]Side{A, B} {
+		pair, err := s.relay.pool.Allocate(s.addrs[side].Bind)
+		if err != nil {
+			s.dropUnstarted(eps)
+			return [2]*endpoint{}, fmt.Errorf("allocate ports for stream %d side %v: %w", index, side, err)
+		}
+		eps[side] = &endpoint{port: pair.Port, socks: [2]*relaySocket{
+			compRTP:  newRelaySocket(s, side, compRTP, index, pair.RTP),
+			compRTCP: newRelaySocket(s, side, compRTCP, index, pair.RTCP),
+		}}
+	}
+	for _, c := range components {
+		eps[A].socks[c].peer = eps[B].socks[c]
+		eps[B].socks[c].peer = eps[A].socks[c]
+	}
+	for _, ep := range eps {
+		for _, k := range ep.socks {
+			io, err := newBatchIO(s.relay.cfg.batchIO, k.conn, k.peer.conn, k.comp)
+			if err != nil {
+				s.dropUnstarted(eps)
+				return [2]*endpoint{}, fmt.Errorf("set up stream %d side %v %v: %w", index, k.side, k.comp, err)
+			}
+			k.io = io
+		}
+	}
+	return eps, nil
+}
+
+// dropUnstarted closes and releases endpoints whose readers never ran.
+func (s *session) dropUnstarted(eps [2]*endpoint) {
+	for _, ep := range eps {
+		if ep == nil {
+			continue
+		}
+		for _, k := range ep.socks {
+			k.conn.Close()
+		}
+		s.relay.pool.Release(ep.port)
+	}
+}
+
+// start installs eps in st and starts their four reader goroutines.
+func (s *session) start(st *stream, eps [2]*endpoint) {
+	st.eps = eps
+	for _, ep := range eps {
+		for _, k := range ep.socks {
+			st.readers.Add(1)
+			s.relay.readers.Add(1)
+			go k.run(&st.readers)
+		}
+	}
+	s.log.Debug("stream started", "stream", st.index, "kind", st.kind,
+		"port_a", eps[A].port, "port_b", eps[B].port)
+}
+
+// retire closes st's sockets, waits for its readers to exit, keeps their
+// counters and quarantines the ports. Closing every socket first lets all
+// four readers exit in parallel.
+func (s *session) retire(st *stream) {
+	if !st.active() {
+		return
+	}
+	for _, ep := range st.eps {
+		for _, k := range ep.socks {
+			k.conn.Close()
+		}
+	}
+	st.readers.Wait()
+	for side, ep := range st.eps {
+		for c, k := range ep.socks {
+			st.retired[side][c].add(k.stats())
+		}
+		s.relay.pool.Release(ep.port)
+	}
+	st.eps = [2]*endpoint{}
+	s.log.Debug("stream stopped", "stream", st.index)
+}
+
+// close ends the session: every socket closed, every reader gone, every
+// port in quarantine. It returns the final counters.
+func (s *session) close() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed {
+		s.closed = true
+		for _, st := range s.streams {
+			for _, ep := range st.eps {
+				if ep == nil {
+					continue
+				}
+				for _, k := range ep.socks {
+					k.conn.Close()
+				}
+			}
+		}
+		for _, st := range s.streams {
+			s.retire(st)
+		}
+	}
+	return s.statsLocked()
+}
+
+func (s *session) stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.statsLocked()
+}
+
+func (s *session) statsLocked() Stats {
+	out := Stats{ID: s.id, Streams: make([]StreamStats, len(s.streams))}
+	for i, st := range s.streams {
+		ss := StreamStats{Index: st.index, Kind: st.kind, Active: st.active()}
+		for side := range ss.Sides {
+			flows := st.retired[side]
+			if ep := st.eps[side]; ep != nil {
+				for c, k := range ep.socks {
+					flows[c].add(k.stats())
+				}
+			}
+			ss.Sides[side] = EndpointStats{RTP: flows[compRTP], RTCP: flows[compRTCP]}
+		}
+		out.Streams[i] = ss
+	}
+	return out
+}
