@@ -45,13 +45,41 @@ func (f *foreignSet) leaks(s string) bool {
 	if len(f.hosts) == 0 {
 		return false
 	}
-	ls := strings.ToLower(s)
 	for _, h := range f.hosts {
-		if strings.Contains(ls, h) {
+		if containsFold(s, h) {
 			return true
 		}
 	}
 	return false
+}
+
+// containsFold reports whether s contains the lower-case ASCII string sub,
+// ignoring ASCII case, without allocating.
+func containsFold(s, sub string) bool {
+	n := len(sub)
+	if n == 0 {
+		return true
+	}
+	for i := 0; i+n <= len(s); i++ {
+		if lower(s[i]) != sub[0] {
+			continue
+		}
+		j := 1
+		for j < n && lower(s[i+j]) == sub[j] {
+			j++
+		}
+		if j == n {
+			return true
+		}
+	}
+	return false
+}
+
+func lower(c byte) byte {
+	if c >= 'A' && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }
 
 // learnFrom adds the topology a received message reveals about its side:
@@ -174,6 +202,11 @@ var mandatoryHeaders = map[string]bool{"via": true, "from": true, "to": true, "c
 
 // scrub removes what leaks and returns the names of the headers it touched.
 func (g *leakGuard) scrub(msg sip.Message, f *foreignSet) []string {
+	// fast path: one serialisation and one scan of the whole message;
+	// messages are clean by construction, so this is almost always it
+	if !f.leaks(msg.String()) {
+		return nil
+	}
 	var touched []string
 	all := headersOf(msg)
 	leaky := false

@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -124,6 +125,14 @@ func cmdRun(path, admin string, stderr io.Writer) int {
 		Level:  hclog.LevelFromString(cfg.Log.Level),
 		Output: stderr,
 	})
+	if path := os.Getenv("EDGESBC_CPUPROFILE"); path != "" {
+		// profiling hook for make bench: the profile covers the whole run
+		if stop, err := startCPUProfile(path); err != nil {
+			log.Warn("cpu profile not started", "path", path, "error", err)
+		} else {
+			defer stop()
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if admin != "" {
@@ -176,4 +185,16 @@ func adminCommand(path, cmd string) ([]byte, error) {
 		return nil, fmt.Errorf("read reply to %q: %w", cmd, err)
 	}
 	return line, nil
+}
+
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("create profile %s: %w", path, err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("start cpu profile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
