@@ -44,4 +44,3 @@ func FuzzServerEntry(f *testing.F) {
 		}
 	})
 }
-
