@@ -129,6 +129,12 @@ func freePort(t testing.TB, ip string) int {
 
 func newRig(t testing.TB, tweak func(*Config)) *rig {
 	t.Helper()
+	return newRigTimeout(t, tweak, 0)
+}
+
+// newRigTimeout is newRig with a media timeout (0: the default).
+func newRigTimeout(t testing.TB, tweak func(*Config), mediaTimeout time.Duration) *rig {
+	t.Helper()
 	r := &rig{t: t}
 	r.pbx = newPhone(t, "127.0.0.3")
 	r.car = newPhone(t, "127.0.0.4")
@@ -151,12 +157,17 @@ func newRig(t testing.TB, tweak func(*Config)) *rig {
 		tweak(&cfg)
 	}
 	log := hclog.New(&hclog.LoggerOptions{Level: testLogLevel, Output: testWriter{t}})
-	relay, err := media.NewRelay(media.Config{PortMin: 30000 + 2*(privPort%5000), PortMax: 30000 + 2*(privPort%5000) + 99, Quarantine: 50 * time.Millisecond}, log)
+	var srv *Server
+	relay, err := media.NewRelay(media.Config{
+		PortMin: 30000 + 2*(privPort%5000), PortMax: 30000 + 2*(privPort%5000) + 99,
+		Quarantine: 50 * time.Millisecond, Timeout: mediaTimeout,
+		OnTimeout: func(id media.SessionID) { srv.OnMediaTimeout(id) },
+	}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	r.relay = relay
-	srv, err := NewServer(cfg, relay, Hooks{}, log, testSlog(t))
+	srv, err = NewServer(cfg, relay, Hooks{}, log, testSlog(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -615,8 +626,7 @@ func TestShutdownEndsCalls(t *testing.T) {
 // TestMediaTimeoutEndsCall: no RTP in either direction for media.timeout
 // ends the call with BYE on both legs.
 func TestMediaTimeoutEndsCall(t *testing.T) {
-	r := newRig(t, nil)
-	r.relayTimeout(t, 700*time.Millisecond)
+	r := newRigTimeout(t, nil, 700*time.Millisecond)
 	r.establish("mt-1")
 	byeA, _ := r.pbx.recv("BYE", "SIP/2.0 200")
 	byeB, _ := r.car.recv("BYE", "ACK")
@@ -625,15 +635,3 @@ func TestMediaTimeoutEndsCall(t *testing.T) {
 	r.waitIdle()
 }
 
-// relayTimeout swaps the rig's relay for one with a short media timeout.
-func (r *rig) relayTimeout(t *testing.T, d time.Duration) {
-	t.Helper()
-	relay, err := media.NewRelay(media.Config{PortMin: 46000 + 2*(int(r.priv.Port())%1000), PortMax: 46000 + 2*(int(r.priv.Port())%1000) + 99,
-		Quarantine: 50 * time.Millisecond, Timeout: d, OnTimeout: r.srv.OnMediaTimeout}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(relay.Shutdown)
-	r.srv.media = relay
-	r.relay = relay
-}
