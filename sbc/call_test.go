@@ -634,4 +634,3 @@ func TestMediaTimeoutEndsCall(t *testing.T) {
 	r.car.send(r.pub, answer(byeB, 200, "OK", "", "", ""))
 	r.waitIdle()
 }
-
