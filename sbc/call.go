@@ -552,6 +552,11 @@ func (c *Call) onInviteResponse(res *sip.Response) bool {
 	b := c.legs[media.B]
 	code := res.StatusCode
 	if code == 100 {
+		// any provisional, 100 included, allows a CANCEL (RFC 3261 §9.1)
+		c.provSeen = true
+		if c.cancelled {
+			c.sendCancel()
+		}
 		return false
 	}
 	b.learned.learnFrom(res, c.srv.isOwnHost)

@@ -634,3 +634,32 @@ func TestMediaTimeoutEndsCall(t *testing.T) {
 	r.car.send(r.pub, answer(byeB, 200, "OK", "", "", ""))
 	r.waitIdle()
 }
+
+// TestCallCancelAfterTrying: a callee that has only sent 100 Trying still
+// gets the CANCEL (any provisional allows it, RFC 3261 §9.1); one that has
+// sent nothing gets it as soon as its 100 arrives.
+func TestCallCancelAfterTrying(t *testing.T) {
+	r := newRig(t, nil)
+	for i, trying := range []bool{true, false} {
+		id := fmt.Sprintf("pbx-call-t%d", i)
+		branch := fmt.Sprintf("z9hG4bK-t%d", i)
+		r.pbx.send(r.priv, r.pbxInvite(id, branch))
+		inv, _ := r.car.recv("INVITE", "SIP/2.0 100")
+		if trying {
+			r.car.send(r.pub, answer(inv, 100, "Trying", "", "", ""))
+		}
+		r.pbx.send(r.priv, fmt.Sprintf("CANCEL sip:+15551234@%s SIP/2.0\nVia: SIP/2.0/UDP pbx01.corp.internal:%d;branch=%s;rport\nMax-Forwards: 70\nFrom: \"Alice Corp\" <sip:2001@corp.internal>;tag=pbx-tag-1\nTo: <sip:+15551234@%s>\nCall-ID: %s\nCSeq: 10 CANCEL\nContent-Length: 0\n\n",
+			r.priv, r.pbx.addr.Port(), branch, r.priv, id))
+		r.pbx.recv("SIP/2.0 200", "SIP/2.0 100")
+		r.pbx.recv("SIP/2.0 487")
+		if !trying {
+			r.car.expectNothing(300*time.Millisecond, "INVITE")
+			r.car.send(r.pub, answer(inv, 100, "Trying", "", "", ""))
+		}
+		cancel, _ := r.car.recv("CANCEL", "INVITE")
+		r.car.send(r.pub, answer(cancel, 200, "OK", "car-tag", "", ""))
+		r.car.send(r.pub, answer(inv, 487, "Request Terminated", "car-tag", "", ""))
+		r.car.recv("ACK", "INVITE")
+		r.waitIdle()
+	}
+}

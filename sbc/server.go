@@ -125,7 +125,7 @@ func NewServer(cfg Config, m Media, hooks Hooks, log hclog.Logger, sl *slog.Logg
 		cfg.InviteTimeout = 180 * time.Second
 	}
 	if cfg.DrainTimeout <= 0 {
-		cfg.DrainTimeout = 10 * time.Second
+		cfg.DrainTimeout = 5 * time.Second
 	}
 	s := &Server{
 		cfg:     cfg,
