@@ -58,6 +58,12 @@ func inspect(p *sip.Parser, data []byte, maxSize int) entryResult {
 		return entryResult{Action: entryDrop, Reason: "not sip"}
 	}
 	isAck := method == "ACK"
+	if isAck && version == "SIP/2.0" {
+		// nothing is ever answered to an ACK, so pre-parsing it would only
+		// cost time: sipgo drops one it cannot parse, and the dialog
+		// lookup ignores one without Call-ID or tags
+		return entryResult{Action: entryPass}
+	}
 	answer := func(code int, why string) entryResult {
 		if isAck {
 			return entryResult{Action: entryDrop, Reason: why}

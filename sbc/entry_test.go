@@ -126,7 +126,8 @@ func TestInspectRules(t *testing.T) {
 		{"garbage", "\x16\x03\x01\x02\x00", 4096, entryDrop, ""},
 		{"missing call-id", strings.Replace(strings.ReplaceAll(good, "%MF%", "70"), "Call-ID: abc\r\n", "", 1), 4096, entryRespond, "400"},
 		{"missing via: nowhere to answer", strings.Replace(strings.ReplaceAll(good, "%MF%", "70"), "Via: SIP/2.0/UDP 192.0.2.2:5060;branch=z9hG4bK1\r\n", "", 1), 4096, entryDrop, ""},
-		{"ack never answered", strings.Replace(strings.Replace(strings.ReplaceAll(good, "%MF%", "70"), "INVITE sip", "ACK sip", 1), "Call-ID: abc\r\n", "", 1), 4096, entryDrop, ""},
+		{"ack never answered", strings.Replace(strings.Replace(strings.ReplaceAll(good, "%MF%", "70"), "INVITE sip", "ACK sip", 1), "SIP/2.0\r\nVia", "SIP/3.0\r\nVia", 1), 4096, entryDrop, ""},
+		{"ack passes unparsed", strings.Replace(strings.ReplaceAll(good, "%MF%", "70"), "INVITE sip", "ACK sip", 1), 4096, entryPass, ""},
 		{"response passes", "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP x;branch=z9hG4bK1\r\n\r\n", 4096, entryPass, ""},
 	}
 	for _, tc := range cases {
