@@ -153,7 +153,9 @@ func msgContact(msg sip.Message) *sip.ContactHeader {
 }
 
 // scanAddrs finds IPv4 and IPv6 literals in s and reports whether any of
-// them satisfies match. It allocates only for candidate tokens.
+// them satisfies match. It runs on every outgoing message, so it only calls
+// the address parser for tokens shaped like an address (three dots and only
+// digits, or two colons) and allocates nothing for ordinary text.
 func scanAddrs(s string, match func(netip.Addr) bool) bool {
 	for i := 0; i < len(s); {
 		if !isAddrChar(s[i]) {
@@ -161,27 +163,59 @@ func scanAddrs(s string, match func(netip.Addr) bool) bool {
 			continue
 		}
 		j := i
+		dots, colons, letters := 0, 0, 0
 		for j < len(s) && isAddrChar(s[j]) {
+			switch c := s[j]; {
+			case c == '.':
+				dots++
+			case c == ':':
+				colons++
+			case c > '9':
+				letters++
+			}
 			j++
 		}
-		tok := strings.TrimRight(s[i:j], ":.")
-		if strings.HasPrefix(tok, ":") && !strings.HasPrefix(tok, "::") {
+		tok := s[i:j]
+		i = j
+		for len(tok) > 0 && (tok[len(tok)-1] == ':' || tok[len(tok)-1] == '.') {
+			tok = tok[:len(tok)-1]
+		}
+		if len(tok) > 1 && tok[0] == ':' && tok[1] != ':' {
 			tok = tok[1:] // "a=x:10.0.0.1": the colon separates, it is no IPv6
 		}
-		if len(tok) >= 7 || (strings.Count(tok, ":") >= 2 && len(tok) >= 2) {
+		switch {
+		case colons >= 2:
 			if a, err := netip.ParseAddr(tok); err == nil && match(a) {
 				return true
 			}
-			// "10.0.0.1:5060" style tokens: split off a port
-			if k := strings.LastIndexByte(tok, ':'); k > 0 && strings.Count(tok, ":") == 1 {
-				if a, err := netip.ParseAddr(tok[:k]); err == nil && match(a) {
-					return true
-				}
+			fallthrough
+		case dots == 3 && letters == 0:
+			// an IPv4 literal, possibly followed by ":port", possibly at
+			// the end of an IPv6 token (::ffff:10.0.0.1)
+			if a, ok := trailingIPv4(tok); ok && match(a) {
+				return true
 			}
 		}
-		i = j
 	}
 	return false
+}
+
+// trailingIPv4 parses the last dotted quad in tok, ignoring a ":port".
+func trailingIPv4(tok string) (netip.Addr, bool) {
+	end := len(tok)
+	if k := strings.LastIndexByte(tok, ':'); k >= 0 && strings.IndexByte(tok[k:], '.') < 0 {
+		end = k // strip ":5060"
+	}
+	start := end
+	for start > 0 && (tok[start-1] == '.' || tok[start-1] >= '0' && tok[start-1] <= '9') {
+		start--
+	}
+	cand := tok[start:end]
+	if strings.Count(cand, ".") != 3 || len(cand) < 7 {
+		return netip.Addr{}, false
+	}
+	a, err := netip.ParseAddr(cand)
+	return a, err == nil
 }
 
 func isAddrChar(c byte) bool {
