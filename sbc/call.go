@@ -86,6 +86,17 @@ type Call struct {
 	keys      []dialogKey
 	mediaOpen bool
 	rec       CallRecord
+
+	// lastSDP is the last SDP each side sent that the relay accepted: a
+	// failed re-offer is rolled back by applying these again.
+	lastSDP [2][]byte
+	// update is the in-dialog offer/answer in progress (re-INVITE or
+	// UPDATE); one at a time per call, a second one gets 491.
+	update *inDialogTx
+	done   chan struct{} // closed by end()
+	// acked is signalled (with mu) whenever an ACK completes an INVITE
+	// transaction of the call or the call ends; see awaitAck.
+	acked *sync.Cond
 }
 
 func newID() string {
@@ -103,7 +114,9 @@ func newCall(s *Server, from, to *peer, req *sip.Request, tx sip.ServerTransacti
 		inReq:   req,
 		inTx:    tx,
 		aborted: make(chan int, 1),
+		done:    make(chan struct{}),
 	}
+	c.acked = sync.NewCond(&c.mu)
 	c.log = s.log.Named("call").With("call", c.id)
 	fromH, toH := req.From(), req.To()
 	remoteTag, _ := fromH.Params.Get("tag")
@@ -344,6 +357,7 @@ func (c *Call) anchorOffer() ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("anchor offer: %w", err)
 	}
+	c.lastSDP[media.A] = body
 	return out, nil
 }
 
@@ -675,17 +689,31 @@ func (c *Call) setTarget(l *Leg, res *sip.Response) {
 }
 
 func (c *Call) anchorAnswer(sdp []byte) ([]byte, error) {
-	if c.srv.media == nil {
-		return sdp, nil
-	}
-	return c.srv.media.Answer(media.SessionID(c.id), media.B, sdp)
+	return c.negotiate(false, media.B, sdp)
 }
 
 func (c *Call) anchorReoffer(sdp []byte) ([]byte, error) {
+	return c.negotiate(true, media.B, sdp)
+}
+
+// negotiate hands an offer or answer from side to the relay and remembers
+// it for rollback. Caller holds mu.
+func (c *Call) negotiate(offer bool, from media.Side, sdp []byte) ([]byte, error) {
 	if c.srv.media == nil {
 		return sdp, nil
 	}
-	return c.srv.media.Offer(media.SessionID(c.id), media.B, sdp)
+	var out []byte
+	var err error
+	if offer {
+		out, err = c.srv.media.Offer(media.SessionID(c.id), from, sdp)
+	} else {
+		out, err = c.srv.media.Answer(media.SessionID(c.id), from, sdp)
+	}
+	if err != nil {
+		return nil, err
+	}
+	c.lastSDP[from] = sdp
+	return out, nil
 }
 
 // ackB sends (or resends) leg B's ACK for its 2xx. Caller holds mu.
@@ -874,6 +902,11 @@ func (c *Call) hangup(reason string, code int) {
 func (c *Call) onAck(side media.Side, req *sip.Request) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	defer c.acked.Broadcast()
+	if u := c.update; u != nil && u.from == side && req.CSeq() != nil && req.CSeq().SeqNo == u.cseq {
+		c.onUpdateAck(u, req)
+		return
+	}
 	if side != media.A || c.state != stateAnswered {
 		return // retransmission or stray: ACKs are never answered
 	}
@@ -905,10 +938,7 @@ func (c *Call) onAck(side media.Side, req *sip.Request) {
 }
 
 func (c *Call) answerFromA(sdp []byte) ([]byte, error) {
-	if c.srv.media == nil {
-		return sdp, nil
-	}
-	return c.srv.media.Answer(media.SessionID(c.id), media.A, sdp)
+	return c.negotiate(false, media.A, sdp)
 }
 
 func (c *Call) onBye(side media.Side, req *sip.Request, tx sip.ServerTransaction) {
@@ -950,28 +980,19 @@ func (c *Call) onBye(side media.Side, req *sip.Request, tx sip.ServerTransaction
 	c.end()
 }
 
-// onReinvite refuses session changes until complete dialog handling lands;
-// the call itself is unaffected (RFC 3261 §14.2).
-func (c *Call) onReinvite(side media.Side, req *sip.Request, tx sip.ServerTransaction) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	l := c.legs[side]
-	if req.CSeq().SeqNo <= l.remoteCSeq {
-		c.srv.respond(l.zone, req, tx, 500, nil)
-		return
-	}
-	l.remoteCSeq = req.CSeq().SeqNo
-	c.srv.respond(l.zone, req, tx, 488, nil)
-}
-
 // end releases everything of the call exactly once. Caller holds mu.
 func (c *Call) end() {
 	if c.state == stateEnded {
 		return
 	}
 	c.state = stateEnded
+	close(c.done)
+	c.acked.Broadcast()
 	if c.retrans != nil {
 		c.retrans.Stop()
+	}
+	if u := c.update; u != nil && u.retrans != nil {
+		u.retrans.Stop()
 	}
 	if c.mediaOpen {
 		if st, ok := c.srv.media.Close(media.SessionID(c.id), c.rec.EndReason); ok {

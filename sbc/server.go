@@ -256,6 +256,9 @@ func (s *Server) buildUA(z *zone) error {
 		s.respond(z, r, tx, 481, nil)
 	})
 	srv.OnOptions(func(r *sip.Request, tx sip.ServerTransaction) { s.onOptions(z, r, tx) })
+	for _, m := range []sip.RequestMethod{sip.UPDATE, sip.INFO, sip.MESSAGE, sip.NOTIFY} {
+		srv.OnRequest(m, func(r *sip.Request, tx sip.ServerTransaction) { s.onOther(z, r, tx) })
+	}
 	srv.OnNoRoute(func(r *sip.Request, tx sip.ServerTransaction) { s.onOther(z, r, tx) })
 	return nil
 }
@@ -483,7 +486,7 @@ func (s *Server) onInvite(z *zone, req *sip.Request, tx sip.ServerTransaction) {
 			s.respond(z, req, tx, 481, nil)
 			return
 		}
-		ref.call.onReinvite(ref.side, req, tx)
+		ref.call.onInDialog(ref.side, req, tx)
 		return
 	}
 	src := sourceOf(req)
@@ -535,11 +538,14 @@ func (s *Server) onBye(z *zone, req *sip.Request, tx sip.ServerTransaction) {
 
 func (s *Server) onOptions(z *zone, req *sip.Request, tx sip.ServerTransaction) {
 	if to := req.To(); to != nil && to.Params.Has("tag") {
-		if _, ok := s.lookupDialog(z, req); !ok {
+		ref, ok := s.lookupDialog(z, req)
+		if !ok {
 			s.counters.noDialog.Add(1)
 			s.respond(z, req, tx, 481, nil)
 			return
 		}
+		ref.call.onInDialog(ref.side, req, tx)
+		return
 	} else if s.peerBySource(z, sourceOf(req).Addr()) == nil {
 		if z.private {
 			s.respond(z, req, tx, 403, nil)
@@ -553,9 +559,15 @@ func (s *Server) onOptions(z *zone, req *sip.Request, tx sip.ServerTransaction) 
 
 func (s *Server) onOther(z *zone, req *sip.Request, tx sip.ServerTransaction) {
 	if to := req.To(); to != nil && to.Params.Has("tag") {
-		if _, ok := s.lookupDialog(z, req); !ok {
+		ref, ok := s.lookupDialog(z, req)
+		if !ok {
 			s.counters.noDialog.Add(1)
 			s.respond(z, req, tx, 481, nil)
+			return
+		}
+		switch req.Method {
+		case sip.UPDATE, sip.INFO, sip.MESSAGE, sip.NOTIFY:
+			ref.call.onInDialog(ref.side, req, tx)
 			return
 		}
 	} else if s.peerBySource(z, sourceOf(req).Addr()) == nil && !z.private {
@@ -587,7 +599,7 @@ func (s *Server) decorateResponse(z *zone, res *sip.Response, code int) {
 	}
 }
 
-const allowMethods = "INVITE, ACK, CANCEL, BYE, OPTIONS"
+const allowMethods = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, MESSAGE, NOTIFY"
 
 func (s *Server) contact(z *zone) *sip.ContactHeader {
 	return &sip.ContactHeader{Address: sip.Uri{Scheme: "sip", Host: z.host, Port: z.port}}

@@ -1,0 +1,401 @@
+package sbc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/edgesbc/edgesbc/media"
+)
+
+// inDialogTx is an in-dialog offer/answer transaction relayed from one leg
+// to the other: a re-INVITE or an UPDATE. Only one runs per call at a time.
+type inDialogTx struct {
+	method  sip.RequestMethod
+	from    media.Side // the leg that sent the request
+	cseq    uint32     // its CSeq on that leg (ACK matching)
+	tx      sip.ServerTransaction
+	offered bool          // the request carried an offer (else the offer comes in the 2xx)
+	res     *sip.Response // 2xx sent back, retransmitted until ACK
+	retrans *time.Timer
+	ack     *sip.Request // ACK for the other leg's 2xx, deferred when its answer comes in our ACK
+	acked   bool
+}
+
+// inDialogHeaders are copied from an in-dialog request to the one relayed
+// on the other leg, besides passHeaders and a peer's keep list. Bodies of
+// INFO, MESSAGE and NOTIFY travel with their Content-Type.
+var inDialogHeaders = []string{"Content-Type", "Event", "Subscription-State", "Info-Package", "Recv-Info"}
+
+// onInDialog relays a request received on leg side within its dialog to
+// the other leg and the outcome back: re-INVITE and UPDATE re-anchor the
+// media (hold, resume, address or codec change); INFO, MESSAGE, NOTIFY and
+// OPTIONS are relayed with their bodies. It runs in the request's handler
+// goroutine and returns when the request has a final response.
+func (c *Call) onInDialog(side media.Side, req *sip.Request, tx sip.ServerTransaction) {
+	c.mu.Lock()
+	c.awaitAck(side, 2*time.Second)
+	l := c.legs[side]
+	other := c.legs[side.Other()]
+	seq := req.CSeq().SeqNo
+	if seq <= l.remoteCSeq {
+		// out of order (RFC 3261 §12.2.2)
+		c.srv.respond(l.zone, req, tx, 500, nil)
+		c.mu.Unlock()
+		return
+	}
+	l.remoteCSeq = seq
+	l.learned.learnFrom(req, c.srv.isOwnHost)
+	offerAnswer := req.Method == sip.INVITE || req.Method == sip.UPDATE
+	switch {
+	case c.state == stateEnded:
+		c.srv.respond(l.zone, req, tx, 481, nil)
+		c.mu.Unlock()
+		return
+	case c.state != stateConfirmed && req.Method == sip.INVITE,
+		c.state == stateEarly:
+		// a re-INVITE before the ACK, or anything in an early dialog,
+		// waits for complete dialog handling; the caller may retry
+		c.srv.respond(l.zone, req, tx, 491, []sip.Header{sip.NewHeader("Retry-After", "1")})
+		c.mu.Unlock()
+		return
+	case offerAnswer && c.update != nil:
+		// glare: both sides changed the session at once (RFC 3261 §14.2)
+		c.srv.respond(l.zone, req, tx, 491, nil)
+		c.mu.Unlock()
+		return
+	}
+	if ct := msgContact(req); ct != nil && req.Method == sip.INVITE {
+		l.target = ct.Address // a re-INVITE may move the remote target
+	}
+	var body []byte
+	var u *inDialogTx
+	if offerAnswer {
+		u = &inDialogTx{method: req.Method, from: side, cseq: seq, tx: tx}
+		if sdp := sdpBody(req); sdp != nil {
+			out, err := c.negotiate(true, side, sdp)
+			if err != nil {
+				c.log.Warn("re-offer refused", "leg", side, "method", req.Method, "error", err)
+				c.rollback()
+				c.srv.respond(l.zone, req, tx, 488, nil)
+				c.mu.Unlock()
+				return
+			}
+			u.offered = true
+			body = out
+		}
+		c.update = u
+	} else if b := req.Body(); len(b) > 0 {
+		body = b
+	}
+	other.localCSeq++
+	out := c.inDialog(other, req.Method, other.localCSeq)
+	if req.Method == sip.INVITE || req.Method == sip.UPDATE {
+		out.AppendHeader(c.srv.contact(other.zone))
+	}
+	copyAllowed(req, out, other.peer)
+	for _, name := range inDialogHeaders {
+		if name == "Content-Type" && (body == nil || offerAnswer) {
+			continue
+		}
+		for _, h := range req.GetHeaders(name) {
+			out.AppendHeader(sip.NewHeader(h.Name(), h.Value()))
+		}
+	}
+	if offerAnswer && body != nil {
+		out.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	}
+	out.SetBody(body)
+	c.send(other, out)
+	c.mu.Unlock()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	otx, err := other.zone.client.TransactionRequest(ctx, out, noBuild)
+	if err != nil {
+		c.log.Warn("relay in-dialog request", "method", req.Method, "error", err)
+		c.finishInDialog(u, req, tx, 503, nil)
+		return
+	}
+	defer otx.Terminate()
+	for {
+		select {
+		case res := <-otx.Responses():
+			if done := c.onInDialogResponse(u, req, tx, out, res); done {
+				return
+			}
+		case <-otx.Done():
+			c.finishInDialog(u, req, tx, 408, otx.Err())
+			return
+		case <-c.done:
+			// the call ended meanwhile (BYE, timeout): the request dies
+			// with it
+			c.mu.Lock()
+			c.srv.respond(l.zone, req, tx, 487, nil)
+			c.mu.Unlock()
+			return
+		}
+	}
+}
+
+// awaitAck restores arrival order where it matters: sipgo handles every
+// request in its own goroutine, so a request sent right after an ACK can be
+// handled before that ACK. A request from the leg that still owes us an ACK
+// for a 2xx waits for it (bounded), instead of being refused with 491.
+// Caller holds mu; it is released while waiting.
+func (c *Call) awaitAck(side media.Side, limit time.Duration) {
+	owes := func() bool {
+		switch {
+		case c.state == stateEnded:
+			return false
+		case c.state == stateAnswered && side == media.A:
+			return true
+		case c.update != nil && c.update.from == side && c.update.res != nil:
+			return true
+		}
+		return false
+	}
+	if !owes() {
+		return
+	}
+	expired := false
+	t := time.AfterFunc(limit, func() {
+		c.mu.Lock()
+		expired = true
+		c.mu.Unlock()
+		c.acked.Broadcast()
+	})
+	defer t.Stop()
+	for owes() && !expired {
+		c.acked.Wait()
+	}
+}
+
+// onInDialogResponse handles one response of the relayed request and
+// reports whether it was final.
+func (c *Call) onInDialogResponse(u *inDialogTx, req *sip.Request, tx sip.ServerTransaction, out *sip.Request, res *sip.Response) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	side := media.A
+	if u != nil {
+		side = u.from
+	} else {
+		side = c.sideOf(req)
+	}
+	l, other := c.legs[side], c.legs[side.Other()]
+	code := res.StatusCode
+	if code < 200 {
+		if code > 100 && req.Method == sip.INVITE {
+			c.respondOn(l, req, tx, code, nil, nil)
+		}
+		return false
+	}
+	if c.state == stateEnded {
+		return true
+	}
+	other.learned.learnFrom(res, c.srv.isOwnHost)
+	if code >= 300 {
+		if u != nil {
+			c.rollback()
+			c.update = nil
+		}
+		c.respondOn(l, req, tx, code, nil, copyHeaders(res, "Retry-After", "Reason", "Unsupported"))
+		if code == 481 || code == 408 {
+			// the other leg's dialog is gone (RFC 3261 §14.1): end the call
+			c.rec.EndReason = fmt.Sprintf("in-dialog %s got %d", req.Method, code)
+			c.byeBoth()
+		}
+		return true
+	}
+	var body []byte
+	if u == nil {
+		// INFO, MESSAGE, NOTIFY, OPTIONS: only the outcome crosses
+		c.respondOn(l, req, tx, code, nil, nil)
+		return true
+	}
+	if ct := msgContact(res); ct != nil && req.Method == sip.INVITE {
+		other.target = ct.Address
+	}
+	sdp := sdpBody(res)
+	var err error
+	switch {
+	case u.offered && sdp != nil:
+		body, err = c.negotiate(false, other.side, sdp)
+	case u.offered:
+		err = errors.New("offer answered without SDP")
+	case sdp != nil:
+		// offer in the 2xx; the answer will come in the ACK (re-INVITE)
+		body, err = c.negotiate(true, other.side, sdp)
+	}
+	if req.Method == sip.INVITE {
+		u.ack = c.inDialog(other, sip.ACK, out.CSeq().SeqNo)
+	}
+	if err != nil {
+		c.log.Warn("re-answer unusable", "method", req.Method, "error", err)
+		c.rollback()
+		c.update = nil
+		if u.ack != nil {
+			c.sendAck(other, u.ack)
+		}
+		c.respondOn(l, req, tx, 488, nil, nil)
+		return true
+	}
+	if req.Method == sip.INVITE && (u.offered || sdp == nil) {
+		c.sendAck(other, u.ack)
+		u.acked = true
+	}
+	u.res = c.respondOn(l, req, tx, code, body, nil)
+	if req.Method == sip.UPDATE {
+		c.update = nil
+		return true
+	}
+	c.retransmitUpdate(u)
+	return true
+}
+
+// onUpdateAck completes a re-INVITE: the ACK from the leg that sent it,
+// carrying the answer when the offer came in our 2xx. Caller holds mu.
+func (c *Call) onUpdateAck(u *inDialogTx, req *sip.Request) {
+	if u.retrans != nil {
+		u.retrans.Stop()
+	}
+	other := c.legs[u.from.Other()]
+	if !u.acked && u.ack != nil {
+		if sdp := sdpBody(req); sdp != nil {
+			if out, err := c.negotiate(false, u.from, sdp); err == nil {
+				u.ack.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+				u.ack.SetBody(out)
+			} else {
+				c.log.Warn("answer in ACK unusable", "error", err)
+			}
+		}
+		c.sendAck(other, u.ack)
+		u.acked = true
+	}
+	if c.update == u {
+		c.update = nil
+	}
+}
+
+// retransmitUpdate resends a re-INVITE's 2xx until its ACK, like the
+// initial one (RFC 3261 §13.3.1.4). Caller holds mu.
+func (c *Call) retransmitUpdate(u *inDialogTx) {
+	interval := sip.T1
+	deadline := time.Now().Add(64 * sip.T1)
+	var tick func()
+	tick = func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.update != u || c.state == stateEnded {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.log.Warn("no ACK for re-INVITE 2xx, ending call", "leg", u.from)
+			c.rec.EndReason = "no ack"
+			if !u.acked && u.ack != nil {
+				c.sendAck(c.legs[u.from.Other()], u.ack)
+			}
+			c.update = nil
+			c.byeBoth()
+			return
+		}
+		if err := u.tx.Respond(u.res); err != nil {
+			c.log.Debug("re-INVITE 2xx retransmission", "error", err)
+		}
+		interval = min(2*interval, sip.T2)
+		u.retrans = time.AfterFunc(interval, tick)
+	}
+	u.retrans = time.AfterFunc(interval, tick)
+}
+
+// finishInDialog answers a relayed request whose other side never
+// answered. Caller does not hold mu.
+func (c *Call) finishInDialog(u *inDialogTx, req *sip.Request, tx sip.ServerTransaction, code int, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	side := c.sideOf(req)
+	if u != nil {
+		side = u.from
+		c.rollback()
+		if c.update == u {
+			c.update = nil
+		}
+	}
+	c.log.Info("in-dialog request not answered", "method", req.Method, "code", code, "error", err)
+	if c.state != stateEnded {
+		c.respondOn(c.legs[side], req, tx, code, nil, nil)
+	}
+}
+
+// rollback re-applies the last accepted SDP of both sides, so that a
+// failed re-offer leaves the media as it was. Caller holds mu.
+func (c *Call) rollback() {
+	m := c.srv.media
+	if m == nil || !c.mediaOpen {
+		return
+	}
+	id := media.SessionID(c.id)
+	// the original offerer is whichever side's SDP the session started
+	// with; re-applying offer then answer restores both expectations
+	first, second := media.A, media.B
+	if c.lateOffer {
+		first, second = media.B, media.A
+	}
+	if sdp := c.lastSDP[first]; sdp != nil {
+		if _, err := m.Offer(id, first, sdp); err != nil {
+			c.log.Warn("media rollback", "side", first, "error", err)
+		}
+	}
+	if sdp := c.lastSDP[second]; sdp != nil {
+		if _, err := m.Answer(id, second, sdp); err != nil {
+			c.log.Warn("media rollback", "side", second, "error", err)
+		}
+	}
+}
+
+// sideOf finds which leg an in-dialog request arrived on.
+func (c *Call) sideOf(req *sip.Request) media.Side {
+	if id := req.CallID(); id != nil && id.Value() == c.legs[media.B].callID {
+		return media.B
+	}
+	return media.A
+}
+
+// respondOn answers an in-dialog request on leg l. Caller holds mu.
+func (c *Call) respondOn(l *Leg, req *sip.Request, tx sip.ServerTransaction, code int, body []byte, extra []sip.Header) *sip.Response {
+	res := sip.NewResponseFromRequest(req, code, reasonPhrase(code), nil)
+	c.srv.decorateResponse(l.zone, res, code)
+	for _, h := range extra {
+		res.AppendHeader(h)
+	}
+	if body != nil {
+		res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	}
+	res.SetBody(body)
+	c.send(l, res)
+	if err := tx.Respond(res); err != nil {
+		c.log.Debug("respond in dialog", "code", code, "error", err)
+	}
+	return res
+}
+
+// sendAck sends an ACK for a 2xx on leg l. Caller holds mu.
+func (c *Call) sendAck(l *Leg, ack *sip.Request) {
+	c.send(l, ack)
+	if err := l.zone.client.WriteRequest(ack, noBuild); err != nil {
+		c.log.Debug("send ack", "leg", l.side, "error", err)
+	}
+}
+
+func copyHeaders(from sip.Message, names ...string) []sip.Header {
+	var out []sip.Header
+	for _, name := range names {
+		for _, h := range from.GetHeaders(name) {
+			out = append(out, sip.NewHeader(h.Name(), h.Value()))
+		}
+	}
+	return out
+}

@@ -1,0 +1,104 @@
+package sbc
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// pbxInDialog builds a request from the pbx within leg A's dialog.
+func (r *rig) pbxInDialog(method string, seq int, okA sip.Message, callID, extra, body string) string {
+	ct := ""
+	if body != "" {
+		ct = "Content-Type: application/sdp\n"
+		if method == "INFO" {
+			ct = "Content-Type: application/dtmf-relay\n"
+		}
+	}
+	return fmt.Sprintf("%s sip:2001@%s SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.3:%d;branch=z9hG4bK-%s-%d;rport\nMax-Forwards: 70\nFrom: %s\nTo: %s\nCall-ID: %s\nCSeq: %d %s\nContact: <sip:2001@pbx01.corp.internal:%d>\n%s%sContent-Length: %%LEN%%\n\n%s",
+		method, r.priv, r.pbx.addr.Port(), strings.ToLower(method), seq, okA.From().Value(), okA.To().Value(), callID, seq, method, r.pbx.addr.Port(), extra, ct, body)
+}
+
+// TestReinviteHoldAndResume: the pbx puts the call on hold and resumes it
+// with re-INVITEs; each is re-anchored and relayed, and the carrier never
+// sees the pbx's topology.
+func TestReinviteHoldAndResume(t *testing.T) {
+	r := newRig(t, nil)
+	okA, _ := r.establish("ri-1")
+	for i, dir := range []string{"sendonly", "sendrecv"} {
+		seq := 20 + i
+		offer := strings.Replace(pbxSDP, "a=sendrecv", "a="+dir, 1)
+		r.pbx.send(r.priv, r.pbxInDialog("INVITE", seq, okA, "ri-1", "", offer))
+		reinv, raw := r.car.recv("INVITE", "ACK", "SIP/2.0 200")
+		assertHidden(t, raw)
+		if !strings.Contains(string(reinv.Body()), "a="+dir) || !strings.Contains(string(reinv.Body()), "c=IN IP4 127.0.0.2") {
+			t.Fatalf("re-INVITE SDP not relayed/anchored:\n%s", reinv.Body())
+		}
+		answerDir := map[string]string{"sendonly": "recvonly", "sendrecv": "sendrecv"}[dir]
+		r.car.send(r.pub, answer(reinv, 200, "OK", "", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), strings.Replace(carrierSDP, "a=sendrecv", "a="+answerDir, 1)))
+		r.car.recv("ACK", "SIP/2.0 200")
+		ok, _ := r.pbx.recv("SIP/2.0 200", "SIP/2.0 100", "BYE")
+		if !strings.Contains(string(ok.Body()), "a="+answerDir) || !strings.Contains(string(ok.Body()), "c=IN IP4 127.0.0.1") {
+			t.Fatalf("re-INVITE answer not relayed/anchored:\n%s", ok.Body())
+		}
+		r.pbx.send(r.priv, strings.Replace(r.pbxInDialog("ACK", seq, okA, "ri-1", "", ""), "Contact: <sip:2001@pbx01.corp.internal:"+fmt.Sprint(r.pbx.addr.Port())+">\n", "", 1))
+	}
+	if st := r.srv.Status(); st.Calls != 1 {
+		t.Fatalf("call must survive hold/resume: %+v", st)
+	}
+}
+
+// TestReinviteRejectedKeepsCall: a refused re-offer is relayed back and the
+// call goes on; an INFO and an UPDATE are relayed both ways meanwhile.
+func TestReinviteRejectedKeepsCall(t *testing.T) {
+	r := newRig(t, nil)
+	okA, invB := r.establish("rj-1")
+	r.pbx.send(r.priv, r.pbxInDialog("INVITE", 30, okA, "rj-1", "", pbxSDP))
+	reinv, _ := r.car.recv("INVITE", "ACK", "SIP/2.0 200")
+	r.car.send(r.pub, answer(reinv, 488, "Not Here", "", "", ""))
+	r.car.recv("ACK", "SIP/2.0 200")
+	r.pbx.recv("SIP/2.0 488", "SIP/2.0 100", "SIP/2.0 200")
+
+	// INFO with a DTMF body crosses with its body and type
+	r.pbx.send(r.priv, r.pbxInDialog("INFO", 31, okA, "rj-1", "", "Signal=5\nDuration=160\n"))
+	info, raw := r.car.recv("INFO", "SIP/2.0 200")
+	assertHidden(t, raw)
+	if string(info.Body()) != "Signal=5\r\nDuration=160\r\n" || info.GetHeaders("Content-Type")[0].Value() != "application/dtmf-relay" {
+		t.Fatalf("INFO body or type lost:\n%s", raw)
+	}
+	r.car.send(r.pub, answer(info, 200, "OK", "", "", ""))
+	r.pbx.recv("SIP/2.0 200")
+
+	// the carrier refreshes the session with an UPDATE without SDP
+	up := fmt.Sprintf("UPDATE sip:x@%s SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.4:%d;branch=z9hG4bK-up1;rport\nMax-Forwards: 70\nFrom: %s;tag=car-tag\nTo: %s\nCall-ID: %s\nCSeq: 5 UPDATE\nContact: <sip:carrier@%s>\nContent-Length: 0\n\n",
+		r.pub, r.car.addr.Port(), invB.To().Value(), invB.From().Value(), invB.CallID().Value(), r.car.addr)
+	r.car.send(r.pub, up)
+	upA, _ := r.pbx.recv("UPDATE")
+	if upA.CallID().Value() != "rj-1" {
+		t.Fatalf("UPDATE relayed on the wrong dialog: %s", upA.CallID().Value())
+	}
+	r.pbx.send(r.priv, answer(upA, 200, "OK", "", "", ""))
+	r.car.recv("SIP/2.0 200")
+	if st := r.srv.Status(); st.Calls != 1 {
+		t.Fatalf("call must survive: %+v", st)
+	}
+}
+
+// TestReinviteGlare: while one re-INVITE is in progress, another one on the
+// same call gets 491 (RFC 3261 §14.2).
+func TestReinviteGlare(t *testing.T) {
+	r := newRig(t, nil)
+	okA, invB := r.establish("gl-1")
+	r.pbx.send(r.priv, r.pbxInDialog("INVITE", 40, okA, "gl-1", "", pbxSDP))
+	reinv, _ := r.car.recv("INVITE", "ACK", "SIP/2.0 200")
+	// the carrier re-INVITEs at the same time
+	cross := fmt.Sprintf("INVITE sip:x@%s SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.4:%d;branch=z9hG4bK-gl2;rport\nMax-Forwards: 70\nFrom: %s;tag=car-tag\nTo: %s\nCall-ID: %s\nCSeq: 7 INVITE\nContact: <sip:carrier@%s>\nContent-Type: application/sdp\nContent-Length: %%LEN%%\n\n",
+		r.pub, r.car.addr.Port(), invB.To().Value(), invB.From().Value(), invB.CallID().Value(), r.car.addr) + carrierSDP
+	r.car.send(r.pub, cross)
+	r.car.recv("SIP/2.0 491", "SIP/2.0 100", "INVITE")
+	r.car.send(r.pub, answer(reinv, 200, "OK", "", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP))
+	r.car.recv("ACK", "SIP/2.0 491", "SIP/2.0 200")
+	r.pbx.recv("SIP/2.0 200", "SIP/2.0 100")
+}
