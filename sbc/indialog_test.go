@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emiago/sipgo/sip"
 )
@@ -101,4 +102,31 @@ func TestReinviteGlare(t *testing.T) {
 	r.car.send(r.pub, answer(reinv, 200, "OK", "", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP))
 	r.car.recv("ACK", "SIP/2.0 491", "SIP/2.0 200")
 	r.pbx.recv("SIP/2.0 200", "SIP/2.0 100")
+}
+
+// TestLateOffer: an INVITE without SDP; the callee offers in its 2xx, the
+// caller answers in the ACK, and that answer reaches the callee in leg B's
+// ACK, anchored.
+func TestLateOffer(t *testing.T) {
+	r := newRig(t, nil)
+	inv := r.pbxInvite("lo-1", "z9hG4bK-lo1")
+	inv = inv[:strings.Index(inv, "Content-Type: application/sdp")] + "Content-Length: 0\n\n"
+	r.pbx.send(r.priv, inv)
+	invB, _ := r.car.recv("INVITE", "SIP/2.0 100")
+	if len(invB.Body()) != 0 {
+		t.Fatalf("late offer must stay late on leg B:\n%s", invB.Body())
+	}
+	r.car.send(r.pub, answer(invB, 200, "OK", "car-tag", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP))
+	okA, _ := r.pbx.recv("SIP/2.0 200", "SIP/2.0 100")
+	if !strings.Contains(string(okA.Body()), "c=IN IP4 127.0.0.1") {
+		t.Fatalf("offer in 2xx not anchored for the pbx:\n%s", okA.Body())
+	}
+	r.car.expectNothing(300*time.Millisecond, "SIP/2.0 200") // leg B's ACK waits for the answer
+	ack := r.pbxInDialog("ACK", 10, okA, "lo-1", "", pbxSDP)
+	r.pbx.send(r.priv, ack)
+	ackB, raw := r.car.recv("ACK", "SIP/2.0 200")
+	assertHidden(t, raw)
+	if !strings.Contains(string(ackB.Body()), "c=IN IP4 127.0.0.2") || !strings.Contains(string(ackB.Body()), "a=fmtp:101 0-16") {
+		t.Fatalf("answer in ACK not relayed and anchored:\n%s", raw)
+	}
 }
