@@ -119,6 +119,7 @@ func SBCConfig(cfg *config.Config) sbc.Config {
 		UserAgent:      cfg.SIP.UserAgent,
 		MaxMessageSize: cfg.SIP.MaxMessageSize,
 		InviteTimeout:  cfg.SIP.InviteTimeout,
+		MaxCalls:       cfg.SIP.MaxCalls,
 	}
 	for _, z := range cfg.Zones {
 		out.Zones = append(out.Zones, sbc.ZoneConfig{

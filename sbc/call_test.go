@@ -663,3 +663,19 @@ func TestCallCancelAfterTrying(t *testing.T) {
 		r.waitIdle()
 	}
 }
+
+// TestMaxCalls: beyond sip.max_calls a new INVITE gets 503 with
+// Retry-After and creates nothing; the call already up is unaffected.
+func TestMaxCalls(t *testing.T) {
+	r := newRig(t, func(c *Config) { c.MaxCalls = 1 })
+	r.establish("mc-1")
+	r.pbx.send(r.priv, r.pbxInvite("mc-2", "z9hG4bK-mc2"))
+	res, _ := r.pbx.recv("SIP/2.0 503", "SIP/2.0 200")
+	if ra := res.GetHeaders("Retry-After"); len(ra) != 1 {
+		t.Errorf("503 without Retry-After")
+	}
+	r.car.expectNothing(300*time.Millisecond, "ACK")
+	if st := r.srv.Status(); st.Calls != 1 || st.Overload != 1 {
+		t.Errorf("status %+v: want the first call up and one overload refusal", st)
+	}
+}

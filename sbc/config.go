@@ -21,6 +21,9 @@ type Config struct {
 	// InviteTimeout bounds how long a new call may stay unanswered: the
 	// caller then gets 408 and the callee a CANCEL.
 	InviteTimeout time.Duration
+	// MaxCalls bounds the calls in progress; a new INVITE beyond it gets a
+	// stateless 503 with Retry-After from the entry filter. 0 means 10000.
+	MaxCalls int
 	// DrainTimeout bounds graceful shutdown (BYE transactions of calls in
 	// progress).
 	DrainTimeout time.Duration

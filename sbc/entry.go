@@ -25,6 +25,10 @@ type entryResult struct {
 	Action entryAction
 	Reply  []byte // the stateless response for entryRespond
 	Reason string // why it was dropped or answered; for counters and logs
+	// NewCall is set for an INVITE outside any dialog (no To tag): the
+	// only request that creates state, and the one admission control
+	// refuses under overload.
+	NewCall bool
 }
 
 var (
@@ -94,7 +98,7 @@ func inspect(p *sip.Parser, data []byte, maxSize int) entryResult {
 	if mf := req.MaxForwards(); mf != nil && mf.Val() == 0 && req.Method != sip.OPTIONS {
 		return answer(483, "max-forwards")
 	}
-	return entryResult{Action: entryPass}
+	return entryResult{Action: entryPass, NewCall: req.Method == sip.INVITE && !req.To().Params.Has("tag")}
 }
 
 // requestLine splits "METHOD uri SIP/2.0" loosely. ok is false for data
@@ -217,6 +221,9 @@ func statelessResponse(req []byte, code int) []byte {
 	}
 	if !haveVia {
 		return nil
+	}
+	if code == 503 {
+		out.WriteString("Retry-After: 5\r\n")
 	}
 	out.WriteString("Content-Length: 0\r\n\r\n")
 	return out.Bytes()

@@ -1,6 +1,7 @@
 package sbc
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -40,6 +41,7 @@ type Server struct {
 	draining bool
 
 	callWG sync.WaitGroup // one per call until it is fully released
+	active atomic.Int64   // len(calls), readable without mu by the entry filter
 
 	counters counters
 	started  atomic.Bool
@@ -48,6 +50,7 @@ type Server struct {
 // counters are exported through Status. All fields are atomics.
 type counters struct {
 	callsTotal      atomic.Uint64
+	overload        atomic.Uint64
 	callsAnswered   atomic.Uint64
 	entryDropped    atomic.Uint64
 	entryAnswered   atomic.Uint64
@@ -105,6 +108,7 @@ type Status struct {
 	UnknownSource  uint64 `json:"unknown_source"`
 	NoDialog       uint64 `json:"no_dialog"`
 	LeakGuardFired uint64 `json:"leak_guard_fired"`
+	Overload       uint64 `json:"overload_rejected"`
 }
 
 // NewServer validates cfg and builds the zones. It opens no socket: Start does.
@@ -123,6 +127,9 @@ func NewServer(cfg Config, m Media, hooks Hooks, log hclog.Logger, sl *slog.Logg
 	}
 	if cfg.InviteTimeout <= 0 {
 		cfg.InviteTimeout = 180 * time.Second
+	}
+	if cfg.MaxCalls <= 0 {
+		cfg.MaxCalls = 10000
 	}
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = 5 * time.Second
@@ -364,6 +371,7 @@ func (s *Server) Status() Status {
 	st.UnknownSource = s.counters.unknownSource.Load()
 	st.NoDialog = s.counters.noDialog.Load()
 	st.LeakGuardFired = s.guard.fired.Load()
+	st.Overload = s.counters.overload.Load()
 	return st
 }
 
@@ -381,6 +389,15 @@ func (s *Server) readFilter(z *zone) sip.TransportReadFilter {
 			return nil, nil
 		}
 		res := inspect(s.parser, data, s.cfg.MaxMessageSize)
+		if res.NewCall && s.active.Load() >= int64(s.cfg.MaxCalls) {
+			// admission control: refuse before any call state, timer or
+			// goroutine exists, so the calls already up stay healthy
+			s.counters.overload.Add(1)
+			if reply := statelessResponse(bytes.TrimLeft(data, "\r\n\x00"), 503); reply != nil && z.conn != nil {
+				_, _ = z.conn.WriteToUDPAddrPort(reply, src)
+			}
+			return nil, nil
+		}
 		switch res.Action {
 		case entryPass:
 			return data, nil
@@ -626,6 +643,7 @@ func (s *Server) addCall(c *Call) bool {
 		return false
 	}
 	s.calls[c.id] = c
+	s.active.Store(int64(len(s.calls)))
 	s.callWG.Add(1)
 	return true
 }
@@ -633,6 +651,7 @@ func (s *Server) addCall(c *Call) bool {
 func (s *Server) removeCall(c *Call, keys []dialogKey) {
 	s.mu.Lock()
 	delete(s.calls, c.id)
+	s.active.Store(int64(len(s.calls)))
 	for _, k := range keys {
 		delete(s.dialogs, k)
 	}

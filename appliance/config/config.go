@@ -30,6 +30,7 @@ const (
 	DefaultUserAgent      = "edgesbc"
 	DefaultMaxMessageSize = 16384
 	DefaultInviteTimeout  = 180 * time.Second
+	DefaultMaxCalls       = 10000
 	DefaultLogLevel       = "info"
 )
 
@@ -142,6 +143,11 @@ type SIP struct {
 	// from the callee before the caller gets 408 and the callee a CANCEL.
 	// Default 180s.
 	InviteTimeout time.Duration
+	// MaxCalls bounds the calls in progress (ringing or answered). A new
+	// INVITE beyond it gets 503 with Retry-After before any call state is
+	// created, so an overload cannot take the calls already up down with
+	// it. Default 10000.
+	MaxCalls int
 }
 
 // Log configures the appliance logger.

@@ -189,6 +189,8 @@ func TestParseErrors(t *testing.T) {
 			wantErr: "user_agent is 257 bytes long", wantLine: 2, wantCol: 16},
 		{name: "max_message_size too small", hcl: "sip {\n  max_message_size = 512\n}\n",
 			wantErr: "max_message_size must be between 1024 and 65535, got 512", wantLine: 2, wantCol: 22},
+		{name: "max_calls range", hcl: "sip {\n  max_calls = 0\n}\n",
+			wantErr: "Call limit out of range", wantLine: 2, wantCol: 15},
 		{name: "invite_timeout syntax", hcl: "sip {\n  invite_timeout = \"three minutes\"\n}\n",
 			wantErr: "Invalid duration: invite_timeout", wantLine: 2, wantCol: 20},
 		{name: "log level", hcl: "log {\n  level = \"verbose\"\n}\n",
@@ -381,7 +383,7 @@ func TestParseDefaults(t *testing.T) {
 			},
 		},
 		Media: Media{PortMin: 20000, PortMax: 29999, Timeout: 60 * time.Second, Quarantine: 5 * time.Second},
-		SIP:   SIP{UserAgent: "edgesbc", MaxMessageSize: 16384, InviteTimeout: 180 * time.Second},
+		SIP:   SIP{UserAgent: "edgesbc", MaxMessageSize: 16384, InviteTimeout: 180 * time.Second, MaxCalls: 10000},
 		Log:   Log{Level: "info"},
 	}
 	if !reflect.DeepEqual(cfg, want) {
@@ -437,6 +439,7 @@ sip {
   user_agent       = "acme-sbc/1.0"
   max_message_size = 65535
   invite_timeout   = "90s"
+  max_calls        = 250
 }
 log {
   level = "DEBUG"
@@ -518,7 +521,7 @@ log {
 	if cfg.Media != wantMedia {
 		t.Errorf("media = %+v, want %+v", cfg.Media, wantMedia)
 	}
-	wantSIP := SIP{UserAgent: "acme-sbc/1.0", MaxMessageSize: 65535, InviteTimeout: 90 * time.Second}
+	wantSIP := SIP{UserAgent: "acme-sbc/1.0", MaxMessageSize: 65535, InviteTimeout: 90 * time.Second, MaxCalls: 250}
 	if cfg.SIP != wantSIP {
 		t.Errorf("sip = %+v, want %+v", cfg.SIP, wantSIP)
 	}

@@ -61,6 +61,7 @@ type rawSIP struct {
 	UserAgent      *hcl.Attribute `hcl:"user_agent,optional"`
 	MaxMessageSize *hcl.Attribute `hcl:"max_message_size,optional"`
 	InviteTimeout  *hcl.Attribute `hcl:"invite_timeout,optional"`
+	MaxCalls       *hcl.Attribute `hcl:"max_calls,optional"`
 }
 
 type rawLog struct {

@@ -422,6 +422,7 @@ func (b *builder) sip(raw *rawSIP) SIP {
 		UserAgent:      DefaultUserAgent,
 		MaxMessageSize: DefaultMaxMessageSize,
 		InviteTimeout:  DefaultInviteTimeout,
+		MaxCalls:       DefaultMaxCalls,
 	}
 	if raw == nil {
 		return s
@@ -450,6 +451,11 @@ func (b *builder) sip(raw *rawSIP) SIP {
 	if raw.InviteTimeout != nil {
 		if t, diags := decodeDuration(raw.InviteTimeout, false); b.add(diags) {
 			s.InviteTimeout = t
+		}
+	}
+	if raw.MaxCalls != nil {
+		if n, diags := decodeInt(raw.MaxCalls, 1, 1_000_000, "Call limit out of range"); b.add(diags) {
+			s.MaxCalls = n
 		}
 	}
 	return s
