@@ -151,7 +151,7 @@ func newRigTimeout(t testing.TB, tweak func(*Config), mediaTimeout time.Duration
 			{Name: "carrier", Kind: Trunk, Zone: "public", Address: r.car.addr, KeepHeaders: []string{"P-Asserted-Identity"}},
 		},
 		InviteTimeout: 3 * time.Second,
-		DrainTimeout:  3 * time.Second,
+		DrainTimeout:  time.Second,
 	}
 	if tweak != nil {
 		tweak(&cfg)
