@@ -529,32 +529,16 @@ func (c *Call) send(l *Leg, msg sip.Message) {
 	}
 }
 
-// respondA sends a response on leg A's INVITE transaction. Caller holds mu.
+// respondA sends a response on leg A's INVITE transaction, with our To tag
+// (the same on every response but 100, RFC 3261 §8.2.6.2). Caller holds mu.
 func (c *Call) respondA(code int, body []byte, extra []sip.Header) {
 	a := c.legs[media.A]
-	res := sip.NewResponseFromRequest(c.inReq, code, reasonPhrase(code), nil)
-	if code > 100 {
-		if to := res.To(); to != nil {
-			to.Params.Add("tag", a.localTag)
-		}
-	}
-	c.srv.decorateResponse(a.zone, res, code)
-	for _, h := range extra {
-		res.AppendHeader(h)
-	}
-	if body != nil {
-		res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
-	}
-	res.SetBody(body)
-	c.send(a, res)
+	res := c.respondOn(a, c.inReq, c.inTx, code, body, extra)
 	if code >= 200 && c.rec.Status == 0 {
 		c.rec.Status = code
 	}
 	if code >= 200 && code < 300 {
 		c.a2xx = res
-	}
-	if err := c.inTx.Respond(res); err != nil {
-		c.log.Debug("respond on leg A failed", "code", code, "error", err)
 	}
 }
 

@@ -367,6 +367,11 @@ func (c *Call) sideOf(req *sip.Request) media.Side {
 // respondOn answers an in-dialog request on leg l. Caller holds mu.
 func (c *Call) respondOn(l *Leg, req *sip.Request, tx sip.ServerTransaction, code int, body []byte, extra []sip.Header) *sip.Response {
 	res := sip.NewResponseFromRequest(req, code, reasonPhrase(code), nil)
+	if to := res.To(); to != nil && code > 100 && !req.To().Params.Has("tag") {
+		// only the initial INVITE lacks our tag; every response to it but
+		// 100 carries the same one (RFC 3261 §8.2.6.2)
+		to.Params.Add("tag", l.localTag)
+	}
 	c.srv.decorateResponse(l.zone, res, code)
 	for _, h := range extra {
 		res.AppendHeader(h)

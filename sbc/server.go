@@ -495,15 +495,27 @@ func (s *Server) lookupDialog(z *zone, req *sip.Request) (legRef, bool) {
 	return ref, ok
 }
 
+// dialogOf finds the call of an in-dialog request, answering 481 when there
+// is none (RFC 3261 §12.2.2).
+func (s *Server) dialogOf(z *zone, req *sip.Request, tx sip.ServerTransaction) (legRef, bool) {
+	ref, ok := s.lookupDialog(z, req)
+	if !ok {
+		s.counters.noDialog.Add(1)
+		s.respond(z, req, tx, 481, nil)
+	}
+	return ref, ok
+}
+
+func inDialog(req *sip.Request) bool {
+	to := req.To()
+	return to != nil && to.Params.Has("tag")
+}
+
 func (s *Server) onInvite(z *zone, req *sip.Request, tx sip.ServerTransaction) {
-	if to := req.To(); to != nil && to.Params.Has("tag") {
-		ref, ok := s.lookupDialog(z, req)
-		if !ok {
-			s.counters.noDialog.Add(1)
-			s.respond(z, req, tx, 481, nil)
-			return
+	if inDialog(req) {
+		if ref, ok := s.dialogOf(z, req, tx); ok {
+			ref.call.onInDialog(ref.side, req, tx)
 		}
-		ref.call.onInDialog(ref.side, req, tx)
 		return
 	}
 	src := sourceOf(req)
@@ -544,24 +556,16 @@ func (s *Server) onAck(z *zone, req *sip.Request) {
 }
 
 func (s *Server) onBye(z *zone, req *sip.Request, tx sip.ServerTransaction) {
-	ref, ok := s.lookupDialog(z, req)
-	if !ok {
-		s.counters.noDialog.Add(1)
-		s.respond(z, req, tx, 481, nil)
-		return
+	if ref, ok := s.dialogOf(z, req, tx); ok {
+		ref.call.onBye(ref.side, req, tx)
 	}
-	ref.call.onBye(ref.side, req, tx)
 }
 
 func (s *Server) onOptions(z *zone, req *sip.Request, tx sip.ServerTransaction) {
-	if to := req.To(); to != nil && to.Params.Has("tag") {
-		ref, ok := s.lookupDialog(z, req)
-		if !ok {
-			s.counters.noDialog.Add(1)
-			s.respond(z, req, tx, 481, nil)
-			return
+	if inDialog(req) {
+		if ref, ok := s.dialogOf(z, req, tx); ok {
+			ref.call.onInDialog(ref.side, req, tx)
 		}
-		ref.call.onInDialog(ref.side, req, tx)
 		return
 	} else if s.peerBySource(z, sourceOf(req).Addr()) == nil {
 		if z.private {
@@ -575,11 +579,9 @@ func (s *Server) onOptions(z *zone, req *sip.Request, tx sip.ServerTransaction) 
 }
 
 func (s *Server) onOther(z *zone, req *sip.Request, tx sip.ServerTransaction) {
-	if to := req.To(); to != nil && to.Params.Has("tag") {
-		ref, ok := s.lookupDialog(z, req)
+	if inDialog(req) {
+		ref, ok := s.dialogOf(z, req, tx)
 		if !ok {
-			s.counters.noDialog.Add(1)
-			s.respond(z, req, tx, 481, nil)
 			return
 		}
 		switch req.Method {
