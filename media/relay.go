@@ -2,6 +2,7 @@ package media
 
 import (
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +37,13 @@ type Relay struct {
 	stopOnce    sync.Once
 	closers     sync.WaitGroup // Close calls the janitor started for idle sessions
 	readers     atomic.Int64   // running reader goroutines, for tests and leak checks
+
+	// lanes bounds how many reader goroutines forward at once to
+	// GOMAXPROCS-1 (at least one). Forwarding is almost all syscall time;
+	// without a bound, thousands of readers woken by packets fill every
+	// scheduler queue and the SIP goroutines of the same process wait
+	// seconds behind them. With it, signaling always finds a processor.
+	lanes chan struct{}
 }
 
 // NewRelay validates cfg, fills in defaults and starts the janitor.
@@ -62,6 +70,7 @@ func NewRelay(cfg Config, log hclog.Logger) (*Relay, error) {
 		sessions:    make(map[SessionID]*session),
 		stop:        make(chan struct{}),
 		janitorDone: make(chan struct{}),
+		lanes:       make(chan struct{}, max(1, runtime.GOMAXPROCS(0)-1)),
 	}
 	go r.janitor()
 	r.log.Info("relay started", "port_min", cfg.PortMin, "port_max", cfg.PortMax, "pairs", pool.Size(),

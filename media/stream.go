@@ -194,7 +194,10 @@ func (k *relaySocket) run(done *sync.WaitGroup) {
 			continue
 		}
 		backoff = 0
+		lanes := k.sess.relay.lanes
+		lanes <- struct{}{}
 		k.forward(n)
+		<-lanes
 		k.io.release()
 	}
 }
