@@ -119,6 +119,8 @@ var directPairs = []scenarioPair{
 	{name: "reject_404", uac: "uac_expect_404.xml", uas: "uas_reject_404.xml", service: "15551234567"},
 	{name: "reject_503", uac: "uac_expect_503.xml", uas: "uas_reject_503.xml", service: "15551234567"},
 	{name: "reject_408", uac: "uac_expect_408.xml", uas: "uas_reject_408.xml", service: "15551234567"},
+	// in-dialog flows (dialog_integration_test.go), proven without the SBC too
+	holdPair, reinviteNoSDPPair, lateOfferPair, reinvite488Pair, infoPair, updatePair,
 }
 
 // TestIntegrationSIPpDirect proves the scenarios on their own: each pair
