@@ -235,6 +235,20 @@ Content-Length: %%LEN%%
 `, r.priv, r.pbx.addr.Port(), branch, r.priv, callID, r.pbx.addr.Port()) + pbxSDP
 }
 
+// pbxCancel cancels the pbxInvite with the same Call-ID and branch.
+func (r *rig) pbxCancel(callID, branch string) string {
+	return fmt.Sprintf(`CANCEL sip:+15551234@%s SIP/2.0
+Via: SIP/2.0/UDP pbx01.corp.internal:%d;branch=%s;rport
+Max-Forwards: 70
+From: "Alice Corp" <sip:2001@corp.internal>;tag=pbx-tag-1
+To: <sip:+15551234@%s>
+Call-ID: %s
+CSeq: 10 CANCEL
+Content-Length: 0
+
+`, r.priv, r.pbx.addr.Port(), branch, r.priv, callID)
+}
+
 // answer builds a response to req from the phone's side.
 func answer(req sip.Message, code int, reason, toTag, contact string, body string) string {
 	var b strings.Builder
@@ -434,16 +448,7 @@ func TestCallCancel(t *testing.T) {
 	inv, _ := r.car.recv("INVITE", "SIP/2.0 100")
 	r.car.send(r.pub, answer(inv, 180, "Ringing", "car-tag", "", ""))
 	r.pbx.recv("SIP/2.0 180", "SIP/2.0 100")
-	r.pbx.send(r.priv, fmt.Sprintf(`CANCEL sip:+15551234@%s SIP/2.0
-Via: SIP/2.0/UDP pbx01.corp.internal:%d;branch=z9hG4bK-inv2;rport
-Max-Forwards: 70
-From: "Alice Corp" <sip:2001@corp.internal>;tag=pbx-tag-1
-To: <sip:+15551234@%s>
-Call-ID: pbx-call-1
-CSeq: 10 CANCEL
-Content-Length: 0
-
-`, r.priv, r.pbx.addr.Port(), r.priv))
+	r.pbx.send(r.priv, r.pbxCancel("pbx-call-1", "z9hG4bK-inv2"))
 	r.pbx.recv("SIP/2.0 200")
 	r.pbx.recv("SIP/2.0 487")
 	cancel, raw := r.car.recv("CANCEL")
@@ -465,16 +470,7 @@ func TestCallCancel200Race(t *testing.T) {
 	inv, _ := r.car.recv("INVITE", "SIP/2.0 100")
 	r.car.send(r.pub, answer(inv, 180, "Ringing", "car-tag", "", ""))
 	r.pbx.recv("SIP/2.0 180", "SIP/2.0 100")
-	r.pbx.send(r.priv, fmt.Sprintf(`CANCEL sip:+15551234@%s SIP/2.0
-Via: SIP/2.0/UDP pbx01.corp.internal:%d;branch=z9hG4bK-inv3;rport
-Max-Forwards: 70
-From: "Alice Corp" <sip:2001@corp.internal>;tag=pbx-tag-1
-To: <sip:+15551234@%s>
-Call-ID: pbx-call-1
-CSeq: 10 CANCEL
-Content-Length: 0
-
-`, r.priv, r.pbx.addr.Port(), r.priv))
+	r.pbx.send(r.priv, r.pbxCancel("pbx-call-1", "z9hG4bK-inv3"))
 	r.car.recv("CANCEL")
 	// the 200 to the INVITE crosses the CANCEL
 	r.car.send(r.pub, answer(inv, 200, "OK", "car-tag", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP))
@@ -648,8 +644,7 @@ func TestCallCancelAfterTrying(t *testing.T) {
 		if trying {
 			r.car.send(r.pub, answer(inv, 100, "Trying", "", "", ""))
 		}
-		r.pbx.send(r.priv, fmt.Sprintf("CANCEL sip:+15551234@%s SIP/2.0\nVia: SIP/2.0/UDP pbx01.corp.internal:%d;branch=%s;rport\nMax-Forwards: 70\nFrom: \"Alice Corp\" <sip:2001@corp.internal>;tag=pbx-tag-1\nTo: <sip:+15551234@%s>\nCall-ID: %s\nCSeq: 10 CANCEL\nContent-Length: 0\n\n",
-			r.priv, r.pbx.addr.Port(), branch, r.priv, id))
+		r.pbx.send(r.priv, r.pbxCancel(id, branch))
 		r.pbx.recv("SIP/2.0 200", "SIP/2.0 100")
 		r.pbx.recv("SIP/2.0 487")
 		if !trying {
