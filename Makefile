@@ -37,6 +37,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./appliance/config
 
 bench:
+	bash scripts/deps.sh bench
 	bash bench/run.sh
 
 lint vet:

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the demo and the integration tests use, if any
-# is missing. Safe to run repeatedly; needs root only when something is missing.
+# is missing ("bench" adds the baseline Kamailio of make bench). Safe to run
+# repeatedly; needs root only when something is missing.
 set -euo pipefail
 pkgs=(sip-tester nftables iproute2 tcpdump)
+[ "${1:-}" = bench ] && pkgs+=(kamailio)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
