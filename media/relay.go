@@ -233,6 +233,10 @@ func (r *Relay) janitor() {
 		r.mu.Unlock()
 		now := r.nanotime()
 		for _, s := range batch {
+			if s.held.Load() {
+				s.lastActivity.Store(now) // on hold: the clock restarts on resume
+				continue
+			}
 			idle := time.Duration(now - s.lastActivity.Load())
 			if idle < r.cfg.Timeout || !s.timedOut.CompareAndSwap(false, true) {
 				continue

@@ -742,3 +742,59 @@ func TestRelayConcurrentUse(t *testing.T) {
 	r.Shutdown()
 	waitGoroutines(t, base)
 }
+
+// TestRelayHoldSuspendsTimeout: a call on hold sends no RTP in many
+// deployments, so it must not be timed out; once resumed, the idle clock
+// runs again.
+func TestRelayHoldSuspendsTimeout(t *testing.T) {
+	fired := make(chan SessionID, 16)
+	r := newTestRelay(t, ioDefault, func(c *Config) {
+		c.Timeout = 300 * time.Millisecond
+		c.OnTimeout = func(id SessionID) { fired <- id }
+	})
+	body := func(ip, dir string, port int) []byte {
+		return []byte(fmt.Sprintf("v=0\r\no=- 1 1 IN IP4 %s\r\ns=-\r\nc=IN IP4 %s\r\nt=0 0\r\nm=audio %d RTP/AVP 8\r\na=%s\r\n", ip, ip, port, dir))
+	}
+	a := Address{Bind: netip.MustParseAddr("127.0.0.1")}
+	b := Address{Bind: netip.MustParseAddr("127.0.0.2")}
+	negotiate := func(id SessionID, offerDir, answerDir string) {
+		t.Helper()
+		if _, err := r.Offer(id, A, body("127.0.0.3", offerDir, 40000)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Answer(id, B, body("127.0.0.4", answerDir, 41000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range []SessionID{"held", "talking"} {
+		if err := r.Open(id, a, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	negotiate("held", "sendonly", "recvonly")
+	negotiate("talking", "sendrecv", "sendrecv")
+
+	select {
+	case id := <-fired:
+		if id != "talking" {
+			t.Fatalf("OnTimeout(%s): the held call must not time out", id)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("OnTimeout never fired for the idle call that is not on hold")
+	}
+	select {
+	case id := <-fired:
+		t.Fatalf("OnTimeout(%s) while on hold", id)
+	case <-time.After(5 * r.cfg.Timeout):
+	}
+	// resume: the silent call now times out like any other
+	negotiate("held", "sendrecv", "sendrecv")
+	select {
+	case id := <-fired:
+		if id != "held" {
+			t.Fatalf("OnTimeout(%s), want the resumed call", id)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("resumed call never timed out")
+	}
+}

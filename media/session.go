@@ -62,6 +62,15 @@ type session struct {
 
 	lastActivity atomic.Int64 // Relay.nanotime of the last admitted RTP batch
 	timedOut     atomic.Bool  // OnTimeout was called
+	// held is set while the call is on hold: both sides have sent SDP and
+	// at least one of them has no stream it both sends and receives on
+	// (sendonly, recvonly, inactive or a 0.0.0.0 address). Many PBXs send
+	// no RTP at all while holding, so the janitor does not time a held
+	// call out; the idle clock restarts when it resumes.
+	held atomic.Bool
+	// duplex records, per side, whether its last SDP had a sendrecv
+	// stream with an address; known whether it sent any. Guarded by mu.
+	duplex, known [2]bool
 
 	mu      sync.Mutex
 	closed  bool
@@ -186,6 +195,14 @@ func (s *session) negotiate(from Side, body []byte, offer bool) ([]byte, error) 
 
 	// Commit.
 	s.origins[to] = origin
+	s.known[from] = true
+	s.duplex[from] = false
+	for i, m := range media {
+		if ann[i].active && ann[i].rtp.IsValid() && (m.Direction == "" || m.Direction == sdp.SendRecv) {
+			s.duplex[from] = true
+		}
+	}
+	s.held.Store(s.known[A] && s.known[B] && !(s.duplex[A] && s.duplex[B]))
 	for i, m := range media {
 		if i == len(s.streams) {
 			s.streams = append(s.streams, &stream{index: i})
