@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"syscall"
+	"time"
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/hashicorp/go-hclog"
@@ -73,7 +74,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options, log hclog.Logger
 	a.relay = relay
 	defer relay.Shutdown()
 
-	srv, err = sbc.NewServer(SBCConfig(cfg), relay, sbc.Hooks{}, log.Named("sbc"), sl)
+	srv, err = sbc.NewServer(SBCConfig(cfg), relay, sbc.Hooks{CallEnded: cdrLogger(log.Named("cdr"))}, log.Named("sbc"), sl)
 	if err != nil {
 		return fmt.Errorf("build sbc: %w", err)
 	}
@@ -172,4 +173,23 @@ func tuneGC(log hclog.Logger) {
 	}
 	debug.SetGCPercent(300)
 	log.Debug("gc tuned", "gogc", 300)
+}
+
+// cdrLogger writes one record per finished call: who called whom through
+// which peers, the final status, how long it rang and talked, and the media
+// counters of both legs.
+func cdrLogger(log hclog.Logger) func(context.Context, sbc.CallRecord) {
+	return func(_ context.Context, r sbc.CallRecord) {
+		talk := time.Duration(0)
+		ring := r.End.Sub(r.Start)
+		if !r.Answer.IsZero() {
+			ring = r.Answer.Sub(r.Start)
+			talk = r.End.Sub(r.Answer)
+		}
+		m := r.MediaStats.Total()
+		log.Info("call ended", "call", r.ID, "from", r.From, "to", r.To,
+			"in_peer", r.InPeer, "out_peer", r.OutPeer, "status", r.Status, "reason", r.EndReason,
+			"ring_ms", ring.Milliseconds(), "talk_ms", talk.Milliseconds(),
+			"rtp_packets", m.Packets, "rtp_forwarded", m.Forwarded, "rtp_dropped_stranger", m.DroppedStranger)
+	}
 }

@@ -2,10 +2,14 @@ package appliance
 
 import (
 	"bytes"
+	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/edgesbc/edgesbc/sbc"
 )
 
 func TestSlogBridgeDropsPayloadAndLimits(t *testing.T) {
@@ -26,5 +30,22 @@ func TestSlogBridgeDropsPayloadAndLimits(t *testing.T) {
 	sl.Info("transaction created", "tx", "x")
 	if buf.Len() != 0 {
 		t.Errorf("sipgo info chatter logged at info level: %s", buf.String())
+	}
+}
+
+func TestCDRLine(t *testing.T) {
+	var buf bytes.Buffer
+	log := hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Info})
+	start := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	cdrLogger(log)(context.Background(), sbc.CallRecord{
+		ID: "abc", From: "2001", To: "+15551234", InPeer: "main", OutPeer: "carrier",
+		Start: start, Answer: start.Add(2 * time.Second), End: start.Add(62 * time.Second),
+		Status: 200, EndReason: "caller bye",
+	})
+	out := buf.String()
+	for _, want := range []string{"call ended", "call=abc", "from=2001", `to="+15551234"`, "in_peer=main", "out_peer=carrier", "status=200", `reason="caller bye"`, "ring_ms=2000", "talk_ms=60000"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("CDR line lacks %q:\n%s", want, out)
+		}
 	}
 }
