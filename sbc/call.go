@@ -392,7 +392,7 @@ var passHeaders = []string{"Subject", "Priority", "Privacy", "Accept", "Accept-L
 
 // buildInvite builds leg B's INVITE from scratch (RFC 3261 §8.1.1).
 func (c *Call) buildInvite(body []byte) *sip.Request {
-	a, b := c.legs[media.A], c.legs[media.B]
+	b := c.legs[media.B]
 	req := sip.NewRequest(sip.INVITE, *b.target.Clone())
 	req.AppendHeader(c.srv.via(b.zone))
 	mf := sip.MaxForwardsHeader(70)
@@ -410,7 +410,6 @@ func (c *Call) buildInvite(body []byte) *sip.Request {
 	req.AppendHeader(sip.NewHeader("Allow", allowMethods))
 	req.AppendHeader(sip.NewHeader("User-Agent", c.srv.cfg.UserAgent))
 	copyAllowed(c.inReq, req, b.peer)
-	_ = a
 	if body != nil {
 		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
 	}

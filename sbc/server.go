@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -742,5 +741,3 @@ func (s *Server) ackAndByeOrphan(z *zone, res *sip.Response) {
 // noBuild tells sipgo the request is complete: it must not add or change
 // headers (every header of an outgoing message is ours).
 func noBuild(c *sipgo.Client, r *sip.Request) error { return nil }
-
-func itoa(n int) string { return strconv.Itoa(n) }
