@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"syscall"
 	"time"
 
@@ -49,6 +50,9 @@ type Status struct {
 // then shuts down gracefully: stop taking calls, drain them with BYE, release
 // media.
 func Run(ctx context.Context, cfg *config.Config, opts Options, log hclog.Logger) error {
+	if u := Unsupported(cfg); len(u) > 0 {
+		return fmt.Errorf("configuration uses what this version cannot do: %s", strings.Join(u, "; "))
+	}
 	raiseFileLimit(log)
 	tuneGC(log)
 	sl := NewSlogLogger(log.Named("sip"))
@@ -192,4 +196,25 @@ func cdrLogger(log hclog.Logger) func(context.Context, sbc.CallRecord) {
 			"ring_ms", ring.Milliseconds(), "talk_ms", talk.Milliseconds(),
 			"rtp_packets", m.Packets, "rtp_forwarded", m.Forwarded, "rtp_dropped_stranger", m.DroppedStranger)
 	}
+}
+
+// Unsupported lists what a valid configuration asks for that this version
+// does not implement yet, so that check and run refuse it instead of
+// silently doing something else. Today: SIP over TCP (the schema accepts it
+// for the transports work to come; the SBC listens and sends on UDP only).
+func Unsupported(cfg *config.Config) []string {
+	var out []string
+	for _, z := range cfg.Zones {
+		for _, t := range z.Transports {
+			if t != "udp" {
+				out = append(out, fmt.Sprintf("zone %q: transport %q is not available in this version (UDP only)", z.Name, t))
+			}
+		}
+	}
+	for _, p := range cfg.Peers {
+		if p.Transport != "" && p.Transport != "udp" {
+			out = append(out, fmt.Sprintf("%s %q: transport %q is not available in this version (UDP only)", p.Kind, p.Name, p.Transport))
+		}
+	}
+	return out
 }

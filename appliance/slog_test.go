@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/edgesbc/edgesbc/appliance/config"
 	"github.com/edgesbc/edgesbc/sbc"
 )
 
@@ -47,5 +48,36 @@ func TestCDRLine(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("CDR line lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+func TestUnsupportedTCP(t *testing.T) {
+	src := []byte(`zone "private" {
+  address    = "10.91.1.1"
+  transports = ["udp", "tcp"]
+}
+zone "public" {
+  address = "203.0.113.1"
+}
+pbx "main" {
+  zone    = "private"
+  address = "10.91.1.2"
+}
+trunk "carrier" {
+  zone    = "public"
+  address = "203.0.113.2"
+}
+`)
+	cfg, diags := config.Parse("t.hcl", src)
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	u := Unsupported(cfg)
+	if len(u) != 1 || !strings.Contains(u[0], `zone "private": transport "tcp"`) {
+		t.Errorf("Unsupported = %q", u)
+	}
+	cfg.Zones[0].Transports = []string{"udp"}
+	if u := Unsupported(cfg); len(u) != 0 {
+		t.Errorf("UDP-only config reported: %q", u)
 	}
 }

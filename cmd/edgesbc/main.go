@@ -102,6 +102,12 @@ func load(path string, stderr io.Writer) *config.Config {
 	if diags.HasErrors() {
 		return nil
 	}
+	if u := appliance.Unsupported(cfg); len(u) > 0 {
+		for _, msg := range u {
+			fmt.Fprintf(stderr, "%s: error: %s\n", path, msg)
+		}
+		return nil
+	}
 	return cfg
 }
 
