@@ -674,3 +674,23 @@ func TestMaxCalls(t *testing.T) {
 		t.Errorf("status %+v: want the first call up and one overload refusal", st)
 	}
 }
+
+// TestAdvertisedAddress: behind a 1:1 NAT the public zone announces its
+// advertise address in Via, Contact and SDP, while it still binds and sends
+// from its local address.
+func TestAdvertisedAddress(t *testing.T) {
+	r := newRig(t, func(c *Config) { c.Zones[1].Advertise = netip.MustParseAddr("198.51.100.7") })
+	r.pbx.send(r.priv, r.pbxInvite("adv-1", "z9hG4bK-adv1"))
+	inv, raw := r.car.recv("INVITE", "SIP/2.0 100")
+	req := inv.(*sip.Request)
+	if req.Via().Host != "198.51.100.7" || msgContact(req).Address.Host != "198.51.100.7" || req.From().Address.Host != "198.51.100.7" {
+		t.Errorf("Via/Contact/From must carry the advertised address:\n%s", raw)
+	}
+	if !strings.Contains(string(req.Body()), "c=IN IP4 198.51.100.7") || strings.Contains(raw, "127.0.0.2") {
+		t.Errorf("SDP must announce the advertised address, never the local one:\n%s", raw)
+	}
+	r.car.send(r.pub, answer(inv, 486, "Busy", "car-tag", "", ""))
+	r.car.recv("ACK")
+	r.pbx.recv("SIP/2.0 486", "SIP/2.0 100")
+	r.waitIdle()
+}
