@@ -139,6 +139,11 @@ func cmdRun(path, admin string, stderr io.Writer) int {
 			defer stop()
 		}
 	}
+	if path := os.Getenv("EDGESBC_HEAPPROFILE"); path != "" {
+		// profiling hook for make bench: SIGUSR1 writes a heap profile
+		stop := heapProfileOnSignal(path, log)
+		defer stop()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if admin != "" {
@@ -203,4 +208,30 @@ func startCPUProfile(path string) (func(), error) {
 		return nil, fmt.Errorf("start cpu profile: %w", err)
 	}
 	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
+func heapProfileOnSignal(path string, log hclog.Logger) func() {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGUSR1)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-ch:
+				f, err := os.Create(path)
+				if err != nil {
+					log.Warn("heap profile not written", "path", path, "error", err)
+					continue
+				}
+				if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+					log.Warn("heap profile not written", "path", path, "error", err)
+				}
+				f.Close()
+				log.Info("heap profile written", "path", path)
+			}
+		}
+	}()
+	return func() { signal.Stop(ch); close(done) }
 }
