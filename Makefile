@@ -32,6 +32,8 @@ test-integration:
 FUZZTIME ?= 20s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzInspect$$' -fuzztime $(FUZZTIME) ./sbc
+	$(GO) test -run '^$$' -fuzz '^FuzzServerEntry$$' -fuzztime $(FUZZTIME) ./sbc
+	$(GO) test -run '^$$' -fuzz '^FuzzInDialog$$' -fuzztime $(FUZZTIME) ./sbc
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./media/sdp
 	$(GO) test -run '^$$' -fuzz '^FuzzRewrite$$' -fuzztime $(FUZZTIME) ./media/sdp
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./appliance/config
