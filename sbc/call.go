@@ -797,22 +797,32 @@ func (c *Call) sendCancel() {
 	}
 	c.cancelTx = true
 	b := c.legs[media.B]
-	inv := c.outReq
+	c.runTx(b, c.cancelFor(b, c.outReq))
+}
+
+// cancelFor builds the CANCEL of an INVITE we sent on leg l (RFC 3261 §9.1):
+// same Request-URI, top Via, Route, From, To, Call-ID and CSeq number.
+func (c *Call) cancelFor(l *Leg, inv *sip.Request) *sip.Request {
 	req := sip.NewRequest(sip.CANCEL, *inv.Recipient.Clone())
 	req.AppendHeader(inv.Via().Clone())
 	mf := sip.MaxForwardsHeader(70)
 	req.AppendHeader(&mf)
-	req.AppendHeader(c.fromHeader(b))
-	to := inv.To()
+	for _, h := range inv.GetHeaders("Route") {
+		if r, ok := h.(*sip.RouteHeader); ok {
+			req.AppendHeader(&sip.RouteHeader{Address: r.Address})
+		}
+	}
+	from, to := inv.From(), inv.To()
+	req.AppendHeader(&sip.FromHeader{DisplayName: from.DisplayName, Address: from.Address, Params: from.Params.Clone()})
 	req.AppendHeader(&sip.ToHeader{DisplayName: to.DisplayName, Address: to.Address, Params: to.Params.Clone()})
-	cid := sip.CallIDHeader(b.callID)
+	cid := sip.CallIDHeader(inv.CallID().Value())
 	req.AppendHeader(&cid)
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: inv.CSeq().SeqNo, MethodName: sip.CANCEL})
 	req.AppendHeader(sip.NewHeader("User-Agent", c.srv.cfg.UserAgent))
 	req.SetBody(nil)
-	req.Laddr = b.zone.laddr
-	req.SetDestination(b.dest)
-	c.runTx(b, req)
+	req.Laddr = l.zone.laddr
+	req.SetDestination(l.dest)
+	return req
 }
 
 // runTx sends a non-INVITE request and waits for its outcome in the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -23,6 +24,11 @@ type inDialogTx struct {
 	retrans *time.Timer
 	ack     *sip.Request // ACK for the other leg's 2xx, deferred when its answer comes in our ACK
 	acked   bool
+	// cancelled: the sender CANCELled its re-INVITE (sipgo has answered
+	// 487); the relayed one is cancelled too, and a 2xx that crosses that
+	// CANCEL is ACKed and kept: the media stays anchored on the sender's
+	// side, so its session goes on unchanged.
+	cancelled bool
 }
 
 // inDialogHeaders are copied from an in-dialog request to the one relayed
@@ -112,6 +118,16 @@ func (c *Call) onInDialog(side media.Side, req *sip.Request, tx sip.ServerTransa
 	c.send(other, out)
 	c.mu.Unlock()
 
+	var cancelled chan struct{}
+	if req.Method == sip.INVITE {
+		cancelled = make(chan struct{})
+		var once sync.Once
+		fire := func() { once.Do(func() { close(cancelled) }) }
+		if !tx.OnCancel(func(*sip.Request) { fire() }) {
+			fire()
+		}
+	}
+
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	otx, err := other.zone.client.TransactionRequest(ctx, out, noBuild)
@@ -130,6 +146,14 @@ func (c *Call) onInDialog(side media.Side, req *sip.Request, tx sip.ServerTransa
 		case <-otx.Done():
 			c.finishInDialog(u, req, tx, 408, otx.Err())
 			return
+		case <-cancelled:
+			cancelled = nil
+			c.mu.Lock()
+			u.cancelled = true
+			if c.state != stateEnded {
+				c.runTx(other, c.cancelFor(other, out))
+			}
+			c.mu.Unlock()
 		case <-c.done:
 			// the call ended meanwhile (BYE, timeout): the request dies
 			// with it
@@ -243,9 +267,14 @@ func (c *Call) onInDialogResponse(u *inDialogTx, req *sip.Request, tx sip.Server
 		c.respondOn(l, req, tx, 488, nil, nil)
 		return true
 	}
-	if req.Method == sip.INVITE && (u.offered || sdp == nil) {
+	if req.Method == sip.INVITE && (u.offered || sdp == nil || u.cancelled) {
 		c.sendAck(other, u.ack)
 		u.acked = true
+	}
+	if u.cancelled {
+		// the 2xx crossed our CANCEL: the sender already has its 487
+		c.update = nil
+		return true
 	}
 	u.res = c.respondOn(l, req, tx, code, body, nil)
 	if req.Method == sip.UPDATE {

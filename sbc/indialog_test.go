@@ -130,3 +130,34 @@ func TestLateOffer(t *testing.T) {
 		t.Fatalf("answer in ACK not relayed and anchored:\n%s", raw)
 	}
 }
+
+// TestReinviteCancelled: the sender cancels its re-INVITE; the relayed one
+// is cancelled too and the call goes on.
+func TestReinviteCancelled(t *testing.T) {
+	r := newRig(t, nil)
+	okA, _ := r.establish("rc-1")
+	reinvite := r.pbxInDialog("INVITE", 50, okA, "rc-1", "", pbxSDP)
+	r.pbx.send(r.priv, reinvite)
+	reinv, _ := r.car.recv("INVITE", "ACK", "SIP/2.0 200")
+	branch := "z9hG4bK-invite-50"
+	r.pbx.send(r.priv, fmt.Sprintf("CANCEL sip:2001@%s SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.3:%d;branch=%s;rport\nMax-Forwards: 70\nFrom: %s\nTo: %s\nCall-ID: rc-1\nCSeq: 50 CANCEL\nContent-Length: 0\n\n",
+		r.priv, r.pbx.addr.Port(), branch, okA.From().Value(), okA.To().Value()))
+	r.pbx.recv("SIP/2.0 200", "SIP/2.0 100")
+	r.pbx.recv("SIP/2.0 487", "SIP/2.0 200")
+	cancel, _ := r.car.recv("CANCEL", "INVITE")
+	if cancel.Via().Params.GetOr("branch", "") != reinv.Via().Params.GetOr("branch", "x") {
+		t.Error("CANCEL must carry the relayed re-INVITE's branch")
+	}
+	r.car.send(r.pub, answer(cancel, 200, "OK", "", "", ""))
+	r.car.send(r.pub, answer(reinv, 487, "Request Terminated", "", "", ""))
+	r.car.recv("ACK", "SIP/2.0 200")
+	if st := r.srv.Status(); st.Calls != 1 {
+		t.Fatalf("call must survive a cancelled re-INVITE: %+v", st)
+	}
+	// and a new re-INVITE works afterwards
+	r.pbx.send(r.priv, r.pbxInDialog("INVITE", 51, okA, "rc-1", "", pbxSDP))
+	reinv2, _ := r.car.recv("INVITE", "ACK", "SIP/2.0 200", "SIP/2.0 487")
+	r.car.send(r.pub, answer(reinv2, 200, "OK", "", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP))
+	r.car.recv("ACK", "SIP/2.0 200")
+	r.pbx.recv("SIP/2.0 200", "SIP/2.0 100", "SIP/2.0 487")
+}
