@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -79,9 +80,10 @@ type Call struct {
 	bAckSent  bool
 	a2xx      *sip.Response // 2xx sent on leg A, retransmitted until ACK
 	retrans   *time.Timer
-	provSeen  bool // leg B sent a provisional: CANCEL is allowed (RFC 3261 §9.1)
-	cancelled bool // leg A cancelled, or we gave up on leg B
-	cancelTx  bool // CANCEL already sent on leg B
+	provSeen  bool   // leg B sent a provisional: CANCEL is allowed (RFC 3261 §9.1)
+	lastRSeq  uint32 // highest RSeq PRACKed on leg B
+	cancelled bool   // leg A cancelled, or we gave up on leg B
+	cancelTx  bool   // CANCEL already sent on leg B
 	aborted   chan int
 	keys      []dialogKey
 	mediaOpen bool
@@ -408,6 +410,9 @@ func (c *Call) buildInvite(body []byte) *sip.Request {
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: b.localCSeq, MethodName: sip.INVITE})
 	req.AppendHeader(c.srv.contact(b.zone))
 	req.AppendHeader(sip.NewHeader("Allow", allowMethods))
+	// reliable provisionals (RFC 3262) are acknowledged by the SBC on
+	// leg B itself, whatever the caller supports
+	req.AppendHeader(sip.NewHeader("Supported", "100rel"))
 	req.AppendHeader(sip.NewHeader("User-Agent", c.srv.cfg.UserAgent))
 	copyAllowed(c.inReq, req, b.peer)
 	if body != nil {
@@ -567,6 +572,12 @@ func (c *Call) onInviteResponse(res *sip.Response) bool {
 			c.sendCancel()
 			return false
 		}
+		if reliable(res) {
+			fresh := c.prack(res)
+			if !fresh {
+				return false // a retransmission: already relayed
+			}
+		}
 		var body []byte
 		if sdp := sdpBody(res); sdp != nil && !c.lateOffer {
 			out, err := c.anchorAnswer(sdp)
@@ -612,6 +623,40 @@ func (c *Call) onInviteResponse(res *sip.Response) bool {
 		c.end()
 		return true
 	}
+}
+
+// reliable reports whether a provisional response must be PRACKed.
+func reliable(res *sip.Response) bool {
+	for _, h := range res.GetHeaders("Require") {
+		for _, opt := range strings.Split(h.Value(), ",") {
+			if strings.EqualFold(strings.TrimSpace(opt), "100rel") {
+				return len(res.GetHeaders("RSeq")) > 0
+			}
+		}
+	}
+	return false
+}
+
+// prack acknowledges a reliable provisional response on leg B (RFC 3262
+// §7.2) and reports whether it was new. The caller's leg gets the response
+// unreliably: 100rel is terminated per leg. Caller holds mu.
+func (c *Call) prack(res *sip.Response) bool {
+	b := c.legs[media.B]
+	rseq, err := strconv.ParseUint(strings.TrimSpace(res.GetHeaders("RSeq")[0].Value()), 10, 32)
+	if err != nil || rseq == 0 {
+		c.log.Warn("reliable provisional without a usable RSeq", "error", err)
+		return false
+	}
+	if uint32(rseq) <= c.lastRSeq {
+		return false
+	}
+	c.lastRSeq = uint32(rseq)
+	c.setTarget(b, res) // the early dialog's remote target and route set
+	b.localCSeq++
+	req := c.inDialog(b, sip.PRACK, b.localCSeq)
+	req.AppendHeader(sip.NewHeader("RAck", fmt.Sprintf("%d %d INVITE", rseq, c.outReq.CSeq().SeqNo)))
+	c.runTx(b, req)
+	return true
 }
 
 // answered relays leg B's 2xx to leg A. Caller holds mu.

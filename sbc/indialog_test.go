@@ -161,3 +161,36 @@ func TestReinviteCancelled(t *testing.T) {
 	r.car.recv("ACK", "SIP/2.0 200")
 	r.pbx.recv("SIP/2.0 200", "SIP/2.0 100", "SIP/2.0 487")
 }
+
+// TestReliableProvisional: the callee sends a reliable 183 with SDP; the
+// SBC PRACKs it on leg B itself and relays it to the caller unreliably,
+// anchored (RFC 3262, terminated per leg).
+func TestReliableProvisional(t *testing.T) {
+	r := newRig(t, nil)
+	r.pbx.send(r.priv, r.pbxInvite("rel-1", "z9hG4bK-rel1"))
+	inv, _ := r.car.recv("INVITE", "SIP/2.0 100")
+	if s := inv.GetHeaders("Supported"); len(s) == 0 || !strings.Contains(s[0].Value(), "100rel") {
+		t.Fatalf("leg B must offer 100rel: %v", s)
+	}
+	rel := strings.Replace(answer(inv, 183, "Session Progress", "car-tag", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP),
+		"Content-Type", "Require: 100rel\nRSeq: 7\nContent-Type", 1)
+	r.car.send(r.pub, rel)
+	prack, _ := r.car.recv("PRACK", "SIP/2.0 100")
+	if ra := prack.GetHeaders("RAck"); len(ra) != 1 || ra[0].Value() != fmt.Sprintf("7 %d INVITE", inv.CSeq().SeqNo) {
+		t.Fatalf("RAck %v", ra)
+	}
+	if prack.(*sip.Request).Recipient.User != "carrier" {
+		t.Errorf("PRACK must target the early dialog's Contact: %s", prack.(*sip.Request).Recipient.String())
+	}
+	r.car.send(r.pub, answer(prack, 200, "OK", "", "", ""))
+	early, raw := r.pbx.recv("SIP/2.0 183", "SIP/2.0 100")
+	if strings.Contains(raw, "100rel") || len(early.GetHeaders("RSeq")) != 0 || !strings.Contains(string(early.Body()), "c=IN IP4 127.0.0.1") {
+		t.Fatalf("183 to the caller must be unreliable and anchored:\n%s", raw)
+	}
+	// a retransmission of the same reliable 183 is not PRACKed or relayed twice
+	r.car.send(r.pub, rel)
+	r.car.expectNothing(300*time.Millisecond, "SIP/2.0 200")
+	r.car.send(r.pub, answer(inv, 200, "OK", "car-tag", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP))
+	r.car.recv("ACK", "SIP/2.0 200")
+	r.pbx.recv("SIP/2.0 200", "SIP/2.0 183", "SIP/2.0 100")
+}
