@@ -235,6 +235,17 @@ Content-Length: %%LEN%%
 `, r.priv, r.pbx.addr.Port(), branch, r.priv, callID, r.pbx.addr.Port()) + pbxSDP
 }
 
+// ringing places a pbx call that the carrier answers with 180, and
+// returns leg B's INVITE.
+func (r *rig) ringing(callID, branch string) sip.Message {
+	r.t.Helper()
+	r.pbx.send(r.priv, r.pbxInvite(callID, branch))
+	inv, _ := r.car.recv("INVITE", "SIP/2.0 100")
+	r.car.send(r.pub, answer(inv, 180, "Ringing", "car-tag", "", ""))
+	r.pbx.recv("SIP/2.0 180", "SIP/2.0 100", "SIP/2.0 486")
+	return inv
+}
+
 // pbxCancel cancels the pbxInvite with the same Call-ID and branch.
 func (r *rig) pbxCancel(callID, branch string) string {
 	return fmt.Sprintf(`CANCEL sip:+15551234@%s SIP/2.0
@@ -444,10 +455,7 @@ Content-Length: 0
 
 func TestCallCancel(t *testing.T) {
 	r := newRig(t, nil)
-	r.pbx.send(r.priv, r.pbxInvite("pbx-call-1", "z9hG4bK-inv2"))
-	inv, _ := r.car.recv("INVITE", "SIP/2.0 100")
-	r.car.send(r.pub, answer(inv, 180, "Ringing", "car-tag", "", ""))
-	r.pbx.recv("SIP/2.0 180", "SIP/2.0 100")
+	inv := r.ringing("pbx-call-1", "z9hG4bK-inv2")
 	r.pbx.send(r.priv, r.pbxCancel("pbx-call-1", "z9hG4bK-inv2"))
 	r.pbx.recv("SIP/2.0 200")
 	r.pbx.recv("SIP/2.0 487")
@@ -466,10 +474,7 @@ func TestCallCancel(t *testing.T) {
 // SBC must confirm that dialog with ACK and end it with BYE.
 func TestCallCancel200Race(t *testing.T) {
 	r := newRig(t, nil)
-	r.pbx.send(r.priv, r.pbxInvite("pbx-call-1", "z9hG4bK-inv3"))
-	inv, _ := r.car.recv("INVITE", "SIP/2.0 100")
-	r.car.send(r.pub, answer(inv, 180, "Ringing", "car-tag", "", ""))
-	r.pbx.recv("SIP/2.0 180", "SIP/2.0 100")
+	inv := r.ringing("pbx-call-1", "z9hG4bK-inv3")
 	r.pbx.send(r.priv, r.pbxCancel("pbx-call-1", "z9hG4bK-inv3"))
 	r.car.recv("CANCEL")
 	// the 200 to the INVITE crosses the CANCEL
@@ -499,10 +504,7 @@ func TestCallRejectedAndTimeout(t *testing.T) {
 
 	// a callee that never answers: 408 to the caller after invite_timeout,
 	// CANCEL to the callee
-	r.pbx.send(r.priv, r.pbxInvite("pbx-call-2", "z9hG4bK-inv5"))
-	inv, _ = r.car.recv("INVITE", "SIP/2.0 100")
-	r.car.send(r.pub, answer(inv, 180, "Ringing", "car-tag", "", ""))
-	r.pbx.recv("SIP/2.0 180", "SIP/2.0 100", "SIP/2.0 486")
+	inv = r.ringing("pbx-call-2", "z9hG4bK-inv5")
 	r.pbx.recv("SIP/2.0 408", "SIP/2.0 180", "SIP/2.0 486")
 	cancel, _ := r.car.recv("CANCEL", "INVITE")
 	r.car.send(r.pub, answer(cancel, 200, "OK", "car-tag", "", ""))

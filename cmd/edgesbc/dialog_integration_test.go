@@ -120,25 +120,8 @@ func TestIntegrationDialogs(t *testing.T) {
 		})
 	}
 
-	t.Run("daemon_back_to_idle", func(t *testing.T) {
-		st, ok := l.daemon.WaitStatus(drainTimeout, func(s testenv.Status) bool {
-			return s.Calls == 0 && s.Sessions == 0 && s.PortsInUse == 0 && s.Dialogs == 0 &&
-				s.Goroutines <= base.Goroutines+goroutineMargin
-		})
-		if !ok {
-			t.Errorf("status %v after the last call: %+v; want 0 calls, sessions, ports and dialogs, and at most %d goroutines (%d at start + %d)",
-				drainTimeout, st, base.Goroutines+goroutineMargin, base.Goroutines, goroutineMargin)
-		}
-	})
-
-	carrierPkts, err := testenv.ReadPcap(l.carrierCapture.Stop())
-	if err != nil {
-		t.Fatalf("carrier capture: %v", err)
-	}
-	pbxPkts, err := testenv.ReadPcap(l.pbxCapture.Stop())
-	if err != nil {
-		t.Fatalf("pbx capture: %v", err)
-	}
+	t.Run("daemon_back_to_idle", func(t *testing.T) { l.assertIdle(t, base) })
+	carrierPkts, pbxPkts := l.stopCaptures(t)
 
 	t.Run("no_inside_topology_on_carrier_link", func(t *testing.T) {
 		if len(sipMessages(carrierPkts)) == 0 {

@@ -100,6 +100,34 @@ func newLab(t *testing.T) *lab {
 	return l
 }
 
+// assertIdle waits until the daemon holds no call, session, port or dialog
+// and its goroutines are back near their count at start.
+func (l *lab) assertIdle(t *testing.T, base testenv.Status) {
+	t.Helper()
+	st, ok := l.daemon.WaitStatus(drainTimeout, func(s testenv.Status) bool {
+		return s.Calls == 0 && s.Sessions == 0 && s.PortsInUse == 0 && s.Dialogs == 0 &&
+			s.Goroutines <= base.Goroutines+goroutineMargin
+	})
+	if !ok {
+		t.Errorf("status %v after the last call: %+v; want 0 calls, sessions, ports and dialogs, and at most %d goroutines (%d at start + %d)",
+			drainTimeout, st, base.Goroutines+goroutineMargin, base.Goroutines, goroutineMargin)
+	}
+}
+
+// stopCaptures ends the lab-wide captures and returns what each link saw.
+func (l *lab) stopCaptures(t *testing.T) (carrier, pbx []testenv.Packet) {
+	t.Helper()
+	carrier, err := testenv.ReadPcap(l.carrierCapture.Stop())
+	if err != nil {
+		t.Fatalf("carrier capture: %v", err)
+	}
+	pbx, err = testenv.ReadPcap(l.pbxCapture.Stop())
+	if err != nil {
+		t.Fatalf("pbx capture: %v", err)
+	}
+	return carrier, pbx
+}
+
 // call runs one sbcCase through the SBC.
 func (l *lab) call(t *testing.T, c sbcCase) {
 	t.Helper()
@@ -145,25 +173,8 @@ func TestIntegrationCalls(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) { l.call(t, c) })
 	}
 
-	t.Run("daemon_back_to_idle", func(t *testing.T) {
-		st, ok := l.daemon.WaitStatus(drainTimeout, func(s testenv.Status) bool {
-			return s.Calls == 0 && s.Sessions == 0 && s.PortsInUse == 0 && s.Dialogs == 0 &&
-				s.Goroutines <= base.Goroutines+goroutineMargin
-		})
-		if !ok {
-			t.Errorf("status %v after the last call: %+v; want 0 calls, sessions, ports and dialogs, and at most %d goroutines (%d at start + %d)",
-				drainTimeout, st, base.Goroutines+goroutineMargin, base.Goroutines, goroutineMargin)
-		}
-	})
-
-	carrierPkts, err := testenv.ReadPcap(l.carrierCapture.Stop())
-	if err != nil {
-		t.Fatalf("carrier capture: %v", err)
-	}
-	pbxPkts, err := testenv.ReadPcap(l.pbxCapture.Stop())
-	if err != nil {
-		t.Fatalf("pbx capture: %v", err)
-	}
+	t.Run("daemon_back_to_idle", func(t *testing.T) { l.assertIdle(t, base) })
+	carrierPkts, pbxPkts := l.stopCaptures(t)
 	carrierSIP, pbxSIP := sipMessages(carrierPkts), sipMessages(pbxPkts)
 
 	t.Run("no_inside_topology_on_carrier_link", func(t *testing.T) {
