@@ -380,7 +380,13 @@ func TestIntegrationMediaOffload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the withdrawal", 2*time.Second, func() bool { return relay.OffloadedLinks() == 0 })
+	// Packets sent before the kernel has applied the withdrawal still
+	// follow the old rewrite; wait for it, as the far end's new port only
+	// starts receiving after the re-INVITE's answer anyway.
+	waitFor(t, "the withdrawal", 2*time.Second, func() bool {
+		return relay.OffloadedLinks() == 0 && nftElements(t, l.sbc, "map", "media_dnat4") == 0
+	})
+	time.Sleep(100 * time.Millisecond) // and for its conntrack deletion, which follows
 	const n2 = 500
 	atRight2, atLeft2 := receive(right2C), receive(leftC)
 	errs = make(chan error, 2)
