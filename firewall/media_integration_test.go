@@ -30,10 +30,10 @@ func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
 // lab is left ── sbc ── right, with forwarding on in sbc (the kernel path
 // needs it) and media offload programmed into sbc's own ruleset.
 type lab struct {
-	left, sbc, right *testenv.Netns
-	leftIP, sbcLeft  netip.Addr
+	left, sbc, right  *testenv.Netns
+	leftIP, sbcLeft   netip.Addr
 	sbcRight, rightIP netip.Addr
-	nsFd             netns.NsHandle
+	nsFd              netns.NsHandle
 }
 
 func newLab(t *testing.T) *lab {

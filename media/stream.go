@@ -138,7 +138,7 @@ type relaySocket struct {
 
 	remote atomic.Pointer[remote]
 	c      counters
-	link   *link // the component across both sides, for offloading
+	link   *link    // the component across both sides, for offloading
 	fwd    [][]byte // admitted payloads of the current batch
 }
 
