@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"net"
 	"net/netip"
@@ -486,5 +487,32 @@ func TestIntegrationMediaOffloadMany(t *testing.T) {
 	}
 	if got := nftElements(t, l.sbc, "set", "media_count4"); got != 0 {
 		t.Errorf("after withdrawing everything, media_count4 holds %d elements", got)
+	}
+}
+
+// TestIntegrationMediaRuleset checks how the kernel reads back what
+// NewMedia programs: nft's listing of the table must be the golden text,
+// the nft syntax the rule encodings of TestMediaRulesGolden stand for.
+func TestIntegrationMediaRuleset(t *testing.T) {
+	l := newLab(t)
+	l.offload(t, 20000, 29999)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := l.sbc.Command(ctx, "nft", "list", "table", "inet", firewall.TableName).Output()
+	if err != nil {
+		t.Fatalf("nft list table: %v", err)
+	}
+	golden := "testdata/media_ruleset.nft"
+	if f := flag.Lookup("update"); f != nil && f.Value.String() == "true" {
+		if err := os.WriteFile(golden, out, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(out) != string(want) {
+		t.Errorf("nft list table inet %s:\n%s\nwant (%s):\n%s", firewall.TableName, out, golden, want)
 	}
 }
