@@ -383,43 +383,55 @@ func (m *Media) apply(batch []op) {
 	}
 
 	results := make([]error, len(batch))
-	inKernel := make(map[media.Flow]bool) // state of each touched flow after the batch
-	state := func(f media.Flow) bool {
-		if v, ok := inKernel[f]; ok {
-			return v
+	// The net effect of the batch on each flow it touches: an Offload and
+	// a Withdraw of the same flow cancel out.
+	inKernel := make(map[media.Flow]bool)
+	var touched []media.Flow
+	for _, o := range batch {
+		if _, seen := inKernel[o.flow]; !seen {
+			touched = append(touched, o.flow)
 		}
-		return m.installed[f]
+		inKernel[o.flow] = o.kind == opOffload
+	}
+	var adds, dels []media.Flow
+	for _, f := range touched {
+		switch want := inKernel[f]; {
+		case want && !m.installed[f]:
+			adds = append(adds, f)
+		case !want && m.installed[f]:
+			dels = append(dels, f)
+		}
+	}
+	// Deletions go first: a withdrawn flow and its replacement (a side
+	// that moved) may share a key.
+	m.queueElements(dels, false)
+	m.queueElements(adds, true)
+	if err := m.conn.Flush(); err != nil {
+		m.log.Debug("media offload batch failed, retrying flow by flow", "flows", len(adds)+len(dels), "error", err)
+		failed := make(map[media.Flow]error)
+		for _, f := range dels {
+			m.queueElements([]media.Flow{f}, false)
+			if err := m.conn.Flush(); err != nil {
+				m.log.Warn("withdraw media flow", "flow", f, "error", err)
+			}
+			inKernel[f] = false // gone or unusable either way
+		}
+		for _, f := range adds {
+			m.queueElements([]media.Flow{f}, true)
+			if err := m.conn.Flush(); err != nil {
+				failed[f] = fmt.Errorf("offload flow %v: %w", f, err)
+				inKernel[f] = false
+			}
+		}
+		for i, o := range batch {
+			if o.kind == opOffload {
+				results[i] = failed[o.flow]
+			}
+		}
 	}
 	for i, o := range batch {
-		switch {
-		case o.kind == opOffload && !state(o.flow):
-			m.queueElements(o.flow, true)
-			inKernel[o.flow] = true
-		case o.kind == opWithdraw && state(o.flow):
-			m.queueElements(o.flow, false)
-			inKernel[o.flow] = false
-		case o.kind == opOffload:
-			results[i] = nil // already there
-		}
-	}
-	if err := m.conn.Flush(); err != nil {
-		m.log.Debug("media offload batch failed, retrying flow by flow", "ops", len(batch), "error", err)
-		inKernel = make(map[media.Flow]bool)
-		for i, o := range batch {
-			want := o.kind == opOffload
-			if state(o.flow) == want {
-				continue
-			}
-			m.queueElements(o.flow, want)
-			if err := m.conn.Flush(); err != nil {
-				results[i] = fmt.Errorf("offload flow %v: %w", o.flow, err)
-				if !want {
-					// The elements are gone or unusable either way.
-					inKernel[o.flow] = false
-				}
-				continue
-			}
-			inKernel[o.flow] = want
+		if o.kind == opOffload && results[i] == nil && !inKernel[o.flow] {
+			results[i] = fmt.Errorf("offload flow %v: withdrawn in the same batch", o.flow)
 		}
 	}
 
@@ -449,10 +461,22 @@ func (m *Media) apply(batch []op) {
 	}
 }
 
-// queueElements adds to the pending transaction the elements of f, to add
-// or to delete.
-func (m *Media) queueElements(f media.Flow, add bool) {
-	dnat, snat, count := flowElements(f)
+// elementsPerMessage keeps each element list under the 64 KiB a netlink
+// attribute can hold (about 60 bytes per element here).
+const elementsPerMessage = 512
+
+// queueElements adds to the pending transaction the elements of flows, to
+// add or to delete: a few large messages per set rather than one per flow,
+// since every message costs an acknowledgement.
+func (m *Media) queueElements(flows []media.Flow, add bool) {
+	if len(flows) == 0 {
+		return
+	}
+	var dnat, snat, count []nftables.SetElement
+	for _, f := range flows {
+		d, s, c := flowElements(f)
+		dnat, snat, count = append(dnat, d...), append(snat, s...), append(count, c...)
+	}
 	do := m.conn.SetAddElements
 	if !add {
 		do = m.conn.SetDeleteElements
@@ -461,8 +485,12 @@ func (m *Media) queueElements(f media.Flow, add bool) {
 		s *nftables.Set
 		e []nftables.SetElement
 	}{{m.obj.dnat, dnat}, {m.obj.snat, snat}, {m.obj.count, count}} {
-		if err := do(x.s, x.e); err != nil {
-			m.log.Error("encode media offload elements", "set", x.s.Name, "flow", f, "error", err)
+		for len(x.e) > 0 {
+			k := min(len(x.e), elementsPerMessage)
+			if err := do(x.s, x.e[:k]); err != nil {
+				m.log.Error("encode media offload elements", "set", x.s.Name, "flows", len(flows), "error", err)
+			}
+			x.e = x.e[k:]
 		}
 	}
 }
