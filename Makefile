@@ -41,6 +41,7 @@ fuzz:
 bench:
 	bash scripts/deps.sh bench
 	bash bench/run.sh
+	bash bench/media-kernel.sh
 
 lint vet:
 	$(GO) vet ./...
