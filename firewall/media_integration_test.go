@@ -516,3 +516,38 @@ func TestIntegrationMediaRuleset(t *testing.T) {
 		t.Errorf("nft list table inet %s:\n%s\nwant (%s):\n%s", firewall.TableName, out, golden, want)
 	}
 }
+
+// TestIntegrationMediaStaleRemoved starts media offload over what a killed
+// daemon left behind (flows in the maps, no Close): the new instance
+// starts from empty maps.
+func TestIntegrationMediaStaleRemoved(t *testing.T) {
+	l := newLab(t)
+	old, err := firewall.NewMedia(firewall.MediaConfig{
+		Addrs: []netip.Addr{l.sbcLeft, l.sbcRight}, PortMin: 30000, PortMax: 30099, NetNS: int(l.nsFd),
+	}, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Its goroutine outlives the "death"; stop it at the end without
+	// touching the kernel.
+	t.Cleanup(func() { _ = old.Close(true) })
+	done := make(chan error, 1)
+	old.Offload(media.Flow{
+		Src: netip.AddrPortFrom(l.leftIP, 4000), Local: netip.AddrPortFrom(l.sbcLeft, 30000),
+		Out: netip.AddrPortFrom(l.sbcRight, 30002), Dst: netip.AddrPortFrom(l.rightIP, 5000),
+	}, func(err error) { done <- err })
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := nftElements(t, l.sbc, "map", "media_dnat4"); n != 2 {
+		t.Fatalf("media_dnat4 holds %d elements after one offload, want 2", n)
+	}
+	// No Close: the process "died". A new instance takes over.
+	l.offload(t, 30000, 30099)
+	if n := nftElements(t, l.sbc, "map", "media_dnat4"); n != 0 {
+		t.Errorf("media_dnat4 holds %d elements after a restart, want 0", n)
+	}
+	if n := nftElements(t, l.sbc, "set", "media_count4"); n != 0 {
+		t.Errorf("media_count4 holds %d elements after a restart, want 0", n)
+	}
+}
