@@ -4,7 +4,7 @@
 # repeatedly; needs root only when something is missing.
 set -euo pipefail
 pkgs=(sip-tester nftables iproute2 tcpdump)
-[ "${1:-}" = bench ] && pkgs+=(kamailio)
+[ "${1:-}" = bench ] && pkgs+=(kamailio rtpengine-daemon)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -7,6 +7,8 @@
 //	raw        hand-written nftables DNAT/SNAT map rules (the kernel's limit)
 //	offload    edgesbc's relay with kernel offload (package firewall)
 //	userspace  edgesbc's relay alone
+//	rtpengine  Debian's rtpengine in userspace mode (--table=-1), driven over
+//	           its ng control protocol with the same streams
 //
 // It builds its own namespaces (left ── sbc ── right), sends from left with
 // a raw socket (one UDP source port per stream, 172-byte payloads) and
@@ -61,7 +63,7 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "gen" {
 		os.Exit(generate(os.Args[2:]))
 	}
-	modes := flag.String("modes", "raw offload userspace flowrate", "what to measure")
+	modes := flag.String("modes", "raw offload userspace rtpengine flowrate", "what to measure")
 	streams := flag.String("streams", "1 100 1000 10000", "concurrent stream counts")
 	rates := flag.String("rates", "25000 50000 100000 150000 200000 300000 400000 500000 700000 1000000", "offered packet rates (ladder)")
 	secs := flag.Float64("seconds", 2, "seconds per rate step")
@@ -132,6 +134,9 @@ func raiseFiles() {
 
 type lab struct {
 	left, sbc, right string
+	// cpu reads the CPU time of whatever forwards in userspace in the
+	// current mode (this process by default).
+	cpu func() time.Duration
 }
 
 func ip(args ...string) error {
@@ -254,6 +259,7 @@ type result struct {
 // loss reaches 0.1%, and reports the highest clean rate.
 func (l *lab) measure(ctx context.Context, mode string, n int, rates []float64, secs float64) (result, error) {
 	var res result
+	l.cpu = rusage
 	targets, teardown, setup, err := l.setup(mode, n)
 	if err != nil {
 		return res, err
@@ -268,14 +274,14 @@ func (l *lab) measure(ctx context.Context, mode string, n int, rates []float64, 
 		if err != nil {
 			return res, err
 		}
-		ru0 := rusage()
+		ru0 := l.cpu()
 		t0 := time.Now()
 		sent, err := l.send(targets, rate, secs)
 		if err != nil {
 			return res, err
 		}
 		time.Sleep(300 * time.Millisecond) // let queues drain
-		cpu := (rusage() - ru0).Seconds() / time.Since(t0).Seconds() * 100
+		cpu := (l.cpu() - ru0).Seconds() / time.Since(t0).Seconds() * 100
 		after, err := l.received()
 		if err != nil {
 			return res, err
@@ -329,6 +335,8 @@ func (l *lab) setup(mode string, n int) ([]netip.AddrPort, func(), time.Duration
 		return l.setupRaw(n)
 	case "offload", "userspace":
 		return l.setupRelay(n, mode == "offload")
+	case "rtpengine":
+		return l.setupRtpengine(n)
 	}
 	return nil, nil, 0, fmt.Errorf("unknown mode %q", mode)
 }
