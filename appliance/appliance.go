@@ -236,7 +236,8 @@ func cdrLogger(log hclog.Logger) func(context.Context, sbc.CallRecord) {
 		log.Info("call ended", "call", r.ID, "from", r.From, "to", r.To,
 			"in_peer", r.InPeer, "out_peer", r.OutPeer, "status", r.Status, "reason", r.EndReason,
 			"ring_ms", ring.Milliseconds(), "talk_ms", talk.Milliseconds(),
-			"rtp_packets", m.Packets, "rtp_forwarded", m.Forwarded, "rtp_dropped_stranger", m.DroppedStranger)
+			"rtp_packets", m.Packets, "rtp_forwarded", m.Forwarded, "rtp_offloaded", m.Offloaded,
+			"rtp_dropped_stranger", m.DroppedStranger)
 	}
 }
 

@@ -6,6 +6,8 @@ import (
 	"context"
 	"encoding/json"
 	"net/netip"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -130,5 +132,58 @@ func nftWalk(t *testing.T, ns *testenv.Netns, kind, name string, fn func(map[str
 			}
 			fn(m)
 		}
+	}
+}
+
+// TestIntegrationKernelMediaTimeout ends a call whose RTP stops while the
+// kernel forwards it: the relay sees no packet at all then, so only the
+// kernel's counters can tell the stream went silent. Both parties must get
+// a BYE once media.timeout passes.
+func TestIntegrationKernelMediaTimeout(t *testing.T) {
+	testenv.RequireTool(t, "nft")
+	testenv.Integration(t)
+	testenv.RequireTool(t, "sipp")
+	testenv.RequireTool(t, "tcpdump")
+	cfg, err := os.ReadFile(integrationConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short := strings.Replace(string(cfg), `timeout    = "60s"`, `timeout    = "3s"`, 1)
+	if short == string(cfg) {
+		t.Fatalf("%s: no media timeout line to shorten", integrationConfig)
+	}
+	topo := testenv.NewTopology(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if out, err := topo.SBC.Command(ctx, "sysctl", "-qw", "net.ipv4.ip_forward=1").CombinedOutput(); err != nil {
+		t.Fatalf("enable forwarding: %v: %s", err, out)
+	}
+	d := testenv.StartDaemon(t, topo.SBC, short)
+	pbx := endpoint{topo.PBX, topo.PBXAddr.Addr()}
+	carrier := endpoint{topo.Carrier, topo.CarrierAddr.Addr()}
+	pair := scenarioPair{name: "silent_after_audio", uac: "uac_media_expect_bye.xml", uas: "uas.xml",
+		service: "15551234567", uasArgs: []string{"-rtp_echo"}, rtp: true}
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runCall(t, pbx, carrier, netip.AddrPortFrom(topo.SBCPrivateAddr.Addr(), sipPort), pair)
+	}()
+	offloaded := 0
+	for polling := true; polling; {
+		select {
+		case <-done:
+			polling = false
+		case <-time.After(100 * time.Millisecond):
+		}
+		if st, err := d.QueryStatus(); err == nil {
+			offloaded = max(offloaded, st.Offloaded)
+		}
+	}
+	if offloaded == 0 {
+		t.Error("the stream was never offloaded: the timeout was not detected from kernel counters")
+	}
+	if log := d.Log(); !strings.Contains(log, `reason="media timeout"`) || !strings.Contains(log, "rtp_offloaded=") {
+		t.Errorf("no CDR with reason \"media timeout\" and kernel counters in the daemon log:\n%s", log)
 	}
 }

@@ -113,6 +113,7 @@ var directPairs = []scenarioPair{
 	{name: "answer_with_rtp", uac: "uac.xml", uas: "uas.xml", service: "15551234567", uasArgs: []string{"-rtp_echo"}, rtp: true},
 	{name: "pbx_answer_with_rtp", uac: "pbx_uac.xml", uas: "uas.xml", service: "15551234567", uasArgs: []string{"-rtp_echo"}, rtp: true},
 	{name: "callee_hangs_up", uac: "uac_expect_bye.xml", uas: "uas_bye.xml", service: "15551234567"},
+	{name: "callee_hangs_up_during_audio", uac: "uac_media_expect_bye.xml", uas: "uas_bye.xml", service: "15551234567"},
 	{name: "cancel_while_ringing", uac: "uac_cancel.xml", uas: "uas_ring.xml", service: "15551234567"},
 	{name: "cancel_before_ringing", uac: "uac_cancel_early.xml", uas: "uas_silent.xml", service: "15551234567"},
 	{name: "reject_486", uac: "uac_expect_486.xml", uas: "uas_reject_486.xml", service: "15551234567"},
