@@ -84,8 +84,20 @@ var dialogFlows = []dialogFlow{
 // call after the other, each with captures of its own on both links; then
 // checks the whole run's carrier link for inside topology and that the
 // daemon is back to idle.
-func TestIntegrationDialogs(t *testing.T) {
-	l := newLab(t)
+func TestIntegrationDialogs(t *testing.T) { runDialogs(t, newLab(t)) }
+
+// TestIntegrationDialogsKernel runs the same flows with kernel offload on:
+// every re-INVITE, hold and resume must take the stream out of the kernel
+// and back with the wire looking exactly as with the userspace relay.
+func TestIntegrationDialogsKernel(t *testing.T) {
+	l := newLabWith(t, forwarding)
+	if st := l.daemon.Status(t); !st.KernelOffload {
+		t.Fatalf("status %+v: kernel offload is off although the namespace forwards", st)
+	}
+	runDialogs(t, l)
+}
+
+func runDialogs(t *testing.T, l *lab) {
 	base := l.daemon.Status(t)
 	if base.Calls != 0 || base.Sessions != 0 || base.PortsInUse != 0 || base.Dialogs != 0 {
 		t.Errorf("status right after start: %+v, want no calls, sessions, ports or dialogs", base)

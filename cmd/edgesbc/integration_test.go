@@ -83,7 +83,7 @@ func newLab(t *testing.T) *lab {
 
 // newLabWith is newLab with a hook that prepares the topology before the
 // daemon starts.
-func newLabWith(t *testing.T, before func(*testenv.Topology)) *lab {
+func newLabWith(t *testing.T, before func(testing.TB, *testenv.Topology)) *lab {
 	t.Helper()
 	testenv.Integration(t)
 	testenv.RequireTool(t, "sipp")
@@ -104,7 +104,7 @@ func newLabWith(t *testing.T, before func(*testenv.Topology)) *lab {
 	l.carrierCapture = testenv.StartCapture(t, topo.Carrier, topo.CarrierIf, "")
 	l.pbxCapture = testenv.StartCapture(t, topo.PBX, topo.PBXIf, "")
 	if before != nil {
-		before(topo)
+		before(t, topo)
 	}
 	l.daemon = testenv.StartDaemon(t, topo.SBC, string(cfg))
 	return l

@@ -21,13 +21,7 @@ import (
 // the SBC's own media ports, and after the call no element is left.
 func TestIntegrationKernelOffload(t *testing.T) {
 	testenv.RequireTool(t, "nft")
-	l := newLabWith(t, func(topo *testenv.Topology) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if out, err := topo.SBC.Command(ctx, "sysctl", "-qw", "net.ipv4.ip_forward=1").CombinedOutput(); err != nil {
-			t.Fatalf("enable forwarding: %v: %s", err, out)
-		}
-	})
+	l := newLabWith(t, forwarding)
 	base := l.daemon.Status(t)
 	if !base.KernelOffload {
 		t.Fatalf("status %+v: kernel offload is off although the namespace forwards", base)
@@ -82,6 +76,17 @@ func TestIntegrationKernelOffload(t *testing.T) {
 		for _, s := range r.Strays {
 			t.Errorf("%s link: media not from the SBC's ports: %s", side.name, s)
 		}
+	}
+}
+
+// forwarding turns IPv4 forwarding on in the SBC namespace, which kernel
+// offload needs (the topology starts with it off).
+func forwarding(t testing.TB, topo *testenv.Topology) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if out, err := topo.SBC.Command(ctx, "sysctl", "-qw", "net.ipv4.ip_forward=1").CombinedOutput(); err != nil {
+		t.Fatalf("enable forwarding in %s: %v: %s", topo.SBC, err, out)
 	}
 }
 
@@ -153,11 +158,7 @@ func TestIntegrationKernelMediaTimeout(t *testing.T) {
 		t.Fatalf("%s: no media timeout line to shorten", integrationConfig)
 	}
 	topo := testenv.NewTopology(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if out, err := topo.SBC.Command(ctx, "sysctl", "-qw", "net.ipv4.ip_forward=1").CombinedOutput(); err != nil {
-		t.Fatalf("enable forwarding: %v: %s", err, out)
-	}
+	forwarding(t, topo)
 	d := testenv.StartDaemon(t, topo.SBC, short)
 	pbx := endpoint{topo.PBX, topo.PBXAddr.Addr()}
 	carrier := endpoint{topo.Carrier, topo.CarrierAddr.Addr()}
