@@ -95,6 +95,16 @@ func TestIntegrationDialogsKernel(t *testing.T) {
 		t.Fatalf("status %+v: kernel offload is off although the namespace forwards", st)
 	}
 	runDialogs(t, l)
+	offloaded := 0
+	for _, m := range regexp.MustCompile(`rtp_offloaded=(\d+)`).FindAllStringSubmatch(l.daemon.Log(), -1) {
+		if n, _ := strconv.Atoi(m[1]); n > 0 {
+			offloaded++
+		}
+	}
+	if offloaded == 0 {
+		t.Error("no call's CDR shows packets forwarded by the kernel")
+	}
+	t.Logf("%d calls had packets forwarded by the kernel", offloaded)
 }
 
 func runDialogs(t *testing.T, l *lab) {
