@@ -16,6 +16,10 @@ type MediaConfig struct {
 	// NetNS, when non-zero, is a file descriptor of the network namespace
 	// to program instead of the caller's (tests use it).
 	NetNS int
+	// Keep takes over the flows an earlier run left in the kernel instead
+	// of removing them (media.keep_on_restart): they stay until Adopt
+	// claims them or Prune removes them.
+	Keep bool
 	// Batch caps the flows applied in one netlink transaction (default
 	// 2,000: 12,000 elements).
 	Batch int

@@ -551,3 +551,115 @@ func TestIntegrationMediaStaleRemoved(t *testing.T) {
 		t.Errorf("media_count4 holds %d elements after a restart, want 0", n)
 	}
 }
+
+// TestIntegrationMediaKeep restarts the relay and the firewall in the
+// middle of a call, as a daemon with keep_on_restart does: RTP keeps
+// flowing through the kernel the whole time without a single loss, the new
+// instance adopts the call's flow, prunes a flow nobody claims, and
+// removes the call's elements when it ends.
+func TestIntegrationMediaKeep(t *testing.T) {
+	l := newLab(t)
+	const lo, hi = 30000, 30099
+	newRelay := func(fw *firewall.Media) *media.Relay {
+		r, err := media.NewRelay(media.Config{PortMin: lo, PortMax: hi, Offloader: fw, Timeout: time.Minute,
+			Quarantine: time.Second}, testLog(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	cfg := firewall.MediaConfig{Addrs: []netip.Addr{l.sbcLeft, l.sbcRight}, PortMin: lo, PortMax: hi,
+		NetNS: int(l.nsFd), Keep: true}
+	fw1, err := firewall.NewMedia(cfg, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	relay1 := newRelay(fw1)
+
+	leftC := listenIn(t, l.left, netip.AddrPortFrom(l.leftIP, 4000))
+	rightC := listenIn(t, l.right, netip.AddrPortFrom(l.rightIP, 5000))
+	const id = media.SessionID("kept")
+	if err := relay1.Open(id, media.Address{Bind: l.sbcLeft}, media.Address{Bind: l.sbcRight}); err != nil {
+		t.Fatal(err)
+	}
+	var toRight, toLeft []byte
+	in(t, l.sbc, func() {
+		toRight, err = relay1.Offer(id, media.A, sdpFor(l.leftIP, 4000, 1))
+		if err == nil {
+			toLeft, err = relay1.Answer(id, media.B, sdpFor(l.rightIP, 5000, 1))
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	relayA, relayB := anchor(t, toLeft), anchor(t, toRight)
+	// A flow no call will claim after the restart.
+	orphan := make(chan error, 1)
+	fw1.Offload(media.Flow{
+		Src: netip.AddrPortFrom(l.leftIP, 7000), Local: netip.AddrPortFrom(l.sbcLeft, 30090),
+		Out: netip.AddrPortFrom(l.sbcRight, 30092), Dst: netip.AddrPortFrom(l.rightIP, 7002),
+	}, func(err error) { orphan <- err })
+	if err := <-orphan; err != nil {
+		t.Fatal(err)
+	}
+
+	const n = 2500 // 5 s at 2 ms: the restart happens in the middle
+	atRight, atLeft := receive(rightC), receive(leftC)
+	errs := make(chan error, 2)
+	go func() { errs <- sender(leftC, relayA, 0, n, 2*time.Millisecond) }()
+	go func() { errs <- sender(rightC, relayB, 0, n, 2*time.Millisecond) }()
+	waitFor(t, "the stream to be offloaded", 5*time.Second, func() bool { return relay1.OffloadedLinks() == 1 })
+	time.Sleep(500 * time.Millisecond)
+
+	// The restart: state out, old instance detached, new one in.
+	state, ok := relay1.State(id)
+	if !ok {
+		t.Fatal("State: no session")
+	}
+	relay1.Detach()
+	if err := fw1.Close(true); err != nil {
+		t.Fatal(err)
+	}
+	fw2, err := firewall.NewMedia(cfg, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = fw2.Close(false) })
+	relay2 := newRelay(fw2)
+	t.Cleanup(relay2.Shutdown)
+	in(t, l.sbc, func() { err = relay2.Restore(state) })
+	if err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	if err := fw2.Prune(); err != nil {
+		t.Fatal(err)
+	}
+	if got := relay2.OffloadedLinks(); got != 1 {
+		t.Errorf("%d links offloaded after the restart, want the adopted one", got)
+	}
+	if got := nftElements(t, l.sbc, "map", "media_dnat4"); got != 2 {
+		t.Errorf("media_dnat4 holds %d elements after the prune, want the call's 2", got)
+	}
+
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	atRight.check(t, "left to right across the restart", 0, n)
+	atLeft.check(t, "right to left across the restart", 0, n)
+	<-atRight.done
+	<-atLeft.done
+
+	final, ok := relay2.Close(id, "test")
+	if !ok {
+		t.Fatal("close: no session")
+	}
+	if got := final.Streams[0].Sides[media.A].RTP.Forwarded; got != n {
+		t.Errorf("side A forwarded %d over both instances, want %d", got, n)
+	}
+	if got := nftElements(t, l.sbc, "map", "media_dnat4"); got != 0 {
+		t.Errorf("media_dnat4 holds %d elements after the call, want 0", got)
+	}
+}

@@ -52,6 +52,10 @@ type Media struct {
 
 	// Owned by run.
 	installed map[media.Flow]bool // A-to-B flows in the kernel (the key of each pair)
+	// stale holds, with MediaConfig.Keep, the elements an earlier run left
+	// that no Adopt has claimed yet: set name -> key -> value. Owned by
+	// run after setup.
+	stale map[string]map[string]string
 }
 
 type opKind int
@@ -60,6 +64,8 @@ const (
 	opOffload opKind = iota
 	opWithdraw
 	opCounters
+	opAdopt
+	opPrune
 )
 
 type op struct {
@@ -68,6 +74,7 @@ type op struct {
 	done     func(error)
 	final    func(fwd, rev media.Counter)
 	counters chan<- countersResult
+	reply    chan<- error
 }
 
 type countersResult struct {
@@ -175,6 +182,13 @@ func (m *Media) setup() error {
 		return fmt.Errorf("media offload: create table inet %s: %w", TableName, err)
 	}
 	m.obj = newMediaObjects(table)
+	if m.cfg.Keep {
+		err := m.keepFlows()
+		if err == nil {
+			return nil
+		}
+		m.log.Warn("cannot keep the media flows of an earlier run: starting afresh", "error", err)
+	}
 	stale, err := m.removeStale()
 	if err != nil {
 		return err
@@ -190,6 +204,23 @@ func (m *Media) setup() error {
 			return fmt.Errorf("media offload: add set %s: %w", s.Name, err)
 		}
 	}
+	m.addChains()
+	if err := m.conn.Flush(); err != nil {
+		return fmt.Errorf("media offload: create chains and sets in inet %s: %w", TableName, err)
+	}
+	n, err := m.deleteConntrack(m.matchRange())
+	if err != nil {
+		m.log.Warn("remove stale media conntrack entries", "error", err)
+	}
+	if stale > 0 || n > 0 {
+		m.log.Info("removed media offload state of an earlier run", "objects", stale, "conntrack", n)
+	}
+	return nil
+}
+
+// addChains queues the chains and their rules.
+func (m *Media) addChains() {
+	o, table := m.obj, m.obj.table
 	lo, hi := m.cfg.PortMin, m.cfg.PortMax
 	m.conn.AddChain(o.notrackIn)
 	m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.notrackIn, Exprs: o.notrackInRule(lo, hi)})
@@ -201,16 +232,64 @@ func (m *Media) setup() error {
 	m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.countC, Exprs: o.countRule()})
 	m.conn.AddChain(o.snatChain)
 	m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.snatChain, Exprs: natRule(o.snat, expr.NATTypeSourceNAT)})
-	if err := m.conn.Flush(); err != nil {
-		return fmt.Errorf("media offload: create chains and sets in inet %s: %w", TableName, err)
-	}
-	n, err := m.deleteConntrack(m.matchRange())
+}
+
+// keepFlows is setup for a restart that keeps the flows an earlier run left:
+// the chains are rebuilt (the port range or addresses may have changed),
+// the maps and their elements stay, and the elements are noted as stale
+// until Adopt claims them or Prune removes them.
+func (m *Media) keepFlows() error {
+	o := m.obj
+	sets, err := m.conn.GetSets(o.table)
 	if err != nil {
-		m.log.Warn("remove stale media conntrack entries", "error", err)
+		return fmt.Errorf("list sets: %w", err)
 	}
-	if stale > 0 || n > 0 {
-		m.log.Info("removed media offload state of an earlier run", "objects", stale, "conntrack", n)
+	have := map[string]bool{}
+	for _, s := range sets {
+		have[s.Name] = true
 	}
+	for _, s := range []*nftables.Set{o.dnat, o.snat, o.count} {
+		if !have[s.Name] {
+			return fmt.Errorf("set %s is missing", s.Name)
+		}
+	}
+	chains, err := m.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return fmt.Errorf("list chains: %w", err)
+	}
+	for _, c := range chains {
+		if c.Table.Name == TableName && strings.HasPrefix(c.Name, mediaPrefix) {
+			m.conn.DelChain(c)
+		}
+	}
+	if have[o.local.Name] {
+		m.conn.FlushSet(o.local)
+	}
+	// One transaction: the old chains go and the new ones come at once.
+	for _, s := range []*nftables.Set{o.local, o.dnat, o.snat, o.count} {
+		if err := m.conn.AddSet(s, nil); err != nil {
+			return fmt.Errorf("add set %s: %w", s.Name, err)
+		}
+	}
+	if err := m.conn.SetAddElements(o.local, localElements(m.cfg.Addrs)); err != nil {
+		return fmt.Errorf("add set %s elements: %w", o.local.Name, err)
+	}
+	m.addChains()
+	if err := m.conn.Flush(); err != nil {
+		return fmt.Errorf("rebuild chains in inet %s: %w", TableName, err)
+	}
+	m.stale = make(map[string]map[string]string)
+	for _, s := range []*nftables.Set{o.dnat, o.snat, o.count} {
+		elems, err := m.conn.GetSetElements(s)
+		if err != nil {
+			return fmt.Errorf("read set %s: %w", s.Name, err)
+		}
+		m.stale[s.Name] = make(map[string]string, len(elems))
+		for _, e := range elems {
+			m.stale[s.Name][string(e.Key)] = string(e.Val)
+		}
+	}
+	m.log.Info("kept the media flows of an earlier run", "elements", len(m.stale[o.dnat.Name]))
 	return nil
 }
 
@@ -290,6 +369,27 @@ func (m *Media) enqueue(o op) bool {
 	return true
 }
 
+// Adopt claims f, and its reverse, as offloaded when an earlier run left
+// all their elements in the kernel (MediaConfig.Keep); see media.Adopter.
+func (m *Media) Adopt(f media.Flow) bool {
+	ch := make(chan error, 1)
+	if !f.Is4() || !m.enqueue(op{kind: opAdopt, flow: f, reply: ch}) {
+		return false
+	}
+	return <-ch == nil
+}
+
+// Prune removes what an earlier run left and no Adopt claimed: their
+// elements and conntrack entries. Call it once every kept call is
+// restored.
+func (m *Media) Prune() error {
+	ch := make(chan error, 1)
+	if !m.enqueue(op{kind: opPrune, reply: ch}) {
+		return ErrClosed
+	}
+	return <-ch
+}
+
 // Close stops the owner goroutine. Unless keep is set, it removes every
 // media object (and so every offloaded flow) and the flows' conntrack
 // entries, so nothing forwards for a daemon that is gone.
@@ -352,7 +452,7 @@ func (m *Media) run() {
 // everything queued before it.
 func (m *Media) batchLen(work []op) int {
 	for i, o := range work {
-		if o.kind == opCounters {
+		if o.kind == opCounters || o.kind == opAdopt || o.kind == opPrune {
 			return max(i, 1)
 		}
 		if i == m.cfg.Batch {
@@ -366,9 +466,16 @@ func (m *Media) batchLen(work []op) int {
 // op if it fails, so one bad flow cannot block the others), then the
 // conntrack entries of withdrawn flows, then the callbacks.
 func (m *Media) apply(batch []op) {
-	if batch[0].kind == opCounters {
+	switch batch[0].kind {
+	case opCounters:
 		c, err := m.readCounters()
 		batch[0].counters <- countersResult{m: c, err: err}
+		return
+	case opAdopt:
+		batch[0].reply <- m.adopt(batch[0].flow)
+		return
+	case opPrune:
+		batch[0].reply <- m.prune()
 		return
 	}
 	var final map[media.Flow]media.Counter
@@ -464,6 +571,78 @@ func (m *Media) apply(batch []op) {
 // elementsPerMessage keeps each element list under the 64 KiB a netlink
 // attribute can hold (about 60 bytes per element here).
 const elementsPerMessage = 512
+
+// adopt moves f from stale to installed if every element of it is there
+// with the right value.
+func (m *Media) adopt(f media.Flow) error {
+	if m.installed[f] {
+		return nil
+	}
+	dnat, snat, count := flowElements(f)
+	for _, x := range []struct {
+		set string
+		e   []nftables.SetElement
+	}{{mapDNAT4, dnat}, {mapSNAT4, snat}, {setCount4, count}} {
+		for _, e := range x.e {
+			v, ok := m.stale[x.set][string(e.Key)]
+			if !ok || v != string(e.Val) {
+				return fmt.Errorf("adopt %v: element missing in %s", f, x.set)
+			}
+		}
+	}
+	for _, x := range []struct {
+		set string
+		e   []nftables.SetElement
+	}{{mapDNAT4, dnat}, {mapSNAT4, snat}, {setCount4, count}} {
+		for _, e := range x.e {
+			delete(m.stale[x.set], string(e.Key))
+		}
+	}
+	m.installed[f] = true
+	return nil
+}
+
+// prune deletes every stale element and the conntrack entries of their
+// flows.
+func (m *Media) prune() error {
+	if m.stale == nil {
+		return nil
+	}
+	n := len(m.stale[mapDNAT4])
+	type tuple struct{ src, dst netip.AddrPort }
+	gone := make(map[tuple]bool, n)
+	for k := range m.stale[mapDNAT4] {
+		if src, dst, ok := parseTupleKey([]byte(k)); ok {
+			gone[tuple{src, dst}] = true
+		}
+	}
+	for _, s := range []*nftables.Set{m.obj.dnat, m.obj.snat, m.obj.count} {
+		var elems []nftables.SetElement
+		for k := range m.stale[s.Name] {
+			elems = append(elems, nftables.SetElement{Key: []byte(k)})
+		}
+		for len(elems) > 0 {
+			k := min(len(elems), elementsPerMessage)
+			if err := m.conn.SetDeleteElements(s, elems[:k]); err != nil {
+				return fmt.Errorf("prune %s: %w", s.Name, err)
+			}
+			elems = elems[k:]
+		}
+	}
+	m.stale = nil
+	if err := m.conn.Flush(); err != nil {
+		return fmt.Errorf("prune stale media flows: %w", err)
+	}
+	if n > 0 {
+		if _, err := m.deleteConntrack(func(t netlink.IPTuple) bool {
+			return gone[tuple{addrPort(t.SrcIP, t.SrcPort), addrPort(t.DstIP, t.DstPort)}]
+		}); err != nil {
+			return err
+		}
+		m.log.Info("removed media flows of an earlier run that no call claimed", "elements", n)
+	}
+	return nil
+}
 
 // queueElements adds to the pending transaction the elements of flows, to
 // add or to delete: a few large messages per set rather than one per flow,

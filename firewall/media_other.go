@@ -35,3 +35,9 @@ func (m *Media) Close(keep bool) error { return nil }
 
 // Forwarding reports ErrUnsupported outside Linux.
 func Forwarding() error { return ErrUnsupported }
+
+// Adopt is never reached: NewMedia fails.
+func (m *Media) Adopt(f media.Flow) bool { return false }
+
+// Prune is never reached: NewMedia fails.
+func (m *Media) Prune() error { return ErrUnsupported }

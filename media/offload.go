@@ -221,6 +221,14 @@ func (lk *link) shut() <-chan struct{} {
 	lk.mu.Lock()
 	lk.closed = true
 	lk.refreshLocked()
+	if lk.relay.keep.Load() {
+		// Detached: the kernel keeps forwarding for the next process.
+		lk.relay.trackLink(lk, false)
+		lk.mu.Unlock()
+		done := make(chan struct{})
+		close(done)
+		return done
+	}
 	lk.mu.Unlock()
 	return lk.withdraw("stream closed")
 }

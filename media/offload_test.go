@@ -21,6 +21,7 @@ type fakeOffloader struct {
 	offloads  []Flow
 	withdraws []Flow
 	counters  map[Flow]Counter
+	kernel    map[Flow]bool // what Adopt finds installed
 }
 
 func newFakeOffloader() *fakeOffloader {
@@ -268,5 +269,103 @@ func TestFlowReverse(t *testing.T) {
 	}
 	if v6 := (Flow{Src: netip.MustParseAddrPort("[2001:db8::1]:1"), Local: f.Local, Out: f.Out, Dst: f.Dst}); v6.Is4() {
 		t.Errorf("%v: Is4 true", v6)
+	}
+}
+
+// Adopt makes fakeOffloader an Adopter: it takes over the flows listed in
+// kernel, the fake's picture of what a previous process left installed.
+func (f *fakeOffloader) Adopt(fl Flow) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.kernel[fl] {
+		return false
+	}
+	f.installed[fl] = true
+	return true
+}
+
+// TestDetachAndRestore moves a call with an offloaded stream from one relay
+// to a new one, as a restart with keep_on_restart does: the first relay
+// leaves the kernel flow alone, the second binds the same ports, knows the
+// latched remotes at once, adopts the flow and keeps the counters.
+func TestDetachAndRestore(t *testing.T) {
+	var lo, hi int
+	r1, fake1, c, flow := offloadCall(t, func(cfg *Config) { lo, hi = cfg.PortMin, cfg.PortMax })
+	fake1.set(flow, Counter{Packets: 500, Bytes: 86000}, Counter{Packets: 400, Bytes: 68800})
+	eventually(t, "kernel counters polled", func() bool {
+		st, _ := r1.Stats(c.id)
+		return st.Streams[0].Sides[A].RTP.Offloaded == 500
+	})
+	state, ok := r1.State(c.id)
+	if !ok {
+		t.Fatal("State: no session")
+	}
+	if k := state.Streams[0].Kernel[compRTP]; k == nil || *k != flow {
+		t.Fatalf("state's RTP kernel flow %v, want %v", k, flow)
+	}
+	r1.Detach()
+	if _, wd := fake1.calls(); len(wd) != 0 {
+		t.Fatalf("Detach withdrew %v: the kernel flows must survive it", wd)
+	}
+
+	fake2 := newFakeOffloader()
+	fake2.kernel = map[Flow]bool{flow: true}
+	fake2.set(flow, Counter{Packets: 650, Bytes: 111800}, Counter{Packets: 520, Bytes: 89440})
+	r2 := newTestRelay(t, ioDefault, func(cfg *Config) {
+		cfg.PortMin, cfg.PortMax = lo, hi
+		cfg.Offloader = fake2
+	})
+	if err := r2.Restore(state); err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	if n := r2.OffloadedLinks(); n != 1 {
+		t.Errorf("%d links offloaded after restore, want the adopted one", n)
+	}
+	// The same ports, the latched remotes known: a packet from A is
+	// forwarded to B's latched address at once.
+	sendTo(t, c.a.rtp, c.toA, rtpPacket(t, 0, 99, 0xA))
+	if got := collect(c.b.rtp, 1, 5*time.Second, 0); len(got) != 1 {
+		t.Fatalf("after restore, A to B: %d packets, want 1", len(got))
+	}
+	// Counters: the userspace ones carried over, the kernel ones polled
+	// from the element that kept counting.
+	eventually(t, "restored counters", func() bool {
+		st, _ := r2.Stats(c.id)
+		a := st.Streams[0].Sides[A].RTP
+		return a.Offloaded == 650 && a.Forwarded == 650+1+1 // kernel + one userspace packet each side of the restart
+	})
+	final, _ := r2.Close(c.id, "test")
+	if _, wd := fake2.calls(); len(wd) != 1 || wd[0] != flow {
+		t.Errorf("withdrawals after restore and close: %v, want [%v]", wd, flow)
+	}
+	if got := final.Streams[0].Sides[B].RTP.Offloaded; got != 520 {
+		t.Errorf("final kernel count of side B %d, want 520", got)
+	}
+}
+
+func TestRestoreWithoutAdoption(t *testing.T) {
+	var lo, hi int
+	r1, _, c, _ := offloadCall(t, func(cfg *Config) { lo, hi = cfg.PortMin, cfg.PortMax })
+	state, _ := r1.State(c.id)
+	r1.Detach()
+	// The kernel lost the flow (the firewall was flushed meanwhile): the
+	// restored stream is in userspace and offloads again on traffic.
+	fake2 := newFakeOffloader()
+	r2 := newTestRelay(t, ioDefault, func(cfg *Config) {
+		cfg.PortMin, cfg.PortMax = lo, hi
+		cfg.Offloader = fake2
+	})
+	if err := r2.Restore(state); err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	if n := r2.OffloadedLinks(); n != 0 {
+		t.Errorf("%d links offloaded without adoption", n)
+	}
+	sendTo(t, c.a.rtp, c.toA, rtpPacket(t, 0, 7, 0xA))
+	collect(c.b.rtp, 1, 5*time.Second, 0)
+	eventually(t, "a new offload", func() bool { return r2.OffloadedLinks() == 1 })
+	// A second restore of the same session is refused.
+	if err := r2.Restore(state); !errors.Is(err, ErrSessionExists) {
+		t.Errorf("second Restore: %v, want ErrSessionExists", err)
 	}
 }

@@ -108,6 +108,9 @@ func (p *PortPool) Allocate(bind netip.Addr) (PortPair, error) {
 	p.expire(now)
 	for tries := p.free.len(); tries > 0; tries-- {
 		i, _ := p.free.pop()
+		if p.state[i] != pairFree {
+			continue // taken by Reserve while queued: drop the stale entry
+		}
 		port := p.first + 2*i
 		pair, err := bindPair(network, bind.Unmap(), port)
 		switch {
@@ -123,6 +126,35 @@ func (p *PortPool) Allocate(bind netip.Addr) (PortPair, error) {
 		}
 	}
 	return PortPair{}, ErrPoolExhausted
+}
+
+// Reserve binds the RTP and RTCP sockets of the pair whose RTP port is port
+// on bind, as Allocate would have: a restarted relay takes back the ports of
+// the calls it resumes. The pair must be free.
+func (p *PortPool) Reserve(bind netip.Addr, port int) (PortPair, error) {
+	if !bind.IsValid() {
+		return PortPair{}, fmt.Errorf("media: reserve port pair: bind address is missing")
+	}
+	if port < p.first || (port-p.first)%2 != 0 || (port-p.first)/2 >= len(p.state) {
+		return PortPair{}, fmt.Errorf("media: reserve port %d: not an RTP port of the range", port)
+	}
+	network := "udp6"
+	if bind.Unmap().Is4() {
+		network = "udp4"
+	}
+	i := (port - p.first) / 2
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state[i] != pairFree {
+		return PortPair{}, fmt.Errorf("media: reserve port %d: pair in use", port)
+	}
+	pair, err := bindPair(network, bind.Unmap(), port)
+	if err != nil {
+		return PortPair{}, err
+	}
+	p.state[i] = pairAllocated
+	p.allocated++
+	return pair, nil
 }
 
 func bindPair(network string, bind netip.Addr, port int) (PortPair, error) {

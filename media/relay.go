@@ -49,6 +49,8 @@ type Relay struct {
 	// (see link). Taken after a link's mu, never before.
 	kmu    sync.Mutex
 	klinks map[*link]struct{}
+	// keep is set by Detach: closing sessions leaves their kernel flows.
+	keep atomic.Bool
 }
 
 // NewRelay validates cfg, fills in defaults and starts the janitor.

@@ -283,9 +283,17 @@ func (s *session) announcement(from Side, m sdp.Media) (announced, error) {
 // allocate binds a new endpoint on each side for stream index and pairs
 // their sockets. Nothing runs yet; start or dropUnstarted ends that state.
 func (s *session) allocate(index int) ([2]*endpoint, error) {
+	return s.endpoints(index, func(side Side) (PortPair, error) {
+		return s.relay.pool.Allocate(s.addrs[side].Bind)
+	})
+}
+
+// endpoints builds the two endpoints of stream index from the port pairs
+// get returns for each side, and links their sockets.
+func (s *session) endpoints(index int, get func(Side) (PortPair, error)) ([2]*endpoint, error) {
 	var eps [2]*endpoint
 	for _, side := range [...]Side{A, B} {
-		pair, err := s.relay.pool.Allocate(s.addrs[side].Bind)
+		pair, err := get(side)
 		if err != nil {
 			s.dropUnstarted(eps)
 			return [2]*endpoint{}, fmt.Errorf("allocate ports for stream %d side %v: %w", index, side, err)
