@@ -146,12 +146,35 @@ func (a *Agent) Status() Status {
 // fails, and media stays in userspace, where the kernel would not forward
 // (ip_forward off) or the daemon may not program nftables.
 func startOffload(cfg *config.Config, log hclog.Logger) (*firewall.Media, error) {
-	if err := firewall.Forwarding(); err != nil {
-		return nil, err
-	}
 	var addrs []netip.Addr
-	for _, z := range cfg.Zones {
-		addrs = append(addrs, z.Address)
+	var off []string
+	for _, v6 := range []bool{false, true} {
+		fam := "IPv4"
+		if v6 {
+			fam = "IPv6"
+		}
+		has := false
+		for _, z := range cfg.Zones {
+			has = has || z.Address.Unmap().Is6() == v6
+		}
+		if !has {
+			continue
+		}
+		if err := firewall.Forwarding(v6); err != nil {
+			off = append(off, fam+": "+err.Error())
+			continue
+		}
+		for _, z := range cfg.Zones {
+			if z.Address.Unmap().Is6() == v6 {
+				addrs = append(addrs, z.Address)
+			}
+		}
+	}
+	if len(addrs) == 0 {
+		return nil, fmt.Errorf("%s", strings.Join(off, "; "))
+	}
+	if len(off) > 0 {
+		log.Warn("kernel media offload off for one address family: its media stays in userspace", "reason", strings.Join(off, "; "))
 	}
 	return firewall.NewMedia(firewall.MediaConfig{
 		Addrs:   addrs,

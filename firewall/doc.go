@@ -7,7 +7,9 @@
 // objects inside the table, named by prefix: media offload uses `media_`.
 //
 // Media offload (Media, Linux only) forwards latched RTP/RTCP in the
-// kernel with NAT maps, so established streams never reach userspace:
+// kernel with NAT maps, so established streams never reach userspace. The
+// IPv4 objects are shown; IPv6 has the same with suffix 6 (ipv6_addr keys),
+// and the chains carry one rule per family:
 //
 //	table inet edgesbc {
 //	  set media_local4 { type ipv4_addr }                    # the relay's bind addresses

@@ -663,3 +663,103 @@ func TestIntegrationMediaKeep(t *testing.T) {
 		t.Errorf("media_dnat4 holds %d elements after the call, want 0", got)
 	}
 }
+
+// TestIntegrationMediaOffload6 is the handover of TestIntegrationMediaOffload
+// over IPv6: the same relay, the family's own maps and NAT.
+func TestIntegrationMediaOffload6(t *testing.T) {
+	testenv.Integration(t)
+	testenv.RequireTool(t, "nft")
+	left, sbc, right := testenv.NewNetns(t, "esbc-fwl6"), testenv.NewNetns(t, "esbc-fws6"), testenv.NewNetns(t, "esbc-fwr6")
+	// No duplicate address detection: the addresses are usable at once.
+	for _, ns := range []*testenv.Netns{left, sbc, right} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		out, err := ns.Command(ctx, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0").CombinedOutput()
+		cancel()
+		if err != nil {
+			t.Fatalf("disable DAD in %s: %v: %s", ns, err, out)
+		}
+	}
+	leftIP, sbcLeft := netip.MustParseAddr("fd00:93:1::2"), netip.MustParseAddr("fd00:93:1::1")
+	sbcRight, rightIP := netip.MustParseAddr("fd00:93:2::1"), netip.MustParseAddr("fd00:93:2::2")
+	testenv.Link(t, left, "eth-s", netip.PrefixFrom(leftIP, 64), sbc, "eth-l", netip.PrefixFrom(sbcLeft, 64))
+	testenv.Link(t, sbc, "eth-r", netip.PrefixFrom(sbcRight, 64), right, "eth-s", netip.PrefixFrom(rightIP, 64))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if out, err := sbc.Command(ctx, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1").CombinedOutput(); err != nil {
+		t.Fatalf("enable forwarding: %v: %s", err, out)
+	}
+	h, err := netns.GetFromName(sbc.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	const lo, hi = 30000, 30099
+	fw, err := firewall.NewMedia(firewall.MediaConfig{Addrs: []netip.Addr{sbcLeft, sbcRight}, PortMin: lo, PortMax: hi,
+		NetNS: int(h)}, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = fw.Close(false) })
+	relay, err := media.NewRelay(media.Config{PortMin: lo, PortMax: hi, Offloader: fw, Timeout: time.Minute}, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(relay.Shutdown)
+
+	listen6 := func(ns *testenv.Netns, ap netip.AddrPort) *net.UDPConn {
+		var c *net.UDPConn
+		var err error
+		in(t, ns, func() { c, err = net.ListenUDP("udp6", net.UDPAddrFromAddrPort(ap)) })
+		if err != nil {
+			t.Fatalf("listen %v: %v", ap, err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	leftC := listen6(left, netip.AddrPortFrom(leftIP, 4000))
+	rightC := listen6(right, netip.AddrPortFrom(rightIP, 5000))
+	sdp6 := func(ip netip.Addr, port int) []byte {
+		return fmt.Appendf(nil, "v=0\r\no=- 1 1 IN IP6 %v\r\ns=-\r\nc=IN IP6 %v\r\nt=0 0\r\nm=audio %d RTP/AVP 0\r\n", ip, ip, port)
+	}
+	const id = media.SessionID("call-v6")
+	if err := relay.Open(id, media.Address{Bind: sbcLeft}, media.Address{Bind: sbcRight}); err != nil {
+		t.Fatal(err)
+	}
+	var toRight, toLeft []byte
+	in(t, sbc, func() {
+		toRight, err = relay.Offer(id, media.A, sdp6(leftIP, 4000))
+		if err == nil {
+			toLeft, err = relay.Answer(id, media.B, sdp6(rightIP, 5000))
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	relayA, relayB := anchor(t, toLeft), anchor(t, toRight)
+
+	const n = 1000
+	atRight, atLeft := receive(rightC), receive(leftC)
+	errs := make(chan error, 2)
+	go func() { errs <- sender(leftC, relayA, 0, n, 2*time.Millisecond) }()
+	go func() { errs <- sender(rightC, relayB, 0, n, 2*time.Millisecond) }()
+	waitFor(t, "the IPv6 stream to be offloaded", 5*time.Second, func() bool { return relay.OffloadedLinks() == 1 })
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	atRight.check(t, "left to right", 0, n)
+	atLeft.check(t, "right to left", 0, n)
+	if src := atRight.sources(); len(src) != 1 || src[relayB] != n {
+		t.Errorf("right received from %v, want all %d from %v", src, n, relayB)
+	}
+	waitFor(t, "kernel counters", 5*time.Second, func() bool {
+		st, _ := relay.Stats(id)
+		return st.Streams[0].Sides[media.A].RTP.Offloaded > n/2
+	})
+	relay.Close(id, "test")
+	if got := nftElements(t, sbc, "map", "media_dnat6"); got != 0 {
+		t.Errorf("media_dnat6 holds %d elements after the call", got)
+	}
+}

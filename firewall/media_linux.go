@@ -83,13 +83,21 @@ type countersResult struct {
 }
 
 // Forwarding reports ErrForwardingOff when the kernel of the calling
-// thread's network namespace does not forward IPv4.
-func Forwarding() error {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+// thread's network namespace does not forward IPv4 (v6 false) or IPv6
+// (v6 true).
+func Forwarding(v6 bool) error {
+	path := "/proc/sys/net/ipv4/ip_forward"
+	if v6 {
+		path = "/proc/sys/net/ipv6/conf/all/forwarding"
+	}
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("read ip_forward: %w", err)
+		return fmt.Errorf("read %s: %w", path, err)
 	}
 	if strings.TrimSpace(string(b)) != "1" {
+		if v6 {
+			return ErrForwarding6Off
+		}
 		return ErrForwardingOff
 	}
 	return nil
@@ -106,8 +114,8 @@ func NewMedia(cfg MediaConfig, log hclog.Logger) (*Media, error) {
 	if cfg.PortMin < 1 || cfg.PortMax > 65535 || cfg.PortMin > cfg.PortMax {
 		return nil, fmt.Errorf("media offload: port range [%d, %d] is invalid", cfg.PortMin, cfg.PortMax)
 	}
-	if len(localElements(cfg.Addrs)) == 0 {
-		return nil, fmt.Errorf("media offload: no IPv4 media address: %w", ErrNotIPv4)
+	if len(cfg.Addrs) == 0 {
+		return nil, fmt.Errorf("media offload: no media address")
 	}
 	if log == nil {
 		log = hclog.NewNullLogger()
@@ -195,13 +203,15 @@ func (m *Media) setup() error {
 	}
 
 	o := m.obj
-	for _, s := range []*nftables.Set{o.local, o.dnat, o.snat, o.count} {
-		var vals []nftables.SetElement
-		if s == o.local {
-			vals = localElements(m.cfg.Addrs)
-		}
-		if err := m.conn.AddSet(s, vals); err != nil {
-			return fmt.Errorf("media offload: add set %s: %w", s.Name, err)
+	for _, fo := range o.families() {
+		for _, s := range []*nftables.Set{fo.local, fo.dnat, fo.snat, fo.count} {
+			var vals []nftables.SetElement
+			if s == fo.local {
+				vals = localElements(m.cfg.Addrs, fo.fam == inet4)
+			}
+			if err := m.conn.AddSet(s, vals); err != nil {
+				return fmt.Errorf("media offload: add set %s: %w", s.Name, err)
+			}
 		}
 	}
 	m.addChains()
@@ -222,16 +232,16 @@ func (m *Media) setup() error {
 func (m *Media) addChains() {
 	o, table := m.obj, m.obj.table
 	lo, hi := m.cfg.PortMin, m.cfg.PortMax
-	m.conn.AddChain(o.notrackIn)
-	m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.notrackIn, Exprs: o.notrackInRule(lo, hi)})
-	m.conn.AddChain(o.notrackOut)
-	m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.notrackOut, Exprs: o.notrackOutRule(lo, hi)})
-	m.conn.AddChain(o.dnatChain)
-	m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.dnatChain, Exprs: natRule(o.dnat, expr.NATTypeDestNAT)})
-	m.conn.AddChain(o.countC)
-	m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.countC, Exprs: o.countRule()})
-	m.conn.AddChain(o.snatChain)
-	m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.snatChain, Exprs: natRule(o.snat, expr.NATTypeSourceNAT)})
+	for _, c := range o.chains() {
+		m.conn.AddChain(c)
+	}
+	for _, fo := range o.families() {
+		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.notrackIn, Exprs: fo.notrackInRule(lo, hi)})
+		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.notrackOut, Exprs: fo.notrackOutRule(lo, hi)})
+		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.dnatChain, Exprs: fo.natRule(fo.dnat, expr.NATTypeDestNAT)})
+		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.countC, Exprs: fo.countRule()})
+		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.snatChain, Exprs: fo.natRule(fo.snat, expr.NATTypeSourceNAT)})
+	}
 }
 
 // keepFlows is setup for a restart that keeps the flows an earlier run left:
@@ -248,7 +258,7 @@ func (m *Media) keepFlows() error {
 	for _, s := range sets {
 		have[s.Name] = true
 	}
-	for _, s := range []*nftables.Set{o.dnat, o.snat, o.count} {
+	for _, s := range o.sets() {
 		if !have[s.Name] {
 			return fmt.Errorf("set %s is missing", s.Name)
 		}
@@ -262,34 +272,41 @@ func (m *Media) keepFlows() error {
 			m.conn.DelChain(c)
 		}
 	}
-	if have[o.local.Name] {
-		m.conn.FlushSet(o.local)
-	}
 	// One transaction: the old chains go and the new ones come at once.
-	for _, s := range []*nftables.Set{o.local, o.dnat, o.snat, o.count} {
+	for _, s := range o.sets() {
 		if err := m.conn.AddSet(s, nil); err != nil {
 			return fmt.Errorf("add set %s: %w", s.Name, err)
 		}
 	}
-	if err := m.conn.SetAddElements(o.local, localElements(m.cfg.Addrs)); err != nil {
-		return fmt.Errorf("add set %s elements: %w", o.local.Name, err)
+	for _, fo := range o.families() {
+		m.conn.FlushSet(fo.local)
+		if err := m.conn.SetAddElements(fo.local, localElements(m.cfg.Addrs, fo.fam == inet4)); err != nil {
+			return fmt.Errorf("add set %s elements: %w", fo.local.Name, err)
+		}
 	}
 	m.addChains()
 	if err := m.conn.Flush(); err != nil {
 		return fmt.Errorf("rebuild chains in inet %s: %w", TableName, err)
 	}
 	m.stale = make(map[string]map[string]string)
-	for _, s := range []*nftables.Set{o.dnat, o.snat, o.count} {
+	n := 0
+	for _, s := range o.sets() {
 		elems, err := m.conn.GetSetElements(s)
 		if err != nil {
 			return fmt.Errorf("read set %s: %w", s.Name, err)
+		}
+		if s == o.v4.local || s == o.v6.local {
+			continue
 		}
 		m.stale[s.Name] = make(map[string]string, len(elems))
 		for _, e := range elems {
 			m.stale[s.Name][string(e.Key)] = string(e.Val)
 		}
+		if s == o.v4.dnat || s == o.v6.dnat {
+			n += len(elems)
+		}
 	}
-	m.log.Info("kept the media flows of an earlier run", "elements", len(m.stale[o.dnat.Name]))
+	m.log.Info("kept the media flows of an earlier run", "elements", n)
 	return nil
 }
 
@@ -328,8 +345,12 @@ func (m *Media) removeStale() (int, error) {
 
 // Offload queues f (both directions). See media.Offloader.
 func (m *Media) Offload(f media.Flow, done func(error)) {
-	if !f.Is4() {
-		go done(fmt.Errorf("offload %v: %w", f, ErrNotIPv4))
+	if !oneFamily(f) {
+		go done(fmt.Errorf("offload %v: %w", f, ErrMixedFamily))
+		return
+	}
+	if len(localElements(m.cfg.Addrs, f.Src.Addr().Is4())) == 0 {
+		go done(fmt.Errorf("offload %v: %w", f, ErrFamilyOff))
 		return
 	}
 	if !m.enqueue(op{kind: opOffload, flow: f, done: done}) {
@@ -373,7 +394,7 @@ func (m *Media) enqueue(o op) bool {
 // all their elements in the kernel (MediaConfig.Keep); see media.Adopter.
 func (m *Media) Adopt(f media.Flow) bool {
 	ch := make(chan error, 1)
-	if !f.Is4() || !m.enqueue(op{kind: opAdopt, flow: f, reply: ch}) {
+	if !oneFamily(f) || !m.enqueue(op{kind: opAdopt, flow: f, reply: ch}) {
 		return false
 	}
 	return <-ch == nil
@@ -412,10 +433,10 @@ func (m *Media) Close(keep bool) error {
 		return nil
 	}
 	o := m.obj
-	for _, c := range []*nftables.Chain{o.notrackIn, o.notrackOut, o.dnatChain, o.countC, o.snatChain} {
+	for _, c := range o.chains() {
 		m.conn.DelChain(c)
 	}
-	for _, s := range []*nftables.Set{o.local, o.dnat, o.snat, o.count} {
+	for _, s := range o.sets() {
 		m.conn.DelSet(s)
 	}
 	if err := m.conn.Flush(); err != nil {
@@ -579,10 +600,12 @@ func (m *Media) adopt(f media.Flow) error {
 		return nil
 	}
 	dnat, snat, count := flowElements(f)
-	for _, x := range []struct {
+	fo := m.obj.of(f)
+	parts := []struct {
 		set string
 		e   []nftables.SetElement
-	}{{mapDNAT4, dnat}, {mapSNAT4, snat}, {setCount4, count}} {
+	}{{fo.dnat.Name, dnat}, {fo.snat.Name, snat}, {fo.count.Name, count}}
+	for _, x := range parts {
 		for _, e := range x.e {
 			v, ok := m.stale[x.set][string(e.Key)]
 			if !ok || v != string(e.Val) {
@@ -590,10 +613,7 @@ func (m *Media) adopt(f media.Flow) error {
 			}
 		}
 	}
-	for _, x := range []struct {
-		set string
-		e   []nftables.SetElement
-	}{{mapDNAT4, dnat}, {mapSNAT4, snat}, {setCount4, count}} {
+	for _, x := range parts {
 		for _, e := range x.e {
 			delete(m.stale[x.set], string(e.Key))
 		}
@@ -608,15 +628,17 @@ func (m *Media) prune() error {
 	if m.stale == nil {
 		return nil
 	}
-	n := len(m.stale[mapDNAT4])
 	type tuple struct{ src, dst netip.AddrPort }
-	gone := make(map[tuple]bool, n)
-	for k := range m.stale[mapDNAT4] {
-		if src, dst, ok := parseTupleKey([]byte(k)); ok {
-			gone[tuple{src, dst}] = true
+	gone := make(map[tuple]bool)
+	for _, fo := range m.obj.families() {
+		for k := range m.stale[fo.dnat.Name] {
+			if src, dst, ok := parseTupleKey([]byte(k)); ok {
+				gone[tuple{src, dst}] = true
+			}
 		}
 	}
-	for _, s := range []*nftables.Set{m.obj.dnat, m.obj.snat, m.obj.count} {
+	n := len(gone)
+	for _, s := range m.obj.sets() {
 		var elems []nftables.SetElement
 		for k := range m.stale[s.Name] {
 			elems = append(elems, nftables.SetElement{Key: []byte(k)})
@@ -651,34 +673,43 @@ func (m *Media) queueElements(flows []media.Flow, add bool) {
 	if len(flows) == 0 {
 		return
 	}
-	var dnat, snat, count []nftables.SetElement
-	for _, f := range flows {
-		d, s, c := flowElements(f)
-		dnat, snat, count = append(dnat, d...), append(snat, s...), append(count, c...)
-	}
 	do := m.conn.SetAddElements
 	if !add {
 		do = m.conn.SetDeleteElements
 	}
-	for _, x := range []struct {
-		s *nftables.Set
-		e []nftables.SetElement
-	}{{m.obj.dnat, dnat}, {m.obj.snat, snat}, {m.obj.count, count}} {
-		for len(x.e) > 0 {
-			k := min(len(x.e), elementsPerMessage)
-			if err := do(x.s, x.e[:k]); err != nil {
-				m.log.Error("encode media offload elements", "set", x.s.Name, "flows", len(flows), "error", err)
+	for _, fo := range m.obj.families() {
+		var dnat, snat, count []nftables.SetElement
+		for _, f := range flows {
+			if m.obj.of(f) != fo {
+				continue
 			}
-			x.e = x.e[k:]
+			d, s, c := flowElements(f)
+			dnat, snat, count = append(dnat, d...), append(snat, s...), append(count, c...)
+		}
+		for _, x := range []struct {
+			s *nftables.Set
+			e []nftables.SetElement
+		}{{fo.dnat, dnat}, {fo.snat, snat}, {fo.count, count}} {
+			for len(x.e) > 0 {
+				k := min(len(x.e), elementsPerMessage)
+				if err := do(x.s, x.e[:k]); err != nil {
+					m.log.Error("encode media offload elements", "set", x.s.Name, "flows", len(flows), "error", err)
+				}
+				x.e = x.e[k:]
+			}
 		}
 	}
 }
 
 // readCounters dumps media_count4 and maps its elements back to flows.
 func (m *Media) readCounters() (map[media.Flow]media.Counter, error) {
-	elems, err := m.conn.GetSetElements(m.obj.count)
-	if err != nil {
-		return nil, fmt.Errorf("read set %s: %w", setCount4, err)
+	var elems []nftables.SetElement
+	for _, fo := range m.obj.families() {
+		e, err := m.conn.GetSetElements(fo.count)
+		if err != nil {
+			return nil, fmt.Errorf("read set %s: %w", fo.count.Name, err)
+		}
+		elems = append(elems, e...)
 	}
 	byKey := make(map[[2]netip.AddrPort]media.Counter, len(elems))
 	for _, e := range elems {
@@ -738,14 +769,30 @@ func addrPort(ip net.IP, port uint16) netip.AddrPort {
 	return netip.AddrPortFrom(a.Unmap(), port)
 }
 
-// deleteConntrack removes the IPv4 conntrack entries f selects.
+// deleteConntrack removes the conntrack entries f selects.
 func (m *Media) deleteConntrack(f ctFilter) (uint, error) {
-	n, err := m.ct.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, f)
-	if err != nil && !errors.Is(err, unix.ENOENT) {
-		return n, fmt.Errorf("delete conntrack entries: %w", err)
+	var total uint
+	for _, af := range []netlink.InetFamily{unix.AF_INET, unix.AF_INET6} {
+		n, err := m.ct.ConntrackDeleteFilters(netlink.ConntrackTable, af, f)
+		total += n
+		if err != nil && !errors.Is(err, unix.ENOENT) {
+			return total, fmt.Errorf("delete conntrack entries: %w", err)
+		}
 	}
-	return n, nil
+	return total, nil
 }
 
 // Ensure Media satisfies the seam it exists for.
 var _ media.Offloader = (*Media)(nil)
+
+// oneFamily reports whether every address of f is of the same family: the
+// kernel translates within one family only.
+func oneFamily(f media.Flow) bool {
+	v4 := f.Src.Addr().Is4()
+	for _, ap := range []netip.AddrPort{f.Local, f.Out, f.Dst} {
+		if ap.Addr().Is4() != v4 || !ap.Addr().IsValid() {
+			return false
+		}
+	}
+	return f.Src.Addr().IsValid()
+}

@@ -34,7 +34,7 @@ func (m *Media) Counters() (map[media.Flow]media.Counter, error) { return nil, E
 func (m *Media) Close(keep bool) error { return nil }
 
 // Forwarding reports ErrUnsupported outside Linux.
-func Forwarding() error { return ErrUnsupported }
+func Forwarding(v6 bool) error { return ErrUnsupported }
 
 // Adopt is never reached: NewMedia fails.
 func (m *Media) Adopt(f media.Flow) bool { return false }

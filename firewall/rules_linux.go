@@ -13,12 +13,12 @@ import (
 	"github.com/edgesbc/edgesbc/media"
 )
 
-// Object names of media offload inside the edgesbc table.
+// mediaPrefix marks every object media offload owns.
+const mediaPrefix = "media_"
+
+// Object names of media offload inside the edgesbc table. Sets and maps
+// exist per address family (suffix 4 or 6); chains serve both.
 const (
-	setLocal4       = "media_local4"
-	mapDNAT4        = "media_dnat4"
-	mapSNAT4        = "media_snat4"
-	setCount4       = "media_count4"
 	chainNotrackIn  = "media_notrack_in"
 	chainNotrackOut = "media_notrack_out"
 	chainDNAT       = "media_dnat"
@@ -26,45 +26,79 @@ const (
 	chainCount      = "media_count"
 )
 
-// mediaPrefix marks every object media offload owns.
-const mediaPrefix = "media_"
-
-// Registers. A concatenated key is loaded into consecutive 32-bit registers,
-// each field padded to 4 bytes; a map's data (address . port) comes back in
-// the 128-bit register 1, which overlaps 32-bit registers 8 to 11: the
-// address lands in register 8 and the port in register 9.
+// Registers. A concatenated key is loaded into consecutive 32-bit registers
+// from register 8 on, each field padded to a multiple of 4 bytes; a map's
+// data (address . port) comes back in the 128-bit register 1, which
+// overlaps 32-bit registers 8 to 11: an IPv4 address lands in register 8
+// and its port in 9, an IPv6 address fills 8 to 11 and its port is in 12.
 const (
 	reg1     = unix.NFT_REG_1
 	reg32_00 = unix.NFT_REG32_00
-	reg32_01 = unix.NFT_REG32_01
-	reg32_02 = unix.NFT_REG32_02
-	reg32_03 = unix.NFT_REG32_03
 )
 
+// family is what differs between IPv4 and IPv6 media offload.
+type family struct {
+	suffix   string // of set names: "4" or "6"
+	nfproto  byte   // meta nfproto
+	addrType nftables.SetDatatype
+	addrLen  uint32 // bytes of an address
+	saddrOff uint32 // offset of the source address in the network header
+	daddrOff uint32
+}
+
 var (
-	tupleType = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService,
-		nftables.TypeIPAddr, nftables.TypeInetService)
-	targetType = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService)
+	inet4 = family{suffix: "4", nfproto: unix.NFPROTO_IPV4, addrType: nftables.TypeIPAddr, addrLen: 4, saddrOff: 12, daddrOff: 16}
+	inet6 = family{suffix: "6", nfproto: unix.NFPROTO_IPV6, addrType: nftables.TypeIP6Addr, addrLen: 16, saddrOff: 8, daddrOff: 24}
 )
+
+// regs returns the 32-bit registers of the key fields: source address,
+// source port, destination address, destination port.
+func (fam family) regs() (saddr, sport, daddr, dport uint32) {
+	words := fam.addrLen / 4
+	saddr = reg32_00
+	sport = saddr + words
+	daddr = sport + 1
+	dport = daddr + words
+	return
+}
+
+// portReg is where the port of a map's data lands (see the registers).
+func (fam family) portReg() uint32 { return reg32_00 + fam.addrLen/4 }
+
+// famObjects are the sets of one address family.
+type famObjects struct {
+	fam                      family
+	local, dnat, snat, count *nftables.Set
+}
 
 // mediaObjects are the sets and chains of media offload, built for table t.
 type mediaObjects struct {
 	table                        *nftables.Table
-	local, dnat, snat, count     *nftables.Set
+	v4, v6                       famObjects
 	notrackIn, notrackOut        *nftables.Chain
 	dnatChain, snatChain, countC *nftables.Chain
+}
+
+func newFamObjects(t *nftables.Table, fam family) famObjects {
+	tuple := nftables.MustConcatSetType(fam.addrType, nftables.TypeInetService, fam.addrType, nftables.TypeInetService)
+	target := nftables.MustConcatSetType(fam.addrType, nftables.TypeInetService)
+	return famObjects{
+		fam:   fam,
+		local: &nftables.Set{Table: t, Name: "media_local" + fam.suffix, KeyType: fam.addrType},
+		dnat: &nftables.Set{Table: t, Name: "media_dnat" + fam.suffix, IsMap: true, Concatenation: true,
+			KeyType: tuple, DataType: target},
+		snat: &nftables.Set{Table: t, Name: "media_snat" + fam.suffix, IsMap: true, Concatenation: true,
+			KeyType: tuple, DataType: target},
+		count: &nftables.Set{Table: t, Name: "media_count" + fam.suffix, Concatenation: true, Counter: true,
+			KeyType: tuple},
+	}
 }
 
 func newMediaObjects(t *nftables.Table) *mediaObjects {
 	return &mediaObjects{
 		table: t,
-		local: &nftables.Set{Table: t, Name: setLocal4, KeyType: nftables.TypeIPAddr},
-		dnat: &nftables.Set{Table: t, Name: mapDNAT4, IsMap: true, Concatenation: true,
-			KeyType: tupleType, DataType: targetType},
-		snat: &nftables.Set{Table: t, Name: mapSNAT4, IsMap: true, Concatenation: true,
-			KeyType: tupleType, DataType: targetType},
-		count: &nftables.Set{Table: t, Name: setCount4, Concatenation: true, Counter: true,
-			KeyType: tupleType},
+		v4:    newFamObjects(t, inet4),
+		v6:    newFamObjects(t, inet6),
 		notrackIn: &nftables.Chain{Table: t, Name: chainNotrackIn, Type: nftables.ChainTypeFilter,
 			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw},
 		notrackOut: &nftables.Chain{Table: t, Name: chainNotrackOut, Type: nftables.ChainTypeFilter,
@@ -78,24 +112,46 @@ func newMediaObjects(t *nftables.Table) *mediaObjects {
 	}
 }
 
-// ipv4UDP matches IPv4 UDP packets: meta nfproto ipv4 meta l4proto udp.
-func ipv4UDP() []expr.Any {
+// families returns the per-family objects, IPv4 first.
+func (o *mediaObjects) families() []*famObjects { return []*famObjects{&o.v4, &o.v6} }
+
+// sets returns every set and map, locals first.
+func (o *mediaObjects) sets() []*nftables.Set {
+	return []*nftables.Set{o.v4.local, o.v4.dnat, o.v4.snat, o.v4.count, o.v6.local, o.v6.dnat, o.v6.snat, o.v6.count}
+}
+
+// chains returns every chain.
+func (o *mediaObjects) chains() []*nftables.Chain {
+	return []*nftables.Chain{o.notrackIn, o.notrackOut, o.dnatChain, o.countC, o.snatChain}
+}
+
+// of returns the objects of f's family.
+func (o *mediaObjects) of(f media.Flow) *famObjects {
+	if f.Src.Addr().Is4() {
+		return &o.v4
+	}
+	return &o.v6
+}
+
+// matchUDP matches packets of the family carrying UDP:
+// meta nfproto ipv4|ipv6 meta l4proto udp.
+func (fam family) matchUDP() []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.NFPROTO_IPV4}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{fam.nfproto}},
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_UDP}},
 	}
 }
 
-// loadTuple loads ip saddr . udp sport . ip daddr . udp dport into 32-bit
-// registers 8 to 11.
-func loadTuple() []expr.Any {
+// loadTuple loads saddr . sport . daddr . dport into the key registers.
+func (fam family) loadTuple() []expr.Any {
+	sa, sp, da, dp := fam.regs()
 	return []expr.Any{
-		&expr.Payload{DestRegister: reg32_00, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
-		&expr.Payload{DestRegister: reg32_01, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
-		&expr.Payload{DestRegister: reg32_02, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
-		&expr.Payload{DestRegister: reg32_03, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Payload{DestRegister: sa, Base: expr.PayloadBaseNetworkHeader, Offset: fam.saddrOff, Len: fam.addrLen},
+		&expr.Payload{DestRegister: sp, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
+		&expr.Payload{DestRegister: da, Base: expr.PayloadBaseNetworkHeader, Offset: fam.daddrOff, Len: fam.addrLen},
+		&expr.Payload{DestRegister: dp, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 	}
 }
 
@@ -117,98 +173,114 @@ func cat(parts ...[]expr.Any) []expr.Any {
 	return out
 }
 
-// notrackInRule: meta nfproto ipv4 meta l4proto udp ip daddr @media_local4
-// udp dport LO-HI ip saddr . udp sport . ip daddr . udp dport != @media_dnat4 notrack
+// notrackInRule: meta nfproto ipvX meta l4proto udp ipX daddr @media_localX
+// udp dport LO-HI ipX saddr . udp sport . ipX daddr . udp dport != @media_dnatX notrack
 //
 // Packets to the relay's ports that no offloaded flow claims go to the
 // relay socket untracked.
-func (o *mediaObjects) notrackInRule(lo, hi int) []expr.Any {
-	return cat(ipv4UDP(),
+func (o *famObjects) notrackInRule(lo, hi int) []expr.Any {
+	return cat(o.fam.matchUDP(),
 		[]expr.Any{
-			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: o.fam.daddrOff, Len: o.fam.addrLen},
 			&expr.Lookup{SourceRegister: reg1, SetName: o.local.Name, SetID: o.local.ID},
 		},
 		portRange(2, lo, hi),
-		loadTuple(),
+		o.fam.loadTuple(),
 		[]expr.Any{
 			&expr.Lookup{SourceRegister: reg32_00, SetName: o.dnat.Name, SetID: o.dnat.ID, Invert: true},
 			&expr.Notrack{},
 		})
 }
 
-// notrackOutRule: meta nfproto ipv4 meta l4proto udp ip saddr @media_local4
+// notrackOutRule: meta nfproto ipvX meta l4proto udp ipX saddr @media_localX
 // udp sport LO-HI notrack
 //
 // What the relay sockets send creates no conntrack entry either, so it can
 // never hold a tuple an offloaded flow needs.
-func (o *mediaObjects) notrackOutRule(lo, hi int) []expr.Any {
-	return cat(ipv4UDP(),
+func (o *famObjects) notrackOutRule(lo, hi int) []expr.Any {
+	return cat(o.fam.matchUDP(),
 		[]expr.Any{
-			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: o.fam.saddrOff, Len: o.fam.addrLen},
 			&expr.Lookup{SourceRegister: reg1, SetName: o.local.Name, SetID: o.local.ID},
 		},
 		portRange(0, lo, hi),
 		[]expr.Any{&expr.Notrack{}})
 }
 
-// natRule: meta nfproto ipv4 meta l4proto udp
-// (dnat|snat) ip to ip saddr . udp sport . ip daddr . udp dport map @m
-func natRule(m *nftables.Set, typ expr.NATType) []expr.Any {
-	return cat(ipv4UDP(), loadTuple(), []expr.Any{
+// natRule: meta nfproto ipvX meta l4proto udp
+// (dnat|snat) ipX to ipX saddr . udp sport . ipX daddr . udp dport map @m
+func (o *famObjects) natRule(m *nftables.Set, typ expr.NATType) []expr.Any {
+	return cat(o.fam.matchUDP(), o.fam.loadTuple(), []expr.Any{
 		&expr.Lookup{SourceRegister: reg32_00, DestRegister: reg1, IsDestRegSet: true, SetName: m.Name, SetID: m.ID},
-		&expr.NAT{Type: typ, Family: unix.NFPROTO_IPV4, RegAddrMin: reg1, RegProtoMin: reg32_01, Specified: true},
+		&expr.NAT{Type: typ, Family: uint32(o.fam.nfproto), RegAddrMin: reg1, RegProtoMin: o.fam.portReg(), Specified: true},
 	})
 }
 
-// countRule: meta nfproto ipv4 meta l4proto udp
-// ip saddr . udp sport . ip daddr . udp dport @media_count4
+// countRule: meta nfproto ipvX meta l4proto udp
+// ipX saddr . udp sport . ipX daddr . udp dport @media_countX
 //
 // In the forward hook a packet of an offloaded flow carries its DNATed
 // destination and its original source, so (src . dst) names the direction;
 // the matching element's counter counts it.
-func (o *mediaObjects) countRule() []expr.Any {
-	return cat(ipv4UDP(), loadTuple(), []expr.Any{
+func (o *famObjects) countRule() []expr.Any {
+	return cat(o.fam.matchUDP(), o.fam.loadTuple(), []expr.Any{
 		&expr.Lookup{SourceRegister: reg32_00, SetName: o.count.Name, SetID: o.count.ID},
 	})
 }
 
+// addrBytes is the address in the family's byte length.
+func addrBytes(a netip.Addr) []byte {
+	if a.Is4() {
+		b := a.As4()
+		return b[:]
+	}
+	b := a.As16()
+	return b[:]
+}
+
 // tupleKey encodes src . dst as a concatenated key: each field padded to 4
-// bytes, network byte order.
+// bytes, network byte order; 16 bytes for IPv4, 40 for IPv6.
 func tupleKey(src, dst netip.AddrPort) []byte {
-	k := make([]byte, 0, 16)
-	s4, d4 := src.Addr().As4(), dst.Addr().As4()
-	k = append(k, s4[:]...)
+	k := make([]byte, 0, 40)
+	k = append(k, addrBytes(src.Addr())...)
 	k = binary.BigEndian.AppendUint16(k, src.Port())
 	k = append(k, 0, 0)
-	k = append(k, d4[:]...)
+	k = append(k, addrBytes(dst.Addr())...)
 	k = binary.BigEndian.AppendUint16(k, dst.Port())
 	return append(k, 0, 0)
 }
 
 // parseTupleKey is the inverse of tupleKey.
 func parseTupleKey(k []byte) (src, dst netip.AddrPort, ok bool) {
-	if len(k) != 16 {
+	var n int
+	switch len(k) {
+	case 16:
+		n = 4
+	case 40:
+		n = 16
+	default:
 		return src, dst, false
 	}
-	src = netip.AddrPortFrom(netip.AddrFrom4([4]byte(k[0:4])), binary.BigEndian.Uint16(k[4:6]))
-	dst = netip.AddrPortFrom(netip.AddrFrom4([4]byte(k[8:12])), binary.BigEndian.Uint16(k[12:14]))
+	sa, _ := netip.AddrFromSlice(k[:n])
+	da, _ := netip.AddrFromSlice(k[n+4 : 2*n+4])
+	src = netip.AddrPortFrom(sa, binary.BigEndian.Uint16(k[n:n+2]))
+	dst = netip.AddrPortFrom(da, binary.BigEndian.Uint16(k[2*n+4:2*n+6]))
 	return src, dst, true
 }
 
 // target encodes a NAT target address . port as map data.
 func target(ap netip.AddrPort) []byte {
-	a := ap.Addr().As4()
-	v := append(make([]byte, 0, 8), a[:]...)
+	v := append(make([]byte, 0, 20), addrBytes(ap.Addr())...)
 	v = binary.BigEndian.AppendUint16(v, ap.Port())
 	return append(v, 0, 0)
 }
 
 // flowElements are the elements that put f and its reverse into the
-// kernel:
+// kernel (in the maps of f's family):
 //
-//	media_dnat4:  src . local  : dst     and  dst . out   : src
-//	media_snat4:  src . dst    : out     and  dst . src   : local
-//	media_count4: src . dst              and  dst . src
+//	media_dnatX:  src . local  : dst     and  dst . out   : src
+//	media_snatX:  src . dst    : out     and  dst . src   : local
+//	media_countX: src . dst              and  dst . src
 //
 // Whichever direction sends first creates the conntrack entry; the other
 // direction is its reply and needs no lookup, but both are listed so
@@ -230,18 +302,17 @@ func flowElements(f media.Flow) (dnat, snat, count []nftables.SetElement) {
 	return dnat, snat, count
 }
 
-// localElements are the relay's IPv4 bind addresses.
-func localElements(addrs []netip.Addr) []nftables.SetElement {
+// localElements are the relay's bind addresses of one family.
+func localElements(addrs []netip.Addr, v4 bool) []nftables.SetElement {
 	var out []nftables.SetElement
 	seen := map[netip.Addr]bool{}
 	for _, a := range addrs {
 		a = a.Unmap()
-		if !a.Is4() || seen[a] {
+		if a.Is4() != v4 || seen[a] || !a.IsValid() {
 			continue
 		}
 		seen[a] = true
-		b := a.As4()
-		out = append(out, nftables.SetElement{Key: b[:]})
+		out = append(out, nftables.SetElement{Key: addrBytes(a)})
 	}
 	return out
 }

@@ -52,21 +52,29 @@ func TestMediaRulesGolden(t *testing.T) {
 	table := &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
 	o := newMediaObjects(table)
 	const lo, hi = 20000, 29999
-	cases := []struct {
+	type rule struct {
 		nft   string
 		chain *nftables.Chain
 		exprs []expr.Any
-	}{
-		{"add rule inet edgesbc media_notrack_in meta nfproto ipv4 meta l4proto udp ip daddr @media_local4 udp dport 20000-29999 ip saddr . udp sport . ip daddr . udp dport != @media_dnat4 notrack",
-			o.notrackIn, o.notrackInRule(lo, hi)},
-		{"add rule inet edgesbc media_notrack_out meta nfproto ipv4 meta l4proto udp ip saddr @media_local4 udp sport 20000-29999 notrack",
-			o.notrackOut, o.notrackOutRule(lo, hi)},
-		{"add rule inet edgesbc media_dnat meta nfproto ipv4 meta l4proto udp dnat ip to ip saddr . udp sport . ip daddr . udp dport map @media_dnat4",
-			o.dnatChain, natRule(o.dnat, expr.NATTypeDestNAT)},
-		{"add rule inet edgesbc media_count meta nfproto ipv4 meta l4proto udp ip saddr . udp sport . ip daddr . udp dport @media_count4",
-			o.countC, o.countRule()},
-		{"add rule inet edgesbc media_snat meta nfproto ipv4 meta l4proto udp snat ip to ip saddr . udp sport . ip daddr . udp dport map @media_snat4",
-			o.snatChain, natRule(o.snat, expr.NATTypeSourceNAT)},
+	}
+	var cases []rule
+	for _, fo := range o.families() {
+		v, ip := fo.fam.suffix, "ip"
+		if v == "6" {
+			ip = "ip6"
+		}
+		cases = append(cases,
+			rule{fmt.Sprintf("add rule inet edgesbc media_notrack_in meta nfproto ipv%s meta l4proto udp %s daddr @media_local%s udp dport 20000-29999 %s saddr . udp sport . %s daddr . udp dport != @media_dnat%s notrack", v, ip, v, ip, ip, v),
+				o.notrackIn, fo.notrackInRule(lo, hi)},
+			rule{fmt.Sprintf("add rule inet edgesbc media_notrack_out meta nfproto ipv%s meta l4proto udp %s saddr @media_local%s udp sport 20000-29999 notrack", v, ip, v),
+				o.notrackOut, fo.notrackOutRule(lo, hi)},
+			rule{fmt.Sprintf("add rule inet edgesbc media_dnat meta nfproto ipv%s meta l4proto udp dnat %s to %s saddr . udp sport . %s daddr . udp dport map @media_dnat%s", v, ip, ip, ip, v),
+				o.dnatChain, fo.natRule(fo.dnat, expr.NATTypeDestNAT)},
+			rule{fmt.Sprintf("add rule inet edgesbc media_count meta nfproto ipv%s meta l4proto udp %s saddr . udp sport . %s daddr . udp dport @media_count%s", v, ip, ip, v),
+				o.countC, fo.countRule()},
+			rule{fmt.Sprintf("add rule inet edgesbc media_snat meta nfproto ipv%s meta l4proto udp snat %s to %s saddr . udp sport . %s daddr . udp dport map @media_snat%s", v, ip, ip, ip, v),
+				o.snatChain, fo.natRule(fo.snat, expr.NATTypeSourceNAT)},
+		)
 	}
 	var got strings.Builder
 	for _, c := range cases {
@@ -93,7 +101,7 @@ func TestMediaRulesGolden(t *testing.T) {
 	for _, x := range []struct {
 		s *nftables.Set
 		e []nftables.SetElement
-	}{{o.dnat, dnat}, {o.snat, snat}, {o.count, count}} {
+	}{{o.v4.dnat, dnat}, {o.v4.snat, snat}, {o.v4.count, count}} {
 		if err := conn.SetAddElements(x.s, x.e); err != nil {
 			t.Fatal(err)
 		}
@@ -163,7 +171,32 @@ func TestFlowElements(t *testing.T) {
 	if _, _, ok := parseTupleKey([]byte{1, 2, 3}); ok {
 		t.Error("parseTupleKey accepted a short key")
 	}
-	if got := localElements([]netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("::ffff:10.0.0.1"), netip.MustParseAddr("2001:db8::1")}); len(got) != 1 {
-		t.Errorf("localElements: %d elements, want 1 (IPv4, deduplicated, mapped form folded)", len(got))
+	addrs := []netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("::ffff:10.0.0.1"), netip.MustParseAddr("2001:db8::1")}
+	if got := localElements(addrs, true); len(got) != 1 {
+		t.Errorf("localElements(IPv4): %d elements, want 1 (deduplicated, mapped form folded)", len(got))
+	}
+	if got := localElements(addrs, false); len(got) != 1 || len(got[0].Key) != 16 {
+		t.Errorf("localElements(IPv6): %v, want one 16-byte address", got)
+	}
+
+	// IPv6: 40-byte keys, 20-byte targets, the same algebra.
+	f6 := media.Flow{
+		Src:   netip.MustParseAddrPort("[2001:db8:1::2]:4000"),
+		Local: netip.MustParseAddrPort("[2001:db8:1::1]:20000"),
+		Out:   netip.MustParseAddrPort("[2001:db8:2::1]:20002"),
+		Dst:   netip.MustParseAddrPort("[2001:db8:2::2]:5000"),
+	}
+	d6, _, _ := flowElements(f6)
+	if len(d6[0].Key) != 40 || len(d6[0].Val) != 20 {
+		t.Fatalf("IPv6 dnat element: key %d bytes, value %d; want 40 and 20", len(d6[0].Key), len(d6[0].Val))
+	}
+	if src, dst, ok := parseTupleKey(d6[1].Key); !ok || src != f6.Dst || dst != f6.Out {
+		t.Errorf("IPv6 reverse dnat key decodes to %v . %v, want %v . %v", src, dst, f6.Dst, f6.Out)
+	}
+	if !oneFamily(f) || !oneFamily(f6) {
+		t.Error("oneFamily refused a single-family flow")
+	}
+	if mixed := (media.Flow{Src: f.Src, Local: f.Local, Out: f6.Out, Dst: f6.Dst}); oneFamily(mixed) {
+		t.Errorf("oneFamily accepted %v", mixed)
 	}
 }
