@@ -763,3 +763,58 @@ func TestIntegrationMediaOffload6(t *testing.T) {
 		t.Errorf("media_dnat6 holds %d elements after the call", got)
 	}
 }
+
+// TestIntegrationMediaRebuild removes the edgesbc table from outside while a
+// flow is offloaded (a host firewall reload does that with its ruleset
+// flush): the next counter read rebuilds the table with the flow in it.
+func TestIntegrationMediaRebuild(t *testing.T) {
+	l := newLab(t)
+	fw := l.offload(t, 30000, 30099)
+	f := media.Flow{
+		Src: netip.AddrPortFrom(l.leftIP, 4000), Local: netip.AddrPortFrom(l.sbcLeft, 30000),
+		Out: netip.AddrPortFrom(l.sbcRight, 30002), Dst: netip.AddrPortFrom(l.rightIP, 5000),
+	}
+	done := make(chan error, 1)
+	fw.Offload(f, func(err error) { done <- err })
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if out, err := l.sbc.Command(ctx, "nft", "flush", "ruleset").CombinedOutput(); err != nil {
+		t.Fatalf("nft flush ruleset: %v: %s", err, out)
+	}
+	c, err := fw.Counters()
+	if err != nil {
+		t.Fatalf("Counters after the table was removed: %v", err)
+	}
+	if _, ok := c[f]; !ok {
+		t.Errorf("Counters after the rebuild lack the offloaded flow: %v", c)
+	}
+	if n := nftElements(t, l.sbc, "map", "media_dnat4"); n != 2 {
+		t.Errorf("media_dnat4 holds %d elements after the rebuild, want 2", n)
+	}
+}
+
+// TestIntegrationMediaRebuildOnOffload removes the table while nothing is
+// offloaded: the next offload rebuilds it instead of failing.
+func TestIntegrationMediaRebuildOnOffload(t *testing.T) {
+	l := newLab(t)
+	fw := l.offload(t, 30000, 30099)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if out, err := l.sbc.Command(ctx, "nft", "delete", "table", "inet", firewall.TableName).CombinedOutput(); err != nil {
+		t.Fatalf("nft delete table: %v: %s", err, out)
+	}
+	done := make(chan error, 1)
+	fw.Offload(media.Flow{
+		Src: netip.AddrPortFrom(l.leftIP, 4000), Local: netip.AddrPortFrom(l.sbcLeft, 30000),
+		Out: netip.AddrPortFrom(l.sbcRight, 30002), Dst: netip.AddrPortFrom(l.rightIP, 5000),
+	}, func(err error) { done <- err })
+	if err := <-done; err != nil {
+		t.Fatalf("offload after the table was removed: %v", err)
+	}
+	if n := nftElements(t, l.sbc, "map", "media_dnat4"); n != 2 {
+		t.Errorf("media_dnat4 holds %d elements, want 2", n)
+	}
+}

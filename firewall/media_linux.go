@@ -202,6 +202,22 @@ func (m *Media) setup() error {
 		return err
 	}
 
+	if err := m.create(nil); err != nil {
+		return err
+	}
+	n, err := m.deleteConntrack(m.matchRange())
+	if err != nil {
+		m.log.Warn("remove stale media conntrack entries", "error", err)
+	}
+	if stale > 0 || n > 0 {
+		m.log.Info("removed media offload state of an earlier run", "objects", stale, "conntrack", n)
+	}
+	return nil
+}
+
+// create makes the sets, with the elements of flows, and the chains in one
+// transaction; the table must exist.
+func (m *Media) create(flows []media.Flow) error {
 	o := m.obj
 	for _, fo := range o.families() {
 		for _, s := range []*nftables.Set{fo.local, fo.dnat, fo.snat, fo.count} {
@@ -214,17 +230,38 @@ func (m *Media) setup() error {
 			}
 		}
 	}
+	m.queueElements(flows, true)
 	m.addChains()
 	if err := m.conn.Flush(); err != nil {
 		return fmt.Errorf("media offload: create chains and sets in inet %s: %w", TableName, err)
 	}
-	n, err := m.deleteConntrack(m.matchRange())
-	if err != nil {
-		m.log.Warn("remove stale media conntrack entries", "error", err)
+	return nil
+}
+
+// tableExists reports whether table inet edgesbc is there.
+func (m *Media) tableExists() bool {
+	_, err := m.conn.ListTableOfFamily(TableName, nftables.TableFamilyINet)
+	return err == nil
+}
+
+// rebuild recreates the table and everything in it, with every installed
+// flow, after someone removed it (a host firewall reload that flushes the
+// whole ruleset, say). Offloaded calls lose nothing: their conntrack
+// entries carry the NAT meanwhile, but without the count sets the calls
+// would look silent and time out.
+func (m *Media) rebuild() error {
+	m.conn.AddTable(m.obj.table)
+	if err := m.conn.Flush(); err != nil {
+		return fmt.Errorf("media offload: recreate table inet %s: %w", TableName, err)
 	}
-	if stale > 0 || n > 0 {
-		m.log.Info("removed media offload state of an earlier run", "objects", stale, "conntrack", n)
+	flows := make([]media.Flow, 0, len(m.installed))
+	for f := range m.installed {
+		flows = append(flows, f)
 	}
+	if err := m.create(flows); err != nil {
+		return err
+	}
+	m.log.Warn("table inet edgesbc was removed from outside: rebuilt it", "flows", len(flows))
 	return nil
 }
 
@@ -432,6 +469,9 @@ func (m *Media) Close(keep bool) error {
 	if keep {
 		return nil
 	}
+	if !m.tableExists() {
+		return nil // removed from outside: nothing of ours is left
+	}
 	o := m.obj
 	for _, c := range o.chains() {
 		m.conn.DelChain(c)
@@ -490,6 +530,11 @@ func (m *Media) apply(batch []op) {
 	switch batch[0].kind {
 	case opCounters:
 		c, err := m.readCounters()
+		if err != nil && !m.tableExists() {
+			if err = m.rebuild(); err == nil {
+				c, err = m.readCounters()
+			}
+		}
 		batch[0].counters <- countersResult{m: c, err: err}
 		return
 	case opAdopt:
@@ -534,7 +579,17 @@ func (m *Media) apply(batch []op) {
 	// that moved) may share a key.
 	m.queueElements(dels, false)
 	m.queueElements(adds, true)
-	if err := m.conn.Flush(); err != nil {
+	err := m.conn.Flush()
+	if err != nil && !m.tableExists() {
+		// Removed from outside: rebuilt with what is installed, then the
+		// batch again.
+		if err = m.rebuild(); err == nil {
+			m.queueElements(dels, false)
+			m.queueElements(adds, true)
+			err = m.conn.Flush()
+		}
+	}
+	if err != nil {
 		m.log.Debug("media offload batch failed, retrying flow by flow", "flows", len(adds)+len(dels), "error", err)
 		failed := make(map[media.Flow]error)
 		for _, f := range dels {

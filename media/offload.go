@@ -294,8 +294,16 @@ func (r *Relay) pollKernel(buf []*link) []*link {
 	}
 	m, err := r.cfg.Offloader.Counters()
 	if err != nil {
-		r.log.Warn("read kernel media counters", "error", err)
+		// Once per failure streak: the janitor asks every tick.
+		if !r.countersFailing {
+			r.log.Warn("read kernel media counters: offloaded calls cannot be checked for activity", "error", err)
+		}
+		r.countersFailing = true
 		return buf
+	}
+	if r.countersFailing {
+		r.log.Info("kernel media counters readable again")
+		r.countersFailing = false
 	}
 	for _, lk := range buf {
 		if lk.poll(m) && lk.comp == compRTP {

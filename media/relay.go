@@ -51,6 +51,9 @@ type Relay struct {
 	klinks map[*link]struct{}
 	// keep is set by Detach: closing sessions leaves their kernel flows.
 	keep atomic.Bool
+	// countersFailing is whether the last kernel counter poll failed.
+	// Owned by the janitor.
+	countersFailing bool
 }
 
 // NewRelay validates cfg, fills in defaults and starts the janitor.
