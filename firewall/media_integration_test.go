@@ -247,6 +247,27 @@ func (r *receiver) sources() map[netip.AddrPort]int {
 	return out
 }
 
+// openCall opens session id on relay between left 4000 and right 5000 and
+// returns the relay's addresses that left and right send to.
+func (l *lab) openCall(t *testing.T, relay *media.Relay, id media.SessionID) (relayA, relayB netip.AddrPort) {
+	t.Helper()
+	if err := relay.Open(id, media.Address{Bind: l.sbcLeft}, media.Address{Bind: l.sbcRight}); err != nil {
+		t.Fatal(err)
+	}
+	var toRight, toLeft []byte
+	var err error
+	in(t, l.sbc, func() {
+		toRight, err = relay.Offer(id, media.A, sdpFor(l.leftIP, 4000, 1))
+		if err == nil {
+			toLeft, err = relay.Answer(id, media.B, sdpFor(l.rightIP, 5000, 1))
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return anchor(t, toLeft), anchor(t, toRight)
+}
+
 func sdpFor(ip netip.Addr, port, version int) []byte {
 	return fmt.Appendf(nil, "v=0\r\no=- 1 %d IN IP4 %v\r\ns=-\r\nc=IN IP4 %v\r\nt=0 0\r\nm=audio %d RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
 		version, ip, ip, port)
@@ -301,20 +322,7 @@ func TestIntegrationMediaOffload(t *testing.T) {
 	rightC := listenIn(t, l.right, rightAP)
 
 	const id = media.SessionID("call-1")
-	if err := relay.Open(id, media.Address{Bind: l.sbcLeft}, media.Address{Bind: l.sbcRight}); err != nil {
-		t.Fatal(err)
-	}
-	var toRight, toLeft []byte
-	in(t, l.sbc, func() {
-		toRight, err = relay.Offer(id, media.A, sdpFor(l.leftIP, 4000, 1))
-		if err == nil {
-			toLeft, err = relay.Answer(id, media.B, sdpFor(l.rightIP, 5000, 1))
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	relayA, relayB := anchor(t, toLeft), anchor(t, toRight)
+	relayA, relayB := l.openCall(t, relay, id)
 
 	// Phase 1: 1,500 packets each way, 2 ms apart; the handover happens
 	// after the first packet of each side.
@@ -579,20 +587,7 @@ func TestIntegrationMediaKeep(t *testing.T) {
 	leftC := listenIn(t, l.left, netip.AddrPortFrom(l.leftIP, 4000))
 	rightC := listenIn(t, l.right, netip.AddrPortFrom(l.rightIP, 5000))
 	const id = media.SessionID("kept")
-	if err := relay1.Open(id, media.Address{Bind: l.sbcLeft}, media.Address{Bind: l.sbcRight}); err != nil {
-		t.Fatal(err)
-	}
-	var toRight, toLeft []byte
-	in(t, l.sbc, func() {
-		toRight, err = relay1.Offer(id, media.A, sdpFor(l.leftIP, 4000, 1))
-		if err == nil {
-			toLeft, err = relay1.Answer(id, media.B, sdpFor(l.rightIP, 5000, 1))
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	relayA, relayB := anchor(t, toLeft), anchor(t, toRight)
+	relayA, relayB := l.openCall(t, relay1, id)
 	// A flow no call will claim after the restart.
 	orphan := make(chan error, 1)
 	fw1.Offload(media.Flow{

@@ -196,25 +196,7 @@ func TestIntegrationCalls(t *testing.T) {
 		}
 	})
 
-	t.Run("rtp_relayed_by_sbc", func(t *testing.T) {
-		for _, side := range []struct {
-			name      string
-			pkts      []testenv.Packet
-			sbc, peer netip.Addr
-		}{
-			{"pbx", pbxPkts, l.sbcPrivate.Addr(), l.pbx.addr},
-			{"carrier", carrierPkts, l.sbcPublic.Addr(), l.carrier.addr},
-		} {
-			r := checkRTP(side.pkts, side.sbc, side.peer, l.media, sipPort)
-			if r.ToPeer < minRTP || r.FromPeer < minRTP {
-				t.Errorf("%s link: %d RTP packets from %v media ports to the %s, %d back; want at least %d each way",
-					side.name, r.ToPeer, side.sbc, side.name, r.FromPeer, minRTP)
-			}
-			for _, s := range r.Strays {
-				t.Errorf("%s link: media not from %v ports %d-%d: %s", side.name, side.sbc, l.media.min, l.media.max, s)
-			}
-		}
-	})
+	t.Run("rtp_relayed_by_sbc", func(t *testing.T) { l.checkRelayedRTP(t, carrierPkts, pbxPkts) })
 
 	t.Run("sdp_anchored_at_sbc", func(t *testing.T) {
 		for _, p := range checkSDP(pbxSIP, l.sbcPrivate.Addr(), l.pbx.addr) {
@@ -237,6 +219,29 @@ func TestIntegrationCalls(t *testing.T) {
 		checkRouting(t, "carrier", carrierSIP, l.sbcPublic.Addr(), l.carrier.addr, "15551234567", outbound)
 		checkRouting(t, "pbx", pbxSIP, l.sbcPrivate.Addr(), l.pbx.addr, "1000", inbound)
 	})
+}
+
+// checkRelayedRTP checks that RTP crossed both links, each way, only
+// between the peer and the SBC's own media ports.
+func (l *lab) checkRelayedRTP(t *testing.T, carrierPkts, pbxPkts []testenv.Packet) {
+	t.Helper()
+	for _, side := range []struct {
+		name      string
+		pkts      []testenv.Packet
+		sbc, peer netip.Addr
+	}{
+		{"pbx", pbxPkts, l.sbcPrivate.Addr(), l.pbx.addr},
+		{"carrier", carrierPkts, l.sbcPublic.Addr(), l.carrier.addr},
+	} {
+		r := checkRTP(side.pkts, side.sbc, side.peer, l.media, sipPort)
+		if r.ToPeer < minRTP || r.FromPeer < minRTP {
+			t.Errorf("%s link: %d RTP packets from %v media ports to the %s, %d back; want at least %d each way",
+				side.name, r.ToPeer, side.sbc, side.name, r.FromPeer, minRTP)
+		}
+		for _, s := range r.Strays {
+			t.Errorf("%s link: media not from %v ports %d-%d: %s", side.name, side.sbc, l.media.min, l.media.max, s)
+		}
+	}
 }
 
 // checkRouting checks the INVITEs the SBC sent to a peer: one INVITE

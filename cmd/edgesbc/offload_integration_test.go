@@ -60,23 +60,7 @@ func TestIntegrationKernelOffload(t *testing.T) {
 		}
 	}
 	carrierPkts, pbxPkts := l.stopCaptures(t)
-	for _, side := range []struct {
-		name      string
-		pkts      []testenv.Packet
-		sbc, peer netip.Addr
-	}{
-		{"pbx", pbxPkts, l.sbcPrivate.Addr(), l.pbx.addr},
-		{"carrier", carrierPkts, l.sbcPublic.Addr(), l.carrier.addr},
-	} {
-		r := checkRTP(side.pkts, side.sbc, side.peer, l.media, sipPort)
-		if r.ToPeer < minRTP || r.FromPeer < minRTP {
-			t.Errorf("%s link: %d RTP packets from the SBC's media ports, %d back; want at least %d each way",
-				side.name, r.ToPeer, r.FromPeer, minRTP)
-		}
-		for _, s := range r.Strays {
-			t.Errorf("%s link: media not from the SBC's ports: %s", side.name, s)
-		}
-	}
+	l.checkRelayedRTP(t, carrierPkts, pbxPkts)
 }
 
 // forwarding turns IPv4 forwarding on in the SBC namespace, which kernel
