@@ -38,6 +38,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./media/sdp
 	$(GO) test -run '^$$' -fuzz '^FuzzRewrite$$' -fuzztime $(FUZZTIME) ./media/sdp
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./appliance/config
+	$(GO) test -run '^$$' -fuzz '^FuzzReadBans$$' -fuzztime $(FUZZTIME) ./appliance
 
 bench:
 	bash scripts/deps.sh bench
