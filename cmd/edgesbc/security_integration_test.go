@@ -1,0 +1,330 @@
+//go:build linux
+
+package main_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgesbc/edgesbc/internal/testenv"
+)
+
+// The security lab adds an attacker namespace on the public side of the
+// usual topology:
+//
+//	PBX 10.91.1.2 ── 10.91.1.1 [ SBC ] 203.0.113.1 ── 203.0.113.2 carrier
+//	                                  198.51.100.1 ── 198.51.100.66 attacker (svmap)
+//	                                                  198.51.100.77 (allow-listed)
+//	                                  198.51.101.1 ── 198.51.101.67 second attacker (svwar)
+//
+// The attackers reach the SBC's public SIP address 203.0.113.1 through
+// their own link, as hosts on the internet would. svwar gets a namespace of
+// its own because it ignores -b and sends from the primary address.
+var (
+	attackerScan  = netip.MustParseAddr("198.51.100.66") // svmap
+	attackerWar   = netip.MustParseAddr("198.51.101.67") // svwar
+	attackerAllow = netip.MustParseAddr("198.51.100.77") // allow-listed flood
+)
+
+func securityConfig(t *testing.T, stateDir string) string {
+	t.Helper()
+	base, err := os.ReadFile(integrationConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(base) + fmt.Sprintf(`
+allow {
+  addresses = ["%s"]
+}
+rate_limit "sip-public" {
+  zone       = "public"
+  per_source = "50/second"
+  burst      = 100
+}
+ban_policy "scanners" {
+  match_user_agent = ["friendly-scanner", "sipvicious", "sipcli"]
+  ban_for          = "24h"
+}
+ban_policy "unsolicited" {
+  unknown_source_requests = 20
+  within                  = "60s"
+  ban_for                 = "1h"
+}
+state_dir = "%s"
+`, attackerAllow, stateDir)
+}
+
+type secLab struct {
+	topo     *testenv.Topology
+	attacker *testenv.Netns
+	war      *testenv.Netns
+	daemon   *testenv.Daemon
+	stateDir string
+	home     string // HOME for sipvicious, which saves its sessions there
+}
+
+func newSecLab(t *testing.T) *secLab {
+	t.Helper()
+	testenv.Integration(t)
+	for _, tool := range []string{"sipp", "nft", "svmap", "svwar"} {
+		testenv.RequireTool(t, tool)
+	}
+	l := &secLab{topo: testenv.NewTopology(t), attacker: testenv.NewNetns(t, "esbc-att"), war: testenv.NewNetns(t, "esbc-war"),
+		stateDir: t.TempDir(), home: t.TempDir()}
+	testenv.Link(t, l.topo.SBC, "eth-att", netip.MustParsePrefix("198.51.100.1/24"), l.attacker, "eth-sbc", netip.MustParsePrefix(attackerScan.String()+"/24"))
+	testenv.Link(t, l.topo.SBC, "eth-war", netip.MustParsePrefix("198.51.101.1/24"), l.war, "eth-sbc", netip.MustParsePrefix(attackerWar.String()+"/24"))
+	for _, args := range [][]string{
+		{"-n", l.attacker.Name, "addr", "add", attackerAllow.String() + "/24", "dev", "eth-sbc"},
+		{"-n", l.attacker.Name, "route", "add", "203.0.113.0/24", "via", "198.51.100.1"},
+		{"-n", l.war.Name, "route", "add", "203.0.113.0/24", "via", "198.51.101.1"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v %s", args, err, out)
+		}
+	}
+	l.daemon = testenv.StartDaemon(t, l.topo.SBC, securityConfig(t, l.stateDir))
+	return l
+}
+
+// banView is the part of a ban the tests read from edgesbc bans --json.
+type banView struct {
+	Addr      string         `json:"addr"`
+	Policy    string         `json:"policy"`
+	Reason    string         `json:"reason"`
+	Counters  map[string]int `json:"counters"`
+	First     struct{ Request string }
+	Remaining int64 `json:"remaining_seconds"`
+}
+
+// bans runs the real edgesbc bans command against the daemon.
+func (l *secLab) bans(t *testing.T, args ...string) ([]banView, string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, l.daemon.Bin, append(append([]string{"bans"}, args...), "--json", "-admin", l.daemon.Admin)...)
+	out, err := cmd.Output()
+	var reply struct {
+		Error string    `json:"error"`
+		Bans  []banView `json:"bans"`
+	}
+	if jerr := json.Unmarshal(out, &reply); jerr != nil {
+		t.Fatalf("edgesbc bans %v: %v, output %q", args, jerr, out)
+	}
+	return reply.Bans, reply.Error, err
+}
+
+func (l *secLab) banned(t *testing.T, a netip.Addr) (banView, bool) {
+	t.Helper()
+	b, _, err := l.bans(t, "show", a.String())
+	if err != nil || len(b) != 1 {
+		return banView{}, false
+	}
+	return b[0], true
+}
+
+func (l *secLab) waitBanned(t *testing.T, a netip.Addr) banView {
+	t.Helper()
+	for range 100 {
+		if b, ok := l.banned(t, a); ok {
+			return b
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%v not banned within 5s\n%s", a, l.daemon.Log())
+	return banView{}
+}
+
+// attack runs a sipvicious tool in an attacker namespace, bounded in time.
+func (l *secLab) attack(t *testing.T, ns *testenv.Netns, bound time.Duration, tool string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	cmd := ns.Command(ctx, tool, args...)
+	cmd.Env = append(os.Environ(), "HOME="+l.home)
+	cmd.WaitDelay = 2 * time.Second
+	out, _ := cmd.CombinedOutput() // exits non-zero when it finds nothing
+	return string(out)
+}
+
+// nftJSON lists an object of the SBC namespace's ruleset as JSON.
+func (l *secLab) nftJSON(t *testing.T, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := l.topo.SBC.Command(ctx, "nft", append([]string{"-j"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft -j %v: %v %s", args, err, out)
+	}
+	return string(out)
+}
+
+// banDrops is the packet counter of the kernel rule dropping banned IPv4
+// sources.
+func (l *secLab) banDrops(t *testing.T) int {
+	t.Helper()
+	var doc struct {
+		Nftables []struct {
+			Rule *struct {
+				Expr []map[string]json.RawMessage `json:"expr"`
+			} `json:"rule"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal([]byte(l.nftJSON(t, "list", "chain", "inet", "edgesbc", "guard_prerouting")), &doc); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range doc.Nftables {
+		if n.Rule == nil || len(n.Rule.Expr) < 2 || !strings.Contains(string(n.Rule.Expr[0]["match"]), "@ban4") {
+			continue
+		}
+		var c struct{ Packets int }
+		_ = json.Unmarshal(n.Rule.Expr[1]["counter"], &c)
+		return c.Packets
+	}
+	t.Fatal("no ban4 rule in guard_prerouting")
+	return 0
+}
+
+// calls runs n calls from the pbx to the carrier, five a second, and
+// returns how many completed on both sides and how many failed.
+func (l *secLab) calls(t *testing.T, n int) (ok, failed int) {
+	t.Helper()
+	callee := testenv.StartSIPp(t, l.topo.Carrier, scenarioDir(t), "-sf", "uas_bye.xml", "-i", l.topo.CarrierAddr.Addr().String(),
+		"-p", "5060", "-m", fmt.Sprint(n), "-timeout", "40s")
+	res, err := testenv.RunSIPp(t, l.topo.PBX, scenarioDir(t), "-sf", "uac_expect_bye.xml", "-i", l.topo.PBXAddr.Addr().String(),
+		"-p", "5060", "-s", "15551234567", "-m", fmt.Sprint(n), "-r", "5", "-l", fmt.Sprint(n), "-timeout", "35s", "10.91.1.1:5060")
+	if err != nil {
+		t.Errorf("caller: %v", err)
+	}
+	cres, cerr := callee.Wait()
+	if cerr != nil {
+		t.Errorf("callee: %v", cerr)
+	}
+	return min(res.Successful, cres.Successful), res.Failed + cres.Failed
+}
+
+func TestIntegrationSecurityScanners(t *testing.T) {
+	l := newSecLab(t)
+
+	// Calls between the pbx and the carrier run while the attacks go on.
+	type result struct{ ok, failed int }
+	callsDone := make(chan result, 1)
+	go func() {
+		ok, failed := l.calls(t, 10)
+		callsDone <- result{ok, failed}
+	}()
+
+	// svmap: an OPTIONS sweep with User-Agent friendly-scanner, sent
+	// several times over. Its first request bans it; the kernel drops
+	// the rest.
+	out := l.attack(t, l.attacker, 30*time.Second, "svmap", "-b", attackerScan.String(), "-p", "5060", "-t", "0.05", "203.0.113.1", "203.0.113.1", "203.0.113.1", "203.0.113.1")
+	b := l.waitBanned(t, attackerScan)
+	if b.Policy != "scanners" || !strings.Contains(b.Reason, "friendly-scanner") || !strings.Contains(b.First.Request, "OPTIONS") {
+		t.Errorf("svmap ban: %+v", b)
+	}
+	if strings.Contains(out, "203.0.113.1:5060") && strings.Contains(out, "|") && strings.Contains(out, "edgesbc") {
+		t.Errorf("svmap fingerprinted the SBC:\n%s", out)
+	}
+
+	drops := l.banDrops(t)
+	if drops == 0 {
+		t.Errorf("the kernel dropped none of svmap's requests after the ban")
+	}
+	t.Logf("svmap: banned on its first request, %d later packets dropped in the kernel", drops)
+
+	// svwar: extension enumeration by REGISTER. It probes once with a
+	// random extension and gives up when nothing answers: the SBC never
+	// answers strangers, and that one probe bans it.
+	out = l.attack(t, l.war, 30*time.Second, "svwar", "-p", "5060", "--force", "-t", "0.02", "-e", "100-199", "203.0.113.1")
+	b = l.waitBanned(t, attackerWar)
+	if b.Policy != "scanners" || !strings.Contains(b.First.Request, "REGISTER") {
+		t.Errorf("svwar ban: %+v\n%s", b, out)
+	}
+	// run again: now every request is dropped in the kernel
+	before := l.banDrops(t)
+	l.attack(t, l.war, 30*time.Second, "svwar", "-p", "5060", "--force", "-t", "0.02", "-e", "100-199", "203.0.113.1")
+	if after := l.banDrops(t); after <= before {
+		t.Errorf("banned svwar's probe was not dropped in the kernel (counter %d -> %d)", before, after)
+	}
+	st := l.daemon.Status(t)
+	t.Logf("daemon status after the scans: %+v", st)
+
+	// An allow-listed source flooding with a scanner's User-Agent is never
+	// banned nor rate limited.
+	flood, err := testenv.RunSIPp(t, l.attacker, scenarioDir(t), "-sf", "options_flood.xml", "-i", attackerAllow.String(), "-p", "5070",
+		"-s", "100", "-m", "1000", "-r", "500", "-timeout", "20s", "203.0.113.1:5060")
+	if err != nil || flood.Successful != 1000 {
+		t.Errorf("allow-listed flood: %+v %v", flood, err)
+	}
+	if b, ok := l.banned(t, attackerAllow); ok {
+		t.Errorf("allow-listed source banned: %+v", b)
+	}
+
+	r := <-callsDone
+	if r.ok != 10 || r.failed != 0 {
+		t.Errorf("calls during the attacks: %d completed, %d failed; want 10 and 0", r.ok, r.failed)
+	}
+	t.Logf("calls during the attacks: %d completed, %d failed", r.ok, r.failed)
+
+	list, _, err := l.bans(t, "list")
+	if err != nil || len(list) != 2 {
+		t.Errorf("bans list: %+v %v", list, err)
+	}
+}
+
+func TestIntegrationSecurityRestartAndRemove(t *testing.T) {
+	l := newSecLab(t)
+	l.attack(t, l.attacker, 20*time.Second, "svmap", "-b", attackerScan.String(), "-p", "5060", "-t", "0.05", "203.0.113.1")
+	l.waitBanned(t, attackerScan)
+	// a manual ban, IPv6, through the CLI
+	if _, msg, err := l.bans(t, "add", "2001:db8::66", "--for", "2h", "--reason", "test"); err != nil || msg != "" {
+		t.Fatalf("bans add: %v %s", err, msg)
+	}
+	if _, msg, err := l.bans(t, "add", "203.0.113.2", "--for", "1h"); err == nil || !strings.Contains(msg, "allow-listed") {
+		t.Errorf("banning the carrier: err %v, message %q; want a refusal", err, msg)
+	}
+
+	// Restart: the bans come back from the store, with their remaining time.
+	if err := l.daemon.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if out := l.nftJSON(t, "list", "ruleset"); strings.Contains(out, "guard_prerouting") {
+		t.Errorf("guard chain left in the kernel after stop: %s", out)
+	}
+	l.daemon = testenv.StartDaemon(t, l.topo.SBC, securityConfig(t, l.stateDir))
+	b, ok := l.banned(t, attackerScan)
+	if !ok || b.Policy != "scanners" || b.Remaining < 23*3600 {
+		t.Fatalf("ban after restart: %+v %v\n%s", b, ok, l.daemon.Log())
+	}
+	if b6, ok := l.banned(t, netip.MustParseAddr("2001:db8::66")); !ok || b6.Policy != "manual" {
+		t.Errorf("manual IPv6 ban after restart: %+v %v", b6, ok)
+	}
+	if set := l.nftJSON(t, "list", "set", "inet", "edgesbc", "ban4"); !strings.Contains(set, attackerScan.String()) {
+		t.Fatalf("restored ban not in the kernel set: %s", set)
+	}
+
+	// Remove: lifted at once, in the kernel too.
+	if _, msg, err := l.bans(t, "remove", attackerScan.String()); err != nil || msg != "" {
+		t.Fatalf("bans remove: %v %s", err, msg)
+	}
+	if set := l.nftJSON(t, "list", "set", "inet", "edgesbc", "ban4"); strings.Contains(set, attackerScan.String()) {
+		t.Fatalf("ban still in the kernel set after remove: %s", set)
+	}
+	if _, ok := l.banned(t, attackerScan); ok {
+		t.Fatal("still banned after remove")
+	}
+	// A request from the lifted source reaches the daemon again: the
+	// probe carries a scanner's User-Agent, so the source is banned anew,
+	// which it could only be if the request got through.
+	if _, err := testenv.RunSIPp(t, l.attacker, scenarioDir(t), "-sf", "options_flood.xml", "-i", attackerScan.String(), "-p", "5070",
+		"-s", "100", "-m", "1", "-timeout", "5s", "203.0.113.1:5060"); err != nil {
+		t.Fatalf("probe: %v", err)
+	}
+	l.waitBanned(t, attackerScan)
+}
