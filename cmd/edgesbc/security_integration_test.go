@@ -169,6 +169,13 @@ func (l *secLab) nftJSON(t *testing.T, args ...string) string {
 // sources.
 func (l *secLab) banDrops(t *testing.T) int {
 	t.Helper()
+	return l.ruleCounter(t, "@ban4")
+}
+
+// ruleCounter is the packet counter of the guard rule whose expressions
+// mention what.
+func (l *secLab) ruleCounter(t *testing.T, what string) int {
+	t.Helper()
 	var doc struct {
 		Nftables []struct {
 			Rule *struct {
@@ -180,14 +187,22 @@ func (l *secLab) banDrops(t *testing.T) int {
 		t.Fatal(err)
 	}
 	for _, n := range doc.Nftables {
-		if n.Rule == nil || len(n.Rule.Expr) < 2 || !strings.Contains(string(n.Rule.Expr[0]["match"]), "@ban4") {
+		if n.Rule == nil {
 			continue
 		}
-		var c struct{ Packets int }
-		_ = json.Unmarshal(n.Rule.Expr[1]["counter"], &c)
-		return c.Packets
+		b, _ := json.Marshal(n.Rule.Expr)
+		if !strings.Contains(string(b), what) {
+			continue
+		}
+		for _, e := range n.Rule.Expr {
+			if c, ok := e["counter"]; ok {
+				var v struct{ Packets int }
+				_ = json.Unmarshal(c, &v)
+				return v.Packets
+			}
+		}
 	}
-	t.Fatal("no ban4 rule in guard_prerouting")
+	t.Fatalf("no counted rule mentioning %s in guard_prerouting", what)
 	return 0
 }
 
@@ -327,4 +342,40 @@ func TestIntegrationSecurityRestartAndRemove(t *testing.T) {
 		t.Fatalf("probe: %v", err)
 	}
 	l.waitBanned(t, attackerScan)
+}
+
+// TestIntegrationSecurityFlood floods the public SIP port with INVITEs at
+// 2,000/s from one attacker. The kernel meter cuts it to the rate limit, the
+// unsolicited-request policy bans the source from the few requests that get
+// through, and from then on the kernel drops everything; calls between the
+// pbx and the carrier complete meanwhile.
+func TestIntegrationSecurityFlood(t *testing.T) {
+	l := newSecLab(t)
+	type result struct{ ok, failed int }
+	callsDone := make(chan result, 1)
+	go func() {
+		ok, failed := l.calls(t, 15)
+		callsDone <- result{ok, failed}
+	}()
+	const sent = 6000
+	res, err := testenv.RunSIPp(t, l.attacker, scenarioDir(t), "-sf", "invite_flood.xml", "-i", attackerScan.String(), "-p", "5070",
+		"-s", "100", "-m", fmt.Sprint(sent), "-r", "2000", "-timeout", "20s", "203.0.113.1:5060")
+	if err != nil || res.Successful != sent {
+		t.Errorf("flood: %+v %v", res, err)
+	}
+	b := l.waitBanned(t, attackerScan)
+	if b.Policy != "unsolicited" || b.Counters["unknown_source_requests"] != 20 {
+		t.Errorf("flood ban: %+v", b)
+	}
+	limited, banned := l.ruleCounter(t, "@rl_sip_public"), l.banDrops(t)
+	reached := sent - limited - banned
+	t.Logf("flood of %d INVITEs at 2000/s: %d dropped by the rate limit, %d by the ban, %d reached the daemon", sent, limited, banned, reached)
+	if reached > 200 || reached < 20 {
+		t.Errorf("%d of %d flood packets reached the daemon; want the 20 that trip the policy plus what was in flight", reached, sent)
+	}
+	r := <-callsDone
+	t.Logf("calls during the flood: %d completed, %d failed", r.ok, r.failed)
+	if r.ok != 15 || r.failed != 0 {
+		t.Errorf("calls during the flood: %d completed, %d failed; want 15 and 0", r.ok, r.failed)
+	}
 }
