@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -377,5 +378,81 @@ func TestIntegrationSecurityFlood(t *testing.T) {
 	t.Logf("calls during the flood: %d completed, %d failed", r.ok, r.failed)
 	if r.ok != 15 || r.failed != 0 {
 		t.Errorf("calls during the flood: %d completed, %d failed; want 15 and 0", r.ok, r.failed)
+	}
+}
+
+// hangup sends SIGHUP to the daemon: the only process in the SBC
+// namespace whose executable is the edgesbc binary.
+func (l *secLab) hangup(t *testing.T) {
+	t.Helper()
+	pids, err := l.topo.SBC.Pids()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range pids {
+		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && exe == l.daemon.Bin {
+			if err := syscall.Kill(pid, syscall.SIGHUP); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+	}
+	t.Fatalf("no edgesbc process among %v in %s", pids, l.topo.SBC)
+}
+
+func (l *secLab) waitLog(t *testing.T, what string) {
+	t.Helper()
+	for range 100 {
+		if strings.Contains(l.daemon.Log(), what) {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("daemon never logged %q\n%s", what, l.daemon.Log())
+}
+
+// TestIntegrationSecurityReload changes the ban policies of a running
+// daemon with SIGHUP: a file with an error is rejected with its position
+// and changes nothing; a valid one takes effect, and the bans stay.
+func TestIntegrationSecurityReload(t *testing.T) {
+	l := newSecLab(t)
+	l.attack(t, l.attacker, 20*time.Second, "svmap", "-p", "5060", "-t", "0.05", "203.0.113.1")
+	l.waitBanned(t, attackerScan)
+
+	good := securityConfig(t, l.stateDir)
+	bad := strings.Replace(good, `ban_for          = "24h"`, `ban_for          = "24h"
+  mode             = "dry-run"`, 1)
+	line := strings.Count(bad[:strings.Index(bad, `"dry-run"`)], "\n") + 1
+	if err := os.WriteFile(l.daemon.Config, []byte(bad), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l.hangup(t)
+	l.waitLog(t, "configuration reload rejected")
+	if want := fmt.Sprintf("%s:%d:22: error: Invalid mode", l.daemon.Config, line); !strings.Contains(l.daemon.Log(), want) {
+		t.Errorf("rejection does not point at the error: want %q in\n%s", want, l.daemon.Log())
+	}
+	// the running policy stays: svwar's probe is banned
+	l.attack(t, l.war, 20*time.Second, "svwar", "-p", "5060", "--force", "-t", "0.02", "-e", "100-101", "203.0.113.1")
+	l.waitBanned(t, attackerWar)
+
+	// a valid change: the scanner policy goes to log mode, svwar is
+	// unbanned by hand and probes again: reported, not banned
+	trial := strings.Replace(good, `ban_for          = "24h"`, `ban_for          = "24h"
+  mode             = "log"`, 1)
+	if err := os.WriteFile(l.daemon.Config, []byte(trial), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l.hangup(t)
+	l.waitLog(t, "ban policies reloaded")
+	if _, ok := l.banned(t, attackerScan); !ok {
+		t.Fatal("reload dropped the ban of the svmap source")
+	}
+	if _, msg, err := l.bans(t, "remove", attackerWar.String()); err != nil || msg != "" {
+		t.Fatalf("bans remove: %v %s", err, msg)
+	}
+	l.attack(t, l.war, 20*time.Second, "svwar", "-p", "5060", "--force", "-t", "0.02", "-e", "100-101", "203.0.113.1")
+	l.waitLog(t, "ban policy in log mode would ban")
+	if b, ok := l.banned(t, attackerWar); ok {
+		t.Errorf("log-mode policy banned %v: %+v", attackerWar, b)
 	}
 }
