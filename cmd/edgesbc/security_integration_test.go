@@ -53,6 +53,13 @@ ban_policy "scanners" {
   match_user_agent = ["friendly-scanner", "sipvicious", "sipcli"]
   ban_for          = "24h"
 }
+ban_policy "auth-failures" {
+  failed_auth       = 5
+  within            = "60s"
+  ban_for           = "1h"
+  repeat_multiplier = 4
+  max_ban           = "7d"
+}
 ban_policy "unsolicited" {
   unknown_source_requests = 20
   within                  = "60s"
@@ -454,5 +461,27 @@ func TestIntegrationSecurityReload(t *testing.T) {
 	l.waitLog(t, "ban policy in log mode would ban")
 	if b, ok := l.banned(t, attackerWar); ok {
 		t.Errorf("log-mode policy banned %v: %+v", attackerWar, b)
+	}
+}
+
+// TestIntegrationSecurityAuthFailures: a stranger on the private side gets
+// 403 for every INVITE; the fifth 403 within a minute bans it by the
+// auth-failures policy, and the pbx next to it keeps calling.
+func TestIntegrationSecurityAuthFailures(t *testing.T) {
+	l := newSecLab(t)
+	stranger := netip.MustParseAddr("10.91.1.66")
+	if out, err := exec.Command("ip", "-n", l.topo.PBX.Name, "addr", "add", stranger.String()+"/24", "dev", l.topo.PBXIf).CombinedOutput(); err != nil {
+		t.Fatalf("add stranger address: %v %s", err, out)
+	}
+	if _, err := testenv.RunSIPp(t, l.topo.PBX, scenarioDir(t), "-sf", "invite_flood.xml", "-i", stranger.String(), "-p", "5070",
+		"-s", "100", "-m", "10", "-r", "5", "-timeout", "10s", "10.91.1.1:5060"); err != nil {
+		t.Fatalf("stranger: %v", err)
+	}
+	b := l.waitBanned(t, stranger)
+	if b.Policy != "auth-failures" || b.Counters["failed_auth"] != 5 {
+		t.Errorf("stranger ban: %+v", b)
+	}
+	if ok, failed := l.calls(t, 3); ok != 3 || failed != 0 {
+		t.Errorf("pbx calls after the ban of its neighbour: %d completed, %d failed", ok, failed)
 	}
 }
