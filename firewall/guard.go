@@ -49,7 +49,8 @@ const (
 	meterSize = 65535
 	// meterTimeout forgets a source that has been quiet this long.
 	meterTimeout = time.Minute
-	// maxBanTimeout is the longest element timeout written; longer bans
-	// are refreshed by the daemon (the kernel's limit is far above it).
+	// maxBanTimeout is the longest element timeout written. A longer ban
+	// leaves the kernel set after a year and is enforced in userspace
+	// from then on, until it ends or the daemon restarts and re-applies it.
 	maxBanTimeout = 365 * 24 * time.Hour
 )

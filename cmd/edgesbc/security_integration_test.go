@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -67,6 +68,18 @@ ban_policy "unsolicited" {
 }
 state_dir = "%s"
 `, attackerAllow, stateDir)
+}
+
+// attackDir holds the one-sided sipp scenarios of the attackers (floods
+// that expect no answer), kept apart from the caller/callee pairs of
+// testdata/sipp.
+func attackDir(t *testing.T) string {
+	t.Helper()
+	dir, err := filepath.Abs("testdata/attack")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
 
 type secLab struct {
@@ -280,7 +293,7 @@ func TestIntegrationSecurityScanners(t *testing.T) {
 
 	// An allow-listed source flooding with a scanner's User-Agent is never
 	// banned nor rate limited.
-	flood, err := testenv.RunSIPp(t, l.attacker, scenarioDir(t), "-sf", "options_flood.xml", "-i", attackerAllow.String(), "-p", "5070",
+	flood, err := testenv.RunSIPp(t, l.attacker, attackDir(t), "-sf", "options_flood.xml", "-i", attackerAllow.String(), "-p", "5070",
 		"-s", "100", "-m", "1000", "-r", "500", "-timeout", "20s", "203.0.113.1:5060")
 	if err != nil || flood.Successful != 1000 {
 		t.Errorf("allow-listed flood: %+v %v", flood, err)
@@ -345,7 +358,7 @@ func TestIntegrationSecurityRestartAndRemove(t *testing.T) {
 	// A request from the lifted source reaches the daemon again: the
 	// probe carries a scanner's User-Agent, so the source is banned anew,
 	// which it could only be if the request got through.
-	if _, err := testenv.RunSIPp(t, l.attacker, scenarioDir(t), "-sf", "options_flood.xml", "-i", attackerScan.String(), "-p", "5070",
+	if _, err := testenv.RunSIPp(t, l.attacker, attackDir(t), "-sf", "options_flood.xml", "-i", attackerScan.String(), "-p", "5070",
 		"-s", "100", "-m", "1", "-timeout", "5s", "203.0.113.1:5060"); err != nil {
 		t.Fatalf("probe: %v", err)
 	}
@@ -366,7 +379,7 @@ func TestIntegrationSecurityFlood(t *testing.T) {
 		callsDone <- result{ok, failed}
 	}()
 	const sent = 6000
-	res, err := testenv.RunSIPp(t, l.attacker, scenarioDir(t), "-sf", "invite_flood.xml", "-i", attackerScan.String(), "-p", "5070",
+	res, err := testenv.RunSIPp(t, l.attacker, attackDir(t), "-sf", "invite_flood.xml", "-i", attackerScan.String(), "-p", "5070",
 		"-s", "100", "-m", fmt.Sprint(sent), "-r", "2000", "-timeout", "20s", "203.0.113.1:5060")
 	if err != nil || res.Successful != sent {
 		t.Errorf("flood: %+v %v", res, err)
@@ -473,7 +486,7 @@ func TestIntegrationSecurityAuthFailures(t *testing.T) {
 	if out, err := exec.Command("ip", "-n", l.topo.PBX.Name, "addr", "add", stranger.String()+"/24", "dev", l.topo.PBXIf).CombinedOutput(); err != nil {
 		t.Fatalf("add stranger address: %v %s", err, out)
 	}
-	if _, err := testenv.RunSIPp(t, l.topo.PBX, scenarioDir(t), "-sf", "invite_flood.xml", "-i", stranger.String(), "-p", "5070",
+	if _, err := testenv.RunSIPp(t, l.topo.PBX, attackDir(t), "-sf", "invite_flood.xml", "-i", stranger.String(), "-p", "5070",
 		"-s", "100", "-m", "10", "-r", "5", "-timeout", "10s", "10.91.1.1:5060"); err != nil {
 		t.Fatalf("stranger: %v", err)
 	}
