@@ -93,6 +93,12 @@ type secLab struct {
 
 func newSecLab(t *testing.T) *secLab {
 	t.Helper()
+	return newSecLabWith(t, nil)
+}
+
+// newSecLabWith is newSecLab with the configuration passed through edit.
+func newSecLabWith(t *testing.T, edit func(string) string) *secLab {
+	t.Helper()
 	testenv.Integration(t)
 	for _, tool := range []string{"sipp", "nft", "svmap", "svwar"} {
 		testenv.RequireTool(t, tool)
@@ -110,7 +116,11 @@ func newSecLab(t *testing.T) *secLab {
 			t.Fatalf("ip %v: %v %s", args, err, out)
 		}
 	}
-	l.daemon = testenv.StartDaemon(t, l.topo.SBC, securityConfig(t, l.stateDir))
+	cfg := securityConfig(t, l.stateDir)
+	if edit != nil {
+		cfg = edit(cfg)
+	}
+	l.daemon = testenv.StartDaemon(t, l.topo.SBC, cfg)
 	return l
 }
 
@@ -231,10 +241,16 @@ func (l *secLab) ruleCounter(t *testing.T, what string) int {
 // returns how many completed on both sides and how many failed.
 func (l *secLab) calls(t *testing.T, n int) (ok, failed int) {
 	t.Helper()
+	return l.callsAt(t, n, 5)
+}
+
+// callsAt runs n calls from the pbx to the carrier at rate calls/s.
+func (l *secLab) callsAt(t *testing.T, n, rate int) (ok, failed int) {
+	t.Helper()
 	callee := testenv.StartSIPp(t, l.topo.Carrier, scenarioDir(t), "-sf", "uas_bye.xml", "-i", l.topo.CarrierAddr.Addr().String(),
 		"-p", "5060", "-m", fmt.Sprint(n), "-timeout", "40s")
 	res, err := testenv.RunSIPp(t, l.topo.PBX, scenarioDir(t), "-sf", "uac_expect_bye.xml", "-i", l.topo.PBXAddr.Addr().String(),
-		"-p", "5060", "-s", "15551234567", "-m", fmt.Sprint(n), "-r", "5", "-l", fmt.Sprint(n), "-timeout", "35s", "10.91.1.1:5060")
+		"-p", "5060", "-s", "15551234567", "-m", fmt.Sprint(n), "-r", fmt.Sprint(rate), "-l", fmt.Sprint(n), "-timeout", "35s", "10.91.1.1:5060")
 	if err != nil {
 		t.Errorf("caller: %v", err)
 	}
