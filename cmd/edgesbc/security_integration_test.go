@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -512,5 +513,125 @@ func TestIntegrationSecurityAuthFailures(t *testing.T) {
 	}
 	if ok, failed := l.calls(t, 3); ok != 3 || failed != 0 {
 		t.Errorf("pbx calls after the ban of its neighbour: %d completed, %d failed", ok, failed)
+	}
+}
+
+// lockedBuffer collects a process's output for polling.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (w *lockedBuffer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.b = append(w.b, p...)
+	return len(p), nil
+}
+
+func (w *lockedBuffer) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return string(w.b)
+}
+
+// TestIntegrationSecurityUserspaceOnly runs the daemon without
+// CAP_NET_ADMIN (setpriv drops it from the bounding set), so nftables is
+// out of reach: the log says so once, nothing is written to the kernel, and
+// the scanner is still banned and its later requests dropped before
+// parsing.
+func TestIntegrationSecurityUserspaceOnly(t *testing.T) {
+	testenv.Integration(t)
+	for _, tool := range []string{"setpriv", "nft", "svmap"} {
+		testenv.RequireTool(t, tool)
+	}
+	topo := testenv.NewTopology(t)
+	attacker := testenv.NewNetns(t, "esbc-att")
+	testenv.Link(t, topo.SBC, "eth-att", netip.MustParsePrefix("198.51.100.1/24"), attacker, "eth-sbc", netip.MustParsePrefix(attackerScan.String()+"/24"))
+	if out, err := exec.Command("ip", "-n", attacker.Name, "route", "add", "203.0.113.0/24", "via", "198.51.100.1").CombinedOutput(); err != nil {
+		t.Fatalf("route: %v %s", err, out)
+	}
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "edgesbc.hcl")
+	if err := os.WriteFile(cfgPath, []byte(securityConfig(t, t.TempDir())), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sockDir, err := os.MkdirTemp("", "esbc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(sockDir) })
+	admin := filepath.Join(sockDir, "admin.sock")
+	bin := testenv.BuildBinary(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := topo.SBC.Command(ctx, "setpriv", "--bounding-set", "-net_admin", "--", bin, "run", "-config", cfgPath, "-admin", admin)
+	var log lockedBuffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	cmd.WaitDelay = 2 * time.Second
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", log.String())
+		}
+	})
+	waitFor := func(what string) {
+		t.Helper()
+		for range 200 {
+			if strings.Contains(log.String(), what) {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Fatalf("daemon never logged %q", what)
+	}
+	waitFor(testenv.ReadyLine)
+	if n := strings.Count(log.String(), "enforced in userspace only"); n != 1 {
+		t.Fatalf("userspace-only line logged %d times, want once", n)
+	}
+	home := t.TempDir()
+	scan := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		c := attacker.Command(ctx, "svmap", "-p", "5060", "-t", "0.05", "203.0.113.1", "203.0.113.1", "203.0.113.1")
+		c.Env = append(os.Environ(), "HOME="+home)
+		_ = c.Run()
+	}
+	scan()
+	waitFor("source banned")
+	status := func() (st struct {
+		Guard struct {
+			Bans    int `json:"bans"`
+			Dropped int `json:"dropped"`
+		} `json:"guard"`
+		Kernel bool `json:"bans_in_kernel"`
+	}) {
+		t.Helper()
+		out, err := exec.Command(bin, "status", "-admin", admin).Output()
+		if err != nil {
+			t.Fatalf("status: %v", err)
+		}
+		if err := json.Unmarshal(out, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	before := status()
+	if before.Kernel || before.Guard.Bans != 1 {
+		t.Fatalf("status after the scan: %+v", before)
+	}
+	scan()
+	after := status()
+	if after.Guard.Dropped < before.Guard.Dropped+3 {
+		t.Errorf("banned scanner's requests not dropped in userspace: dropped %d -> %d", before.Guard.Dropped, after.Guard.Dropped)
+	}
+	nctx, ncancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer ncancel()
+	if out, err := topo.SBC.Command(nctx, "nft", "list", "ruleset").CombinedOutput(); err != nil || strings.Contains(string(out), "edgesbc") {
+		t.Errorf("kernel ruleset touched without CAP_NET_ADMIN: %v\n%s", err, out)
 	}
 }
