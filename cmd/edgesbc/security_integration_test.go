@@ -496,7 +496,8 @@ func TestIntegrationSecurityReload(t *testing.T) {
 
 // TestIntegrationSecurityAuthFailures: a stranger on the private side gets
 // 403 for every INVITE; the fifth 403 within a minute bans it by the
-// auth-failures policy, and the pbx next to it keeps calling.
+// auth-failures policy, and the pbx next to it keeps calling. svcrack on
+// the public side finds nothing to crack and is banned.
 func TestIntegrationSecurityAuthFailures(t *testing.T) {
 	l := newSecLab(t)
 	stranger := netip.MustParseAddr("10.91.1.66")
@@ -513,6 +514,18 @@ func TestIntegrationSecurityAuthFailures(t *testing.T) {
 	}
 	if ok, failed := l.calls(t, 3); ok != 3 || failed != 0 {
 		t.Errorf("pbx calls after the ban of its neighbour: %d completed, %d failed", ok, failed)
+	}
+
+	// svcrack from the public side: the SBC issues no challenge to a
+	// stranger, so there is nothing to crack, and its first REGISTER bans
+	// it.
+	out := l.attack(t, l.attacker, 30*time.Second, "svcrack", "-p", "5060", "-u", "100", "-r", "1000-1100", "203.0.113.1")
+	b = l.waitBanned(t, attackerScan)
+	if b.Policy != "scanners" || !strings.Contains(b.First.Request, "REGISTER") {
+		t.Errorf("svcrack ban: %+v\n%s", b, out)
+	}
+	if strings.Contains(out, "cracked") || strings.Contains(out, "| 100 ") {
+		t.Errorf("svcrack reports a result:\n%s", out)
 	}
 }
 
