@@ -209,20 +209,32 @@ type source struct {
 type counters struct {
 	failed      window
 	unsolicited window
-	users       map[string]Offence // user → first 404/484 outcome in the window
+	users       map[string]event // user → first 404/484 outcome in the window
 }
 
 // window is a sliding count of events: it keeps the latest events, at most
 // the threshold, so it is exact and bounded.
 type window struct {
-	events []Offence
+	events []event
+}
+
+// event is one counted request. The summary text is made only when a ban
+// is, so counting costs no formatting.
+type event struct {
+	at   time.Time
+	req  Request
+	code int
+}
+
+func (e event) offence() Offence {
+	return Offence{At: e.at, Request: e.req.String(), Code: e.code}
 }
 
 // add records an event and reports the events within d of it, capped at
 // limit.
-func (w *window) add(o Offence, d time.Duration, limit int) int {
+func (w *window) add(o event, d time.Duration, limit int) int {
 	cut := 0
-	for cut < len(w.events) && o.At.Sub(w.events[cut].At) >= d {
+	for cut < len(w.events) && o.at.Sub(w.events[cut].at) >= d {
 		cut++
 	}
 	w.events = append(w.events[:0], w.events[cut:]...)
@@ -234,9 +246,9 @@ func (w *window) add(o Offence, d time.Duration, limit int) int {
 }
 
 // first is the oldest event in the window.
-func (w *window) first() Offence {
+func (w *window) first() event {
 	if len(w.events) == 0 {
-		return Offence{}
+		return event{}
 	}
 	return w.events[0]
 }
@@ -349,7 +361,7 @@ func (g *Guard) Check(now time.Time, src netip.Addr, r Request) Verdict {
 	var (
 		s   *source
 		out verdicts
-		off = Offence{At: now, Request: r.String()}
+		off = event{at: now, req: r}
 		ua  = strings.ToLower(r.UserAgent)
 	)
 	for i := range g.policies {
@@ -401,7 +413,7 @@ func (g *Guard) Outcome(now time.Time, src netip.Addr, r Request, code int) Verd
 	var (
 		s   *source
 		out verdicts
-		off = Offence{At: now, Request: r.String(), Code: code}
+		off = event{at: now, req: r, code: code}
 	)
 	for i := range g.policies {
 		p := &g.policies[i]
@@ -424,13 +436,13 @@ func (g *Guard) Outcome(now time.Time, src netip.Addr, r Request, code int) Verd
 			}
 			c := &s.counters[i]
 			if c.users == nil {
-				c.users = map[string]Offence{}
+				c.users = map[string]event{}
 			}
 			first := off
 			for u, o := range c.users {
-				if now.Sub(o.At) >= p.Within {
+				if now.Sub(o.at) >= p.Within {
 					delete(c.users, u)
-				} else if o.At.Before(first.At) {
+				} else if o.at.Before(first.at) {
 					first = o
 				}
 			}
@@ -471,8 +483,12 @@ func (m *verdicts) add(v Verdict) bool {
 
 // trip makes the ban p calls for. In log mode the ban is only returned
 // (once per would-be ban length); in enforce mode it is also recorded.
-func (g *Guard) trip(now time.Time, src netip.Addr, p *policy, reason string, cnt map[string]int, first, last Offence) Verdict {
+func (g *Guard) trip(now time.Time, src netip.Addr, p *policy, reason string, cnt map[string]int, firstEvent, lastEvent event) Verdict {
 	key := historyKey{src, p.Name}
+	if until, ok := g.would[key]; ok && p.Mode == LogOnly && now.Before(until) {
+		return Verdict{Action: Allow} // reported already
+	}
+	first, last := firstEvent.offence(), lastEvent.offence()
 	h, seen := g.history[key]
 	if seen && now.After(h.until.Add(p.MaxBan)) {
 		h, seen = history{}, false
@@ -484,9 +500,6 @@ func (g *Guard) trip(now time.Time, src netip.Addr, p *policy, reason string, cn
 	b := &Ban{Addr: src, Policy: p.Name, Reason: reason, Counters: cnt, First: first, Last: last,
 		Start: now, Expires: now.Add(d), Repeat: h.repeat}
 	if p.Mode == LogOnly {
-		if until, ok := g.would[key]; ok && now.Before(until) {
-			return Verdict{Action: Allow}
-		}
 		g.would[key] = b.Expires
 		g.stats.WouldBan[p.Name]++
 		return Verdict{Action: WouldBan, Ban: b}
@@ -498,13 +511,16 @@ func (g *Guard) trip(now time.Time, src netip.Addr, p *policy, reason string, cn
 	return Verdict{Action: BanSource, Ban: b}
 }
 
-// source returns the counters of src, creating them; when the table is
-// full the least recently seen source is forgotten.
+// source returns the counters of src, creating them. When the table is
+// full a sixteenth of it is forgotten at once, picked by map order, which
+// is effectively random: finding the least recently seen source would cost
+// a scan of the table per new source, which a flood from spoofed addresses
+// would turn into the bottleneck.
 func (g *Guard) source(now time.Time, src netip.Addr) *source {
 	s, ok := g.sources[src]
 	if !ok {
 		if len(g.sources) >= g.cfg.MaxSources {
-			g.evictOldest()
+			g.evictSome(max(g.cfg.MaxSources/16, 1))
 		}
 		s = &source{counters: make([]counters, len(g.policies))}
 		g.sources[src] = s
@@ -513,15 +529,14 @@ func (g *Guard) source(now time.Time, src netip.Addr) *source {
 	return s
 }
 
-func (g *Guard) evictOldest() {
-	var oldest netip.Addr
-	var at time.Time
-	for a, s := range g.sources {
-		if !oldest.IsValid() || s.seen.Before(at) {
-			oldest, at = a, s.seen
+func (g *Guard) evictSome(n int) {
+	for a := range g.sources {
+		if n == 0 {
+			return
 		}
+		delete(g.sources, a)
+		n--
 	}
-	delete(g.sources, oldest)
 }
 
 // Sweep forgets expired bans, idle counters and stale history. Call it

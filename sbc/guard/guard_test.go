@@ -340,6 +340,18 @@ func TestSourceTableBounded(t *testing.T) {
 	}
 }
 
+// BenchmarkCheckSpoofedFlood is a flood from ever new addresses against a
+// full source table: each request must stay cheap.
+func BenchmarkCheckSpoofedFlood(b *testing.B) {
+	g := New(Config{Policies: []Policy{unsolicited()}, MaxSources: 100000})
+	r := Request{Method: "INVITE", Unsolicited: true}
+	now := t0
+	for i := 0; b.Loop(); i++ {
+		a := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		g.Check(now, a, r)
+	}
+}
+
 func BenchmarkCheckUnsolicited(b *testing.B) {
 	g := New(Config{Policies: []Policy{scanners(), unsolicited()}})
 	r := Request{Method: "INVITE", User: "100", UserAgent: "Linphone", Unsolicited: true}
