@@ -648,3 +648,39 @@ func TestIntegrationSecurityUserspaceOnly(t *testing.T) {
 		t.Errorf("kernel ruleset touched without CAP_NET_ADMIN: %v\n%s", err, out)
 	}
 }
+
+// TestIntegrationSecurityRateLimit floods at 2,000/s with the unsolicited
+// policy in log mode, so nothing is banned: the kernel meter alone holds
+// the source to the configured 50/s with a burst of 100, and the log
+// reports the ban the policy would have made.
+func TestIntegrationSecurityRateLimit(t *testing.T) {
+	l := newSecLabWith(t, func(c string) string {
+		return strings.Replace(c, `  ban_for                 = "1h"
+}`, `  ban_for                 = "1h"
+  mode                    = "log"
+}`, 1)
+	})
+	const sent, seconds = 6000, 3
+	start := time.Now()
+	res, err := testenv.RunSIPp(t, l.attacker, attackDir(t), "-sf", "invite_flood.xml", "-i", attackerScan.String(), "-p", "5070",
+		"-s", "100", "-m", fmt.Sprint(sent), "-r", fmt.Sprint(sent/seconds), "-timeout", "20s", "203.0.113.1:5060")
+	if err != nil || res.Successful != sent {
+		t.Errorf("flood: %+v %v", res, err)
+	}
+	elapsed := time.Since(start).Seconds()
+	limited := l.ruleCounter(t, "@rl_sip_public")
+	passed := sent - limited
+	t.Logf("flood of %d INVITEs in %.1fs: %d dropped by the rate limit, %d passed", sent, elapsed, limited, passed)
+	// burst 100, then 50/s over the flood's duration (and a little slack
+	// for sipp's own timing)
+	if want := 100 + 50*elapsed; float64(passed) > want+50 || float64(passed) < 100 {
+		t.Errorf("%d packets passed the rate limit, want about %.0f", passed, want)
+	}
+	if b, ok := l.banned(t, attackerScan); ok {
+		t.Errorf("log-mode policy banned the source: %+v", b)
+	}
+	l.waitLog(t, "ban policy in log mode would ban")
+	if !strings.Contains(l.daemon.Log(), "policy=unsolicited") {
+		t.Errorf("would-ban line does not name the policy")
+	}
+}
