@@ -4,7 +4,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 BIN      := bin/edgesbc
 
-.PHONY: all deps build demo test test-unit test-integration fuzz bench lint vet clean
+.PHONY: all deps build demo test test-unit test-integration fuzz bench bench-security lint vet clean
 
 all: build
 
@@ -34,14 +34,21 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzInspect$$' -fuzztime $(FUZZTIME) ./sbc
 	$(GO) test -run '^$$' -fuzz '^FuzzServerEntry$$' -fuzztime $(FUZZTIME) ./sbc
 	$(GO) test -run '^$$' -fuzz '^FuzzInDialog$$' -fuzztime $(FUZZTIME) ./sbc
+	$(GO) test -run '^$$' -fuzz '^FuzzSummarize$$' -fuzztime $(FUZZTIME) ./sbc
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./media/sdp
 	$(GO) test -run '^$$' -fuzz '^FuzzRewrite$$' -fuzztime $(FUZZTIME) ./media/sdp
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./appliance/config
+	$(GO) test -run '^$$' -fuzz '^FuzzReadBans$$' -fuzztime $(FUZZTIME) ./appliance
 
 bench:
 	bash scripts/deps.sh bench
 	bash bench/run.sh
 	bash bench/media-kernel.sh
+
+# Calls at a fixed rate with and without a 20,000 packets/s flood from 50
+# attacker addresses (as root); EDGESBC_SECURITY_BENCH_RATE sets the rate.
+bench-security: deps
+	EDGESBC_SECURITY_BENCH=1 $(GO) test -count=1 -run '^TestIntegrationSecurityFloodBench$$' -v ./cmd/edgesbc
 
 lint vet:
 	$(GO) vet ./...

@@ -15,7 +15,8 @@ import (
 )
 
 // serveAdmin listens on a unix socket readable by root only. The protocol is
-// one command line in, one JSON document out. Commands: "status".
+// one command line in, one JSON document out. Commands: "status", and
+// "bans list|show ADDR|add ADDR DURATION [REASON]|remove ADDR".
 func serveAdmin(path string, a *Agent, log hclog.Logger) (func(), error) {
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {
@@ -68,9 +69,11 @@ func handleAdmin(conn net.Conn, a *Agent, log hclog.Logger) {
 		return
 	}
 	enc := json.NewEncoder(conn)
-	switch cmd := strings.TrimSpace(line); cmd {
-	case "status":
+	switch cmd := strings.TrimSpace(line); {
+	case cmd == "status":
 		_ = enc.Encode(a.Status())
+	case strings.HasPrefix(cmd, "bans ") || cmd == "bans":
+		_ = enc.Encode(adminBans(a, strings.Fields(cmd)[1:], log))
 	default:
 		log.Debug("unknown admin command", "command", cmd)
 		_ = enc.Encode(map[string]string{"error": "unknown command"})

@@ -22,6 +22,7 @@ import (
 	"github.com/edgesbc/edgesbc/firewall"
 	"github.com/edgesbc/edgesbc/media"
 	"github.com/edgesbc/edgesbc/sbc"
+	"github.com/edgesbc/edgesbc/sbc/guard"
 )
 
 // Options are the run-time settings that do not belong in the config file.
@@ -30,6 +31,10 @@ type Options struct {
 	AdminSocket string
 	// Ready is called once every listener is up.
 	Ready func()
+	// Reload delivers validated configurations to apply while running
+	// (on SIGHUP). Only the security policies are swapped: allow list,
+	// rate limits and ban policies; bans and calls stay.
+	Reload <-chan *config.Config
 }
 
 // Agent is a running edgesbc.
@@ -37,6 +42,7 @@ type Agent struct {
 	log     hclog.Logger
 	relay   *media.Relay
 	sbc     *sbc.Server
+	guard   *defender
 	offload bool
 }
 
@@ -45,11 +51,15 @@ type Status struct {
 	sbc.Status
 	Sessions   int `json:"sessions"`
 	PortsInUse int `json:"ports_in_use"`
+	Goroutines int `json:"goroutines"`
 	// KernelOffload is whether latched media goes to the kernel;
 	// Offloaded counts the stream components it forwards now.
 	KernelOffload bool `json:"kernel_offload"`
 	Offloaded     int  `json:"offloaded"`
-	Goroutines    int  `json:"goroutines"`
+	// Guard are the ban policies' counters; BansInKernel says whether
+	// bans reach nftables or stay in userspace.
+	Guard        guard.Stats `json:"guard"`
+	BansInKernel bool        `json:"bans_in_kernel"`
 }
 
 // Run builds the subsystems from cfg, starts them and blocks until ctx ends,
@@ -105,6 +115,16 @@ func Run(ctx context.Context, cfg *config.Config, opts Options, log hclog.Logger
 	}
 	a.sbc = srv
 
+	// the guard is in place before the first datagram is read
+	var kernel kernelGuard
+	fw, fwErr := firewall.NewGuard(log.Named("firewall"))
+	if fwErr == nil {
+		kernel = fw
+	}
+	a.guard = newDefender(cfg, kernel, fwErr, log.Named("guard"))
+	defer a.guard.Close()
+	srv.SetGuard(a.guard)
+
 	runCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if err := srv.Start(runCtx); err != nil {
@@ -122,7 +142,16 @@ func Run(ctx context.Context, cfg *config.Config, opts Options, log hclog.Logger
 	if opts.Ready != nil {
 		opts.Ready()
 	}
-	<-ctx.Done()
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			done = true
+		case next := <-opts.Reload:
+			if err := a.guard.Reload(next); err != nil {
+				log.Error("reload incomplete", "error", err)
+			}
+		}
+	}
 	log.Info("stopping", "calls", srv.Status().Calls)
 	srv.Shutdown(context.Background())
 	log.Info("stopped")
@@ -132,13 +161,14 @@ func Run(ctx context.Context, cfg *config.Config, opts Options, log hclog.Logger
 // Status reports the current state of every subsystem.
 func (a *Agent) Status() Status {
 	return Status{
-		Status:     a.sbc.Status(),
-		Sessions:   a.relay.Sessions(),
-		PortsInUse: a.relay.PortsInUse(),
-		Goroutines: runtime.NumGoroutine(),
-
+		Status:        a.sbc.Status(),
+		Sessions:      a.relay.Sessions(),
+		PortsInUse:    a.relay.PortsInUse(),
+		Goroutines:    runtime.NumGoroutine(),
 		KernelOffload: a.offload,
 		Offloaded:     a.relay.OffloadedLinks(),
+		Guard:         a.guard.Stats(),
+		BansInKernel:  a.guard.Kernel(),
 	}
 }
 

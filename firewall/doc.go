@@ -1,10 +1,13 @@
 // Package firewall owns the appliance's nftables table, `inet edgesbc`. It
 // knows nothing about SIP or calls: it learns about media only as Flows
-// (package media) and about abusive sources only as addresses.
+// (package media) and about abusive sources only as addresses to ban,
+// prefixes to allow and packet rates to enforce.
 //
 // edgesbc owns exactly that one table and never touches other tables or the
-// policies of the host's base chains. Each subsystem manages only its own
-// objects inside the table, named by prefix: media offload uses `media_`.
+// policies of the host's base chains. Each subsystem creates the table
+// without flushing it and manages only its own objects inside it, named by
+// prefix: the guard (Guard) owns the chain guard_prerouting and the sets
+// allow4, allow6, ban4, ban6 and rl_*; media offload (Media) owns media_*.
 //
 // Media offload (Media, Linux only) forwards latched RTP/RTCP in the
 // kernel with NAT maps, so established streams never reach userspace. The

@@ -3,8 +3,9 @@ package firewall
 import "errors"
 
 var (
-	// ErrUnsupported is returned where nftables does not exist (not Linux).
-	ErrUnsupported = errors.New("firewall: nftables needs Linux")
+	// ErrUnsupported is returned where nftables is not available: another
+	// OS, or a kernel or privileges without it.
+	ErrUnsupported = errors.New("firewall: nftables not supported here")
 	// ErrForwardingOff means the kernel does not forward IPv4, so offloaded
 	// media would be dropped.
 	ErrForwardingOff = errors.New("firewall: net.ipv4.ip_forward is 0")

@@ -26,8 +26,6 @@ import (
 	"github.com/edgesbc/edgesbc/media/sdp"
 )
 
-func TestMain(m *testing.M) { os.Exit(testenv.Main(m)) }
-
 // lab is left ── sbc ── right, with forwarding on in sbc (the kernel path
 // needs it) and media offload programmed into sbc's own ruleset.
 type lab struct {

@@ -5,7 +5,6 @@ package firewall
 import (
 	"bytes"
 	"encoding/hex"
-	"flag"
 	"fmt"
 	"net/netip"
 	"os"
@@ -19,8 +18,6 @@ import (
 
 	"github.com/edgesbc/edgesbc/media"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files")
 
 // recordConn returns a Conn that encodes without a kernel and the list of
 // messages flushed through it.

@@ -32,6 +32,7 @@ type Server struct {
 	zones  []*zone
 	peers  []*peer
 	guard  leakGuard
+	sec    atomic.Pointer[guardBox] // ban policies; nil means none
 
 	// mu guards calls, dialogs and draining.
 	mu       sync.RWMutex
@@ -380,7 +381,11 @@ func (s *Server) Status() Status {
 func (s *Server) readFilter(z *zone) sip.TransportReadFilter {
 	return func(info sip.TransportReadProps, data []byte) ([]byte, error) {
 		src := addrPortOf(info.RemoteAddr)
-		if !z.private && s.peerBySource(z, src.Addr()) == nil {
+		peer := s.peerBySource(z, src.Addr()) != nil
+		if g := s.sec.Load(); !peer && g != nil && !s.guardInbound(g.Guard, z, src, data) {
+			return nil, nil // banned, or banned now
+		}
+		if !z.private && !peer {
 			// The public side never answers strangers: a scanner learns
 			// nothing, and the flood costs no parsing.
 			s.counters.unknownSource.Add(1)
@@ -603,6 +608,9 @@ func (s *Server) respond(z *zone, req *sip.Request, tx sip.ServerTransaction, co
 	}
 	if err := tx.Respond(res); err != nil {
 		s.log.Debug("respond failed", "zone", z.cfg.Name, "code", code, "error", err)
+	}
+	if g := s.sec.Load(); g != nil {
+		s.guardOutcome(g.Guard, z, req, code)
 	}
 }
 

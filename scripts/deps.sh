@@ -3,7 +3,7 @@
 # is missing ("bench" adds the baseline Kamailio of make bench). Safe to run
 # repeatedly; needs root only when something is missing.
 set -euo pipefail
-pkgs=(sip-tester nftables iproute2 tcpdump)
+pkgs=(sip-tester nftables iproute2 tcpdump sipvicious)
 [ "${1:-}" = bench ] && pkgs+=(kamailio rtpengine-daemon)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -59,6 +59,9 @@ type Config struct {
 	Media Media
 	SIP   SIP
 	Log   Log
+	// Security is the allow list, rate limits, ban policies and where bans
+	// are kept.
+	Security Security
 }
 
 // Zone is a network side of the SBC (a zone block): the local address the SBC

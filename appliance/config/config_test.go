@@ -382,9 +382,10 @@ func TestParseDefaults(t *testing.T) {
 				Sources:   []netip.Prefix{netip.MustParsePrefix("203.0.113.2/32")},
 			},
 		},
-		Media: Media{PortMin: 20000, PortMax: 29999, Timeout: 60 * time.Second, Quarantine: 5 * time.Second, KernelOffload: true},
-		SIP:   SIP{UserAgent: "edgesbc", MaxMessageSize: 16384, InviteTimeout: 180 * time.Second, MaxCalls: 10000},
-		Log:   Log{Level: "info"},
+		Media:    Media{PortMin: 20000, PortMax: 29999, Timeout: 60 * time.Second, Quarantine: 5 * time.Second, KernelOffload: true},
+		SIP:      SIP{UserAgent: "edgesbc", MaxMessageSize: 16384, InviteTimeout: 180 * time.Second, MaxCalls: 10000},
+		Log:      Log{Level: "info"},
+		Security: Security{StateDir: DefaultStateDir},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("Parse(base) =\n%+v\nwant\n%+v", cfg, want)

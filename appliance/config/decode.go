@@ -24,6 +24,11 @@ type rawFile struct {
 	Media  *rawMedia  `hcl:"media,block"`
 	SIP    *rawSIP    `hcl:"sip,block"`
 	Log    *rawLog    `hcl:"log,block"`
+
+	Allow       []*rawAllow     `hcl:"allow,block"`
+	RateLimits  []*rawRateLimit `hcl:"rate_limit,block"`
+	BanPolicies []*rawBanPolicy `hcl:"ban_policy,block"`
+	StateDir    *hcl.Attribute  `hcl:"state_dir,optional"`
 }
 
 type rawZone struct {

@@ -127,7 +127,12 @@ func (b *builder) build(raw *rawFile) *Config {
 		b.checkComplete(raw)
 	}
 
-	cfg := &Config{Media: media.media, SIP: sip, Log: log}
+	cfg := &Config{Media: media.media, SIP: sip, Log: log, Security: Security{
+		Allow:       b.allow(raw.Allow),
+		RateLimits:  b.rateLimits(raw.RateLimits, zones),
+		BanPolicies: b.banPolicies(raw.BanPolicies),
+		StateDir:    b.stateDir(raw.StateDir),
+	}}
 	for _, p := range peers {
 		cfg.Peers = append(cfg.Peers, p.finish())
 	}

@@ -3,6 +3,7 @@
 //	edgesbc run    -config FILE [-admin SOCKET]   run the daemon
 //	edgesbc check  -config FILE                   validate a config file and exit
 //	edgesbc status [-admin SOCKET]                print the running daemon's status as JSON
+//	edgesbc bans list|show ADDR|add ADDR --for DUR|remove ADDR [--json] [-admin SOCKET]
 //	edgesbc example                               print the embedded example config
 //	edgesbc version
 package main
@@ -47,6 +48,7 @@ commands:
   run      run the daemon            (-config FILE, -admin SOCKET)
   check    validate a config file    (-config FILE)
   status   print daemon status JSON  (-admin SOCKET)
+  bans     list|show ADDR|add ADDR --for DUR [--reason TEXT]|remove ADDR  (--json, -admin SOCKET)
   example  print the embedded example configuration
   version  print the version`)
 }
@@ -77,6 +79,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		return cmdStatus(*admin, stdout, stderr)
+	case "bans":
+		return cmdBans(args, stdout, stderr)
 	case "example":
 		_, _ = stdout.Write(examples.Default)
 		return 0
@@ -152,7 +156,8 @@ func cmdRun(path, admin string, stderr io.Writer) int {
 			return 1
 		}
 	}
-	if err := appliance.Run(ctx, cfg, appliance.Options{AdminSocket: admin}, log); err != nil {
+	reload := reloadOnHangup(ctx, path, stderr, log)
+	if err := appliance.Run(ctx, cfg, appliance.Options{AdminSocket: admin, Reload: reload}, log); err != nil {
 		log.Error("edgesbc stopped with error", "error", err)
 		return 1
 	}

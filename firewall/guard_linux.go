@@ -1,0 +1,300 @@
+//go:build linux
+
+package firewall
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/hashicorp/go-hclog"
+)
+
+// Guard is the kernel side of the ban policies: the allow sets, the ban
+// sets with per-element timeouts and the per-source rate limit meters, in
+// the chain guard_prerouting of table inet edgesbc.
+//
+// One goroutine owns the netlink connection; every method hands it an
+// operation and waits for the result. Bans that arrive together go to the
+// kernel in one batch.
+type Guard struct {
+	log  hclog.Logger
+	ops  chan guardOp
+	done chan struct{}
+	once sync.Once
+}
+
+type guardOp struct {
+	apply *GuardConfig
+	ban   *netip.Addr
+	d     time.Duration
+	unban bool
+	close bool
+	reply chan error
+}
+
+// maxBatch bounds the bans sent in one netlink batch.
+const maxBatch = 256
+
+// NewGuard opens a netlink connection to nftables and checks it can manage
+// the table: the caller falls back to userspace enforcement on an error
+// (ErrUnsupported wrapped with the reason for a missing CAP_NET_ADMIN or
+// nf_tables).
+func NewGuard(log hclog.Logger) (*Guard, error) {
+	return newGuard(log)
+}
+
+func newGuard(log hclog.Logger, opts ...nftables.ConnOption) (*Guard, error) {
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	conn, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("%w: open netlink: %v", ErrUnsupported, err)
+	}
+	// Creating the table (never flushing it) is the probe: it needs
+	// CAP_NET_ADMIN and nf_tables, and it is needed anyway.
+	conn.AddTable(edgesbcTable())
+	if err := conn.Flush(); err != nil {
+		_ = conn.CloseLasting()
+		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EACCES) {
+			return nil, fmt.Errorf("%w: create table inet %s: %v (needs CAP_NET_ADMIN)", ErrUnsupported, TableName, err)
+		}
+		return nil, fmt.Errorf("%w: create table inet %s: %v", ErrUnsupported, TableName, err)
+	}
+	g := &Guard{log: log, ops: make(chan guardOp, maxBatch), done: make(chan struct{})}
+	go g.run(conn)
+	return g, nil
+}
+
+// Apply installs or replaces the guard's chain, allow sets and meters. The
+// ban sets and their elements are kept.
+func (g *Guard) Apply(cfg GuardConfig) error {
+	return g.do(guardOp{apply: &cfg})
+}
+
+// Ban adds src to the ban set of its family for d; the kernel drops the
+// element when d ends. Banning a banned address renews the timeout.
+func (g *Guard) Ban(src netip.Addr, d time.Duration) error {
+	return g.do(guardOp{ban: &src, d: d})
+}
+
+// Unban removes src from the ban sets. Removing an address that is not
+// there is not an error.
+func (g *Guard) Unban(src netip.Addr) error {
+	return g.do(guardOp{ban: &src, unban: true})
+}
+
+// Close removes the guard's objects from the table (never the table itself,
+// which other subsystems share) and stops the goroutine.
+func (g *Guard) Close() error {
+	var err error
+	g.once.Do(func() {
+		err = g.do(guardOp{close: true})
+		<-g.done
+	})
+	return err
+}
+
+func (g *Guard) do(op guardOp) error {
+	op.reply = make(chan error, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	select {
+	case g.ops <- op:
+	case <-g.done:
+		return errors.New("firewall: guard closed")
+	case <-ctx.Done():
+		return errors.New("firewall: guard busy")
+	}
+	select {
+	case err := <-op.reply:
+		return err
+	case <-ctx.Done():
+		return errors.New("firewall: no answer from the netlink goroutine")
+	}
+}
+
+// run owns conn. It takes one operation, then any bans already waiting,
+// and sends them as one batch.
+func (g *Guard) run(conn *nftables.Conn) {
+	defer close(g.done)
+	defer conn.CloseLasting()
+	var pending *guardOp
+	for {
+		var op guardOp
+		if pending != nil {
+			op, pending = *pending, nil
+		} else {
+			op = <-g.ops
+		}
+		switch {
+		case op.close:
+			op.reply <- g.remove(conn)
+			return
+		case op.apply != nil:
+			op.reply <- g.apply(conn, *op.apply)
+		case op.unban:
+			op.reply <- g.unban(conn, *op.ban)
+		default:
+			batch := []guardOp{op}
+		drain:
+			for len(batch) < maxBatch {
+				select {
+				case o := <-g.ops:
+					if o.ban == nil || o.unban {
+						pending = &o // after this batch, in order
+						break drain
+					}
+					batch = append(batch, o)
+				default:
+					break drain
+				}
+			}
+			err := g.bans(conn, batch)
+			for _, b := range batch {
+				b.reply <- err
+			}
+		}
+	}
+}
+
+// apply sends the whole guard ruleset in one batch: the chain is flushed
+// and refilled, the allow sets replaced, meters of rate limits that are
+// gone deleted, and the ban sets created if missing (never flushed).
+func (g *Guard) apply(conn *nftables.Conn, cfg GuardConfig) error {
+	rs, err := buildGuard(cfg)
+	if err != nil {
+		return err
+	}
+	existing := map[string]bool{}
+	if sets, err := conn.GetSets(rs.table); err == nil {
+		for _, s := range sets {
+			existing[s.Name] = true
+		}
+	}
+	conn.AddTable(rs.table)
+	conn.AddChain(rs.chain)
+	conn.FlushChain(rs.chain)
+	for name := range existing {
+		if strings.HasPrefix(name, meterPref) {
+			// meters are rebuilt, so a changed rate takes effect at once
+			conn.DelSet(&nftables.Set{Table: rs.table, Name: name})
+		}
+	}
+	for _, s := range rs.sets {
+		if err := conn.AddSet(s.set, nil); err != nil {
+			return fmt.Errorf("add set %s: %w", s.set.Name, err)
+		}
+		if s.flush {
+			conn.FlushSet(s.set)
+		}
+		if len(s.elems) > 0 {
+			if err := conn.SetAddElements(s.set, s.elems); err != nil {
+				return fmt.Errorf("add elements to set %s: %w", s.set.Name, err)
+			}
+		}
+	}
+	for _, r := range rs.rules {
+		conn.AddRule(&nftables.Rule{Table: rs.table, Chain: rs.chain, Exprs: r})
+	}
+	if err := conn.Flush(); err != nil {
+		return fmt.Errorf("apply guard rules to table inet %s: %w", TableName, err)
+	}
+	g.log.Debug("guard rules applied", "allow", len(cfg.Allow), "rate_limits", len(cfg.RateLimits))
+	return nil
+}
+
+// bans adds a batch of ban elements in one Flush.
+func (g *Guard) bans(conn *nftables.Conn, ops []guardOp) error {
+	t := edgesbcTable()
+	bySet := map[string][]nftables.SetElement{}
+	for _, op := range ops {
+		set, el := banElement(*op.ban, op.d)
+		bySet[set] = append(bySet[set], el)
+	}
+	for name, els := range bySet {
+		s := &nftables.Set{Table: t, Name: name, KeyType: nftables.TypeIPAddr, HasTimeout: true}
+		if name == ban6Set {
+			s.KeyType = nftables.TypeIP6Addr
+		}
+		// delete first so a renewed ban gets its new timeout: adding an
+		// element that exists keeps the old one
+		for _, el := range els {
+			g.deleteElement(conn, s, el)
+		}
+		if err := conn.SetAddElements(s, els); err != nil {
+			return fmt.Errorf("ban %d addresses: %w", len(els), err)
+		}
+	}
+	if err := conn.Flush(); err != nil {
+		return fmt.Errorf("ban %d addresses in table inet %s: %w", len(ops), TableName, err)
+	}
+	return nil
+}
+
+// deleteElement removes one element in its own batch, ignoring "not
+// there": a failed delete would fail every change batched with it.
+func (g *Guard) deleteElement(conn *nftables.Conn, s *nftables.Set, el nftables.SetElement) {
+	if err := conn.SetDeleteElements(s, []nftables.SetElement{{Key: el.Key}}); err != nil {
+		return
+	}
+	_ = conn.Flush()
+}
+
+func (g *Guard) unban(conn *nftables.Conn, a netip.Addr) error {
+	name, el := banElement(a, time.Second)
+	s := &nftables.Set{Table: edgesbcTable(), Name: name, KeyType: nftables.TypeIPAddr, HasTimeout: true}
+	if name == ban6Set {
+		s.KeyType = nftables.TypeIP6Addr
+	}
+	if err := conn.SetDeleteElements(s, []nftables.SetElement{{Key: el.Key}}); err != nil {
+		return fmt.Errorf("unban %v: %w", a, err)
+	}
+	if err := conn.Flush(); err != nil && !errors.Is(err, syscall.ENOENT) {
+		return fmt.Errorf("unban %v: %w", a, err)
+	}
+	return nil
+}
+
+// remove deletes the guard's chain, then its sets, in one batch.
+func (g *Guard) remove(conn *nftables.Conn) error {
+	t := edgesbcTable()
+	chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return fmt.Errorf("list chains of inet %s: %w", TableName, err)
+	}
+	for _, c := range chains {
+		if c.Table.Name == TableName && c.Name == guardChain {
+			conn.FlushChain(c)
+			conn.DelChain(c)
+		}
+	}
+	sets, err := conn.GetSets(t)
+	if err != nil {
+		return fmt.Errorf("list sets of inet %s: %w", TableName, err)
+	}
+	for _, s := range sets {
+		if isGuardSet(s.Name) {
+			conn.DelSet(&nftables.Set{Table: t, Name: s.Name})
+		}
+	}
+	if err := conn.Flush(); err != nil {
+		return fmt.Errorf("remove guard objects from inet %s: %w", TableName, err)
+	}
+	return nil
+}
+
+func isGuardSet(name string) bool {
+	switch name {
+	case allow4Set, allow6Set, ban4Set, ban6Set:
+		return true
+	}
+	return strings.HasPrefix(name, meterPref)
+}

@@ -1,0 +1,162 @@
+package sbc
+
+import (
+	"bytes"
+	"net/netip"
+
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/edgesbc/edgesbc/sbc/guard"
+)
+
+// Guard is what the SBC needs from the ban policies. The appliance wires an
+// implementation that asks sbc/guard for a Verdict and enforces it; a nil
+// Guard means no policies. Sources that are configured peers never reach
+// it: a peer can be neither counted nor banned.
+//
+// Both methods run on the listener's read goroutine or a request handler,
+// so they must not block.
+type Guard interface {
+	// Inbound is called for every datagram from a source that is no peer,
+	// before the SBC does anything else with it: before the public side's
+	// unknown-source drop and before parsing. r.Method is empty when the
+	// datagram is not a request. Returning false drops the datagram.
+	Inbound(src netip.Addr, r guard.Request) bool
+	// Outcome is called for each final response the SBC sends to a source
+	// that is no peer, with the request it answers.
+	Outcome(src netip.Addr, r guard.Request, code int)
+}
+
+// guardBox lets an interface value live in an atomic.Pointer.
+type guardBox struct{ Guard }
+
+// SetGuard installs the ban policies' seam, or removes it when g is nil.
+// It may be called at any time; the entry filter picks it up with the next
+// datagram.
+func (s *Server) SetGuard(g Guard) {
+	if g == nil {
+		s.sec.Store(nil)
+		return
+	}
+	s.sec.Store(&guardBox{g})
+}
+
+// guardInbound runs the guard on a datagram from a non-peer source and
+// reports whether it may go on.
+func (s *Server) guardInbound(g Guard, z *zone, src netip.AddrPort, data []byte) bool {
+	r, inDialog := summarize(data)
+	r.Unsolicited = r.Method != "" && r.Method != "ACK" && !inDialog && !z.private
+	return g.Inbound(src.Addr(), r)
+}
+
+// guardOutcome reports a final response sent to a non-peer source. Only the
+// codes a policy counts are reported, so the common responses cost nothing.
+func (s *Server) guardOutcome(g Guard, z *zone, req *sip.Request, code int) {
+	switch code {
+	case 401, 403, 404, 407, 484:
+	default:
+		return
+	}
+	src := sourceOf(req)
+	if s.peerBySource(z, src.Addr()) != nil {
+		return
+	}
+	r := guard.Request{Method: string(req.Method), User: req.Recipient.User}
+	if h := req.GetHeader("User-Agent"); h != nil {
+		r.UserAgent = h.Value()
+	}
+	g.Outcome(src.Addr(), r, code)
+}
+
+// Bounds of the fields summarize copies out of a datagram.
+const (
+	maxSummaryMethod    = 32
+	maxSummaryUser      = 64
+	maxSummaryUserAgent = 256
+)
+
+// summarize extracts from a raw datagram what the ban policies look at: the
+// method and Request-URI user of a request, its User-Agent, and whether the
+// To header carries a tag (an in-dialog request). It reads at most the
+// header section, allocates only the strings it returns and never fails:
+// a datagram it cannot read yields an empty Request. It runs before any
+// other parsing, on traffic from strangers (see FuzzSummarize).
+func summarize(data []byte) (r guard.Request, inDialog bool) {
+	data = bytes.TrimLeft(data, "\r\n\x00")
+	if end := bytes.Index(data, []byte("\r\n\r\n")); end >= 0 {
+		data = data[:end]
+	}
+	line, rest, _ := bytes.Cut(data, []byte("\n"))
+	line = bytes.TrimRight(line, "\r")
+	method, after, ok := bytes.Cut(line, []byte(" "))
+	if !ok || len(method) == 0 || len(method) > maxSummaryMethod || bytes.HasPrefix(method, []byte("SIP/")) || !isToken(method) {
+		return guard.Request{}, false
+	}
+	r.Method = string(method)
+	uri, _, _ := bytes.Cut(after, []byte(" "))
+	r.User = uriUser(uri)
+	for len(rest) > 0 {
+		var h []byte
+		h, rest, _ = bytes.Cut(rest, []byte("\n"))
+		h = bytes.TrimRight(h, "\r")
+		name, value, ok := bytes.Cut(h, []byte(":"))
+		if !ok {
+			continue
+		}
+		name = bytes.TrimSpace(name)
+		value = bytes.TrimSpace(value)
+		switch {
+		case bytes.EqualFold(name, []byte("User-Agent")):
+			if len(value) > maxSummaryUserAgent {
+				value = value[:maxSummaryUserAgent]
+			}
+			r.UserAgent = string(value)
+		case bytes.EqualFold(name, []byte("To")) || bytes.EqualFold(name, []byte("t")):
+			inDialog = hasTag(value)
+		}
+	}
+	return r, inDialog
+}
+
+// uriUser is the user part of a SIP URI ("sip:100@host" → "100"), bounded.
+func uriUser(uri []byte) string {
+	_, uri, ok := bytes.Cut(uri, []byte(":"))
+	if !ok {
+		return ""
+	}
+	user, _, ok := bytes.Cut(uri, []byte("@"))
+	if !ok {
+		return ""
+	}
+	if i := bytes.IndexByte(user, ';'); i >= 0 {
+		user = user[:i]
+	}
+	if len(user) > maxSummaryUser {
+		user = user[:maxSummaryUser]
+	}
+	return string(user)
+}
+
+// hasTag reports whether a To header value carries a tag parameter
+// outside its URI's angle brackets.
+func hasTag(v []byte) bool {
+	if i := bytes.LastIndexByte(v, '>'); i >= 0 {
+		v = v[i+1:]
+	}
+	for _, p := range bytes.Split(v, []byte(";"))[1:] {
+		name, _, _ := bytes.Cut(p, []byte("="))
+		if bytes.EqualFold(bytes.TrimSpace(name), []byte("tag")) {
+			return true
+		}
+	}
+	return false
+}
+
+func isToken(b []byte) bool {
+	for _, c := range b {
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || bytes.IndexByte([]byte("-.!%*_+`'~"), c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
