@@ -144,6 +144,10 @@ func SBCConfig(cfg *config.Config) sbc.Config {
 			Host:        p.Host,
 			Sources:     append([]netip.Prefix(nil), p.Sources...),
 			KeepHeaders: append([]string(nil), p.KeepHeaders...),
+
+			SessionExpires: p.SessionExpires,
+			MinSE:          p.MinSE,
+			Refer:          sbc.ReferMode(p.Refer),
 		})
 	}
 	return out

@@ -29,6 +29,12 @@ type inDialogTx struct {
 	// CANCEL is ACKed and kept: the media stays anchored on the sender's
 	// side, so its session goes on unchanged.
 	cancelled bool
+	// own: the SBC's own session refresh, not relayed from a leg.
+	own bool
+	// timer is the sender leg's session timer as renegotiated by this
+	// request; it starts when the request succeeds.
+	timer   *sessionTimer
+	outBody []byte // the SDP relayed to the other leg
 }
 
 // inDialogHeaders are copied from an in-dialog request to the one relayed
@@ -68,6 +74,25 @@ func (c *Call) onInDialog(side media.Side, req *sip.Request, tx sip.ServerTransa
 		c.srv.respond(l.zone, req, tx, 491, []sip.Header{sip.NewHeader("Retry-After", "1")})
 		c.mu.Unlock()
 		return
+	}
+	var st *sessionTimer
+	if offerAnswer && l.peer.timersOn() {
+		var code int
+		if st, code = uasTimer(l.peer, readTimer(req)); code == 422 {
+			c.srv.respond(l.zone, req, tx, 422, []sip.Header{sip.NewHeader("Min-SE", seconds(l.peer.minSE()))})
+			c.mu.Unlock()
+			return
+		}
+		if t := readTimer(req); t.minSE > 0 {
+			l.peerMinSE = t.minSE
+		}
+		if c.isRefresh(l, req) && (req.Method == sip.UPDATE || c.update == nil) {
+			c.absorbRefresh(l, st, req, tx)
+			c.mu.Unlock()
+			return
+		}
+	}
+	switch {
 	case offerAnswer && c.update != nil:
 		// glare: both sides changed the session at once (RFC 3261 §14.2)
 		c.srv.respond(l.zone, req, tx, 491, nil)
@@ -80,7 +105,7 @@ func (c *Call) onInDialog(side media.Side, req *sip.Request, tx sip.ServerTransa
 	var body []byte
 	var u *inDialogTx
 	if offerAnswer {
-		u = &inDialogTx{method: req.Method, from: side, cseq: seq, tx: tx}
+		u = &inDialogTx{method: req.Method, from: side, cseq: seq, tx: tx, timer: st}
 		if sdp := sdpBody(req); sdp != nil {
 			out, err := c.negotiate(true, side, sdp)
 			if err != nil {
@@ -91,6 +116,7 @@ func (c *Call) onInDialog(side media.Side, req *sip.Request, tx sip.ServerTransa
 				return
 			}
 			u.offered = true
+			u.outBody = out
 			body = out
 		}
 		c.update = u
@@ -99,8 +125,14 @@ func (c *Call) onInDialog(side media.Side, req *sip.Request, tx sip.ServerTransa
 	}
 	other.localCSeq++
 	out := c.inDialog(other, req.Method, other.localCSeq)
-	if req.Method == sip.INVITE || req.Method == sip.UPDATE {
+	if offerAnswer {
 		out.AppendHeader(c.srv.contact(other.zone))
+		if other.st != nil {
+			out.AppendHeader(sip.NewHeader("Supported", "timer"))
+			for _, h := range uacHeaders(other, other.st.interval) {
+				out.AppendHeader(h)
+			}
+		}
 	}
 	copyAllowed(req, out, other.peer)
 	for _, name := range inDialogHeaders {
@@ -271,12 +303,25 @@ func (c *Call) onInDialogResponse(u *inDialogTx, req *sip.Request, tx sip.Server
 		c.sendAck(other, u.ack)
 		u.acked = true
 	}
+	if other.st != nil {
+		// a successful re-INVITE or UPDATE refreshes the leg it was sent on
+		c.startTimer(other, uacTimer(other.peer, other.st.interval, res))
+	}
+	if u.offered {
+		c.sentSDP[other.side] = u.outBody
+	}
+	if body != nil {
+		c.sentSDP[side] = body
+	}
 	if u.cancelled {
 		// the 2xx crossed our CANCEL: the sender already has its 487
 		c.update = nil
 		return true
 	}
-	u.res = c.respondOn(l, req, tx, code, body, nil)
+	u.res = c.respondOn(l, req, tx, code, body, uasHeaders(u.timer))
+	if u.timer != nil {
+		c.startTimer(l, u.timer)
+	}
 	if req.Method == sip.UPDATE {
 		c.update = nil
 		return true
@@ -297,6 +342,7 @@ func (c *Call) onUpdateAck(u *inDialogTx, req *sip.Request) {
 			if out, err := c.negotiate(false, u.from, sdp); err == nil {
 				u.ack.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
 				u.ack.SetBody(out)
+				c.sentSDP[other.side] = out
 			} else {
 				c.log.Warn("answer in ACK unusable", "error", err)
 			}
