@@ -59,6 +59,12 @@ type Leg struct {
 	peerMinSE time.Duration
 	// allowUpdate: the peer lists UPDATE in Allow, so refreshes use it.
 	allowUpdate bool
+	// gone: the dialog has ended (BYE sent or received) while the call
+	// goes on without this leg (a transfer).
+	gone bool
+	// lastAck is the last ACK sent on this leg for a 2xx, resent when the
+	// 2xx is retransmitted.
+	lastAck *sip.Request
 }
 
 // Call is one B2BUA call: leg A toward the caller and leg B toward the callee.
@@ -109,6 +115,11 @@ type Call struct {
 	reqSE    time.Duration
 	retries  int
 	retryReq *sip.Request
+	// xfer is the terminated REFER in progress, if any; released are
+	// legs that left the call in a transfer and whose dialog keys still
+	// answer late requests.
+	xfer     *transfer
+	released []*Leg
 	// update is the in-dialog offer/answer in progress (re-INVITE or
 	// UPDATE); one at a time per call, a second one gets 491.
 	update *inDialogTx
@@ -222,6 +233,11 @@ func (s *Server) isOwnHost(host string) bool {
 // foreignFor is what must not appear in a message sent on leg l.
 func (c *Call) foreignFor(l *Leg) *foreignSet {
 	other := c.legs[l.side.Other()]
+	if other.peer == l.peer && other.zone == l.zone {
+		// a call bridged back to the same peer (a transfer): what the
+		// peer revealed about itself is no secret to it
+		return &foreignSet{networks: l.zone.foreign}
+	}
 	return &foreignSet{networks: l.zone.foreign, addrs: other.learned.addrs, hosts: other.learned.hosts}
 }
 
@@ -851,6 +867,15 @@ func (c *Call) ackB(body []byte) {
 func (c *Call) onRetransmitted2xx(res *sip.Response) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if l := c.legByCallID(res.CallID()); l != nil && l.lastAck != nil && res.CSeq() != nil && l.lastAck.CSeq().SeqNo == res.CSeq().SeqNo {
+		if err := l.zone.client.WriteRequest(l.lastAck, noBuild); err != nil {
+			c.log.Debug("resend ack", "leg", l.side, "error", err)
+		}
+		return
+	}
+	if id := res.CallID(); id == nil || c.outReq == nil || id.Value() != c.outReq.CallID().Value() {
+		return // a transfer target's 2xx whose ACK waits for the bridge
+	}
 	if c.bAckSent && c.bAck != nil {
 		b := c.legs[media.B]
 		if err := b.zone.client.WriteRequest(c.bAck, noBuild); err != nil {
@@ -989,6 +1014,10 @@ func (c *Call) runTx(l *Leg, req *sip.Request) {
 
 // byeLeg ends one confirmed leg. Caller holds mu.
 func (c *Call) byeLeg(l *Leg) {
+	if l.gone {
+		return
+	}
+	l.gone = true
 	l.localCSeq++
 	c.runTx(l, c.inDialog(l, sip.BYE, l.localCSeq))
 }
@@ -1000,6 +1029,13 @@ func (c *Call) byeBoth() {
 	}
 	c.byeLeg(c.legs[media.A])
 	c.byeLeg(c.legs[media.B])
+	if xf := c.xfer; xf != nil {
+		c.xfer = nil
+		if xf.answered {
+			c.byeLeg(xf.target)
+		}
+		// a target still ringing is cancelled by runTransfer
+	}
 	c.end()
 }
 
@@ -1027,6 +1063,9 @@ func (c *Call) onAck(side media.Side, req *sip.Request) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	defer c.acked.Broadcast()
+	if c.strayRequest(side, req, nil) {
+		return
+	}
 	if u := c.update; u != nil && !u.own && u.from == side && req.CSeq() != nil && req.CSeq().SeqNo == u.cseq {
 		c.onUpdateAck(u, req)
 		return
@@ -1068,6 +1107,9 @@ func (c *Call) answerFromA(sdp []byte) ([]byte, error) {
 func (c *Call) onBye(side media.Side, req *sip.Request, tx sip.ServerTransaction) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.strayRequest(side, req, tx) {
+		return
+	}
 	l := c.legs[side]
 	if seq := req.CSeq().SeqNo; seq < l.remoteCSeq {
 		c.srv.respond(l.zone, req, tx, 500, nil)
@@ -1091,6 +1133,12 @@ func (c *Call) onBye(side media.Side, req *sip.Request, tx sip.ServerTransaction
 	}
 	if c.retrans != nil {
 		c.retrans.Stop()
+	}
+	l.gone = true
+	if xf := c.xfer; xf != nil && xf.referrer == l {
+		// the referrer hangs up after its REFER was accepted, as
+		// transferors do: the transfer goes on without it
+		return
 	}
 	if side == media.A {
 		c.rec.EndReason = "caller bye"

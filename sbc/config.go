@@ -123,5 +123,6 @@ type CallRecord struct {
 	End        time.Time
 	Status     int    // final status of the initial INVITE toward the caller
 	EndReason  string // "caller bye", "callee bye", "media timeout", "cancel", ...
+	Transfers  int    // completed transfers the SBC performed (REFER terminated)
 	MediaStats media.Stats
 }

@@ -50,6 +50,10 @@ var inDialogHeaders = []string{"Content-Type", "Event", "Subscription-State", "I
 func (c *Call) onInDialog(side media.Side, req *sip.Request, tx sip.ServerTransaction) {
 	c.mu.Lock()
 	c.awaitAck(side, 2*time.Second)
+	if c.strayRequest(side, req, tx) {
+		c.mu.Unlock()
+		return
+	}
 	l := c.legs[side]
 	other := c.legs[side.Other()]
 	seq := req.CSeq().SeqNo
@@ -93,7 +97,7 @@ func (c *Call) onInDialog(side media.Side, req *sip.Request, tx sip.ServerTransa
 		}
 	}
 	switch {
-	case offerAnswer && c.update != nil:
+	case offerAnswer && (c.update != nil || c.xfer != nil):
 		// glare: both sides changed the session at once (RFC 3261 §14.2)
 		c.srv.respond(l.zone, req, tx, 491, nil)
 		c.mu.Unlock()
@@ -135,6 +139,19 @@ func (c *Call) onInDialog(side media.Side, req *sip.Request, tx sip.ServerTransa
 		}
 	}
 	copyAllowed(req, out, other.peer)
+	if req.Method == sip.REFER {
+		referTo, err := c.rewriteReferTo(req, other)
+		if err != nil {
+			c.log.Warn("unusable REFER", "leg", side, "error", err)
+			c.srv.respond(l.zone, req, tx, 400, nil)
+			c.mu.Unlock()
+			return
+		}
+		out.AppendHeader(referTo)
+		for _, h := range req.GetHeaders("Referred-By") {
+			out.AppendHeader(sip.NewHeader("Referred-By", rehomeIdentity(h.Value(), other.zone.host)))
+		}
+	}
 	for _, name := range inDialogHeaders {
 		if name == "Content-Type" && (body == nil || offerAnswer) {
 			continue
@@ -431,6 +448,28 @@ func (c *Call) rollback() {
 	}
 }
 
+// legByCallID finds a leg of the call, current, ringing in a transfer or
+// released, by its Call-ID. Caller holds mu.
+func (c *Call) legByCallID(id *sip.CallIDHeader) *Leg {
+	if id == nil {
+		return nil
+	}
+	for _, l := range c.legs {
+		if l.callID == id.Value() {
+			return l
+		}
+	}
+	if xf := c.xfer; xf != nil && xf.target.callID == id.Value() {
+		return xf.target
+	}
+	for _, l := range c.released {
+		if l.callID == id.Value() {
+			return l
+		}
+	}
+	return nil
+}
+
 // sideOf finds which leg an in-dialog request arrived on.
 func (c *Call) sideOf(req *sip.Request) media.Side {
 	if id := req.CallID(); id != nil && id.Value() == c.legs[media.B].callID {
@@ -464,6 +503,7 @@ func (c *Call) respondOn(l *Leg, req *sip.Request, tx sip.ServerTransaction, cod
 
 // sendAck sends an ACK for a 2xx on leg l. Caller holds mu.
 func (c *Call) sendAck(l *Leg, ack *sip.Request) {
+	l.lastAck = ack
 	c.send(l, ack)
 	if err := l.zone.client.WriteRequest(ack, noBuild); err != nil {
 		c.log.Debug("send ack", "leg", l.side, "error", err)

@@ -272,7 +272,7 @@ func (c *Call) onTimer(l *Leg, st *sessionTimer, gen int) {
 		c.byeBoth()
 		return
 	}
-	if c.state != stateConfirmed || c.update != nil {
+	if c.state != stateConfirmed || c.update != nil || c.xfer != nil {
 		// another offer/answer is under way; when it succeeds it refreshes
 		// this leg too, else try again shortly
 		c.armTimer(l, st, min(time.Second, time.Until(expiry)/4))
