@@ -78,10 +78,16 @@ type lab struct {
 // daemon with testdata/integration.hcl.
 func newLab(t *testing.T) *lab {
 	t.Helper()
+	return newLabConfig(t, integrationConfig)
+}
+
+// newLabConfig is newLab with the daemon configuration file path.
+func newLabConfig(t *testing.T, path string) *lab {
+	t.Helper()
 	testenv.Integration(t)
 	testenv.RequireTool(t, "sipp")
 	testenv.RequireTool(t, "tcpdump")
-	cfg, err := os.ReadFile(integrationConfig)
+	cfg, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
