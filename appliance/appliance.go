@@ -196,7 +196,7 @@ func cdrLogger(log hclog.Logger) func(context.Context, sbc.CallRecord) {
 		}
 		m := r.MediaStats.Total()
 		log.Info("call ended", "call", r.ID, "from", r.From, "to", r.To,
-			"in_peer", r.InPeer, "out_peer", r.OutPeer, "status", r.Status, "reason", r.EndReason,
+			"in_peer", r.InPeer, "out_peer", r.OutPeer, "status", r.Status, "reason", r.EndReason, "transfers", r.Transfers,
 			"ring_ms", ring.Milliseconds(), "talk_ms", talk.Milliseconds(),
 			"rtp_packets", m.Packets, "rtp_forwarded", m.Forwarded, "rtp_dropped_stranger", m.DroppedStranger)
 	}

@@ -253,3 +253,43 @@ func TestReadTimer(t *testing.T) {
 		}
 	}
 }
+
+// FuzzDialogHeaders feeds arbitrary Session-Expires, Min-SE and Refer-To
+// values through the session timer negotiation and the REFER rewriting:
+// nothing may panic, a negotiated interval never falls below the peer's
+// Min-SE, and a rewritten Refer-To only ever names the SBC.
+func FuzzDialogHeaders(f *testing.F) {
+	f.Add("1800;refresher=uac", "90", "<sip:+15559999@10.0.0.1;user=phone?Replaces=a%40b%3Bto-tag%3D1%3Bfrom-tag%3D2>")
+	f.Add("1;refresher=uas", "", "sip:2002@pbx.corp.internal")
+	f.Add("99999999999999999999", "-5", "<tel:+1555>")
+	f.Add(";;;refresher", "4294967295", "<sip:@>;x=1")
+	f.Fuzz(func(t *testing.T, se, minSE, referTo string) {
+		raw := "REFER sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK-1\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:b@c>;tag=2\r\nCall-ID: x\r\nCSeq: 1 REFER\r\n" +
+			"Supported: timer\r\nSession-Expires: " + se + "\r\nMin-SE: " + minSE + "\r\nRefer-To: " + referTo + "\r\nContent-Length: 0\r\n\r\n"
+		msg, err := sip.ParseMessage([]byte(raw))
+		if err != nil {
+			return
+		}
+		req, ok := msg.(*sip.Request)
+		if !ok {
+			return
+		}
+		z := &zone{host: "203.0.113.1", port: 5060}
+		p := &peer{cfg: PeerConfig{SessionExpires: 1800 * time.Second, MinSE: 90 * time.Second}, zone: z}
+		if st, code := uasTimer(p, readTimer(req)); st != nil && (st.interval < p.minSE() || code != 0) {
+			t.Fatalf("negotiated %+v (code %d) below Min-SE %v", st, code, p.minSE())
+		}
+		_ = uacTimer(p, 1800*time.Second, &sip.Response{})
+		c := &Call{srv: &Server{dialogs: map[dialogKey]legRef{}}}
+		c.legs = [2]*Leg{{side: 0, zone: &zone{host: "10.0.0.1"}, peer: p}, {side: 1, zone: z, peer: p}}
+		h, err := c.rewriteReferTo(req, c.legs[1])
+		if err != nil {
+			return
+		}
+		var uri sip.Uri
+		params := sip.NewParams()
+		if _, err := sip.ParseAddressValue(h.Value(), &uri, &params); err != nil || uri.Host != z.host {
+			t.Fatalf("rewritten Refer-To %q (%v) does not name the SBC", h.Value(), err)
+		}
+	})
+}
