@@ -33,6 +33,9 @@ type transfer struct {
 	answered bool          // T sent a 2xx: it is a confirmed dialog to end if we fail
 	final    bool          // T's INVITE has its final response
 	answer   *sip.Response // T's 2xx: its Session-Expires is T's timer
+	// reinvite: T is an existing dialog taken over from another call (an
+	// attended transfer); invite is a re-INVITE in it.
+	reinvite bool
 }
 
 // referMode is the peer's REFER handling, defaulted.
@@ -80,6 +83,10 @@ func (c *Call) onRefer(side media.Side, req *sip.Request, tx sip.ServerTransacti
 	if err != nil {
 		c.log.Warn("unusable REFER", "leg", side, "error", err)
 		c.srv.respond(l.zone, req, tx, 400, nil)
+		return
+	}
+	if rep, ok := target.Headers.Get("Replaces"); ok {
+		c.startAttended(l, rep, req, tx)
 		return
 	}
 	to, err := c.srv.route(l.peer)
@@ -171,6 +178,73 @@ func (c *Call) startTransfer(x *Leg, to *peer, target sip.Uri) {
 	go c.runTransfer(xf)
 }
 
+// startAttended performs an attended transfer (RFC 3891 Replaces in the
+// Refer-To): the referrer x has a second call through the SBC, named by
+// the Replaces, and wants its two far parties connected. The other call
+// gives up its far leg, which becomes the transfer target of this call,
+// and ends (BYE to its referrer's leg); the target is then bridged exactly
+// like a blind transfer's, starting with a re-INVITE without SDP. Caller
+// holds mu; it answers the REFER itself.
+func (c *Call) startAttended(x *Leg, replaces string, req *sip.Request, tx sip.ServerTransaction) {
+	ref, ok := c.srv.replacedDialog(replaces, x.zone)
+	other := ref.call
+	switch {
+	case !ok:
+		c.log.Info("attended transfer names an unknown dialog", "leg", x.side)
+		c.srv.respond(x.zone, req, tx, 481, nil)
+		return
+	case other == c:
+		c.srv.respond(x.zone, req, tx, 400, nil)
+		return
+	case !other.mu.TryLock():
+		// never wait on another call while holding ours
+		c.srv.respond(x.zone, req, tx, 491, []sip.Header{sip.NewHeader("Retry-After", "1")})
+		return
+	}
+	defer other.mu.Unlock()
+	replaced := other.legs[ref.side]
+	v, _ := url.QueryUnescape(replaces)
+	if callID, _, _ := strings.Cut(v, ";"); strings.TrimSpace(callID) != replaced.callID {
+		// the key names a leg that is no longer in the pair (a released
+		// referrer, a ringing target)
+		c.srv.respond(x.zone, req, tx, 481, nil)
+		return
+	}
+	if other.state != stateConfirmed || other.update != nil || other.xfer != nil {
+		c.srv.respond(x.zone, req, tx, 491, []sip.Header{sip.NewHeader("Retry-After", "1")})
+		return
+	}
+	t := other.legs[ref.side.Other()]
+	c.respondOn(x, req, tx, 202, nil, []sip.Header{c.srv.contact(x.zone)})
+	c.log.Info("attended transfer accepted", "referrer", x.side, "replaced_call", other.id)
+
+	// the other call ends here without its far leg, which moves to us
+	t.gone = true // the other call must not BYE it
+	if t.st != nil && t.st.timer != nil {
+		t.st.timer.Stop()
+	}
+	other.rec.EndReason = "replaced by transfer"
+	other.byeLeg(replaced)
+	other.end()
+	t.gone, t.st = false, nil
+	t.side = x.side
+	key := dialogKey{zone: t.zone, callID: t.callID, localTag: t.localTag}
+	c.keys = append(c.keys, key)
+	c.srv.register(key, legRef{call: c, side: t.side})
+
+	t.localCSeq++
+	inv := c.inDialog(t, sip.INVITE, t.localCSeq)
+	inv.AppendHeader(c.srv.contact(t.zone))
+	inv.AppendHeader(sip.NewHeader("Allow", allowMethods))
+	inv.SetBody(nil)
+	xf := &transfer{referrer: x, target: t, invite: inv, reinvite: true, answered: true}
+	c.xfer = xf
+	c.notify(x, "SIP/2.0 100 Trying", false, nil)
+	c.send(t, inv)
+	c.srv.callWG.Add(1)
+	go c.runTransfer(xf)
+}
+
 // runTransfer drives T's INVITE transaction to its final response. If the
 // call ends first, T is cancelled (and a 2xx that crosses the CANCEL is
 // ACKed and ended).
@@ -252,10 +326,16 @@ func (c *Call) onTransferResponse(xf *transfer, res *sip.Response) bool {
 	}
 	// 2xx
 	xf.final = true
-	if tag, ok := res.To().Params.Get("tag"); ok {
-		t.remoteTag = tag
+	if xf.reinvite {
+		if ct := msgContact(res); ct != nil {
+			t.target = ct.Address // a re-INVITE keeps the route set
+		}
+	} else {
+		if tag, ok := res.To().Params.Get("tag"); ok {
+			t.remoteTag = tag
+		}
+		c.setTarget(t, res)
 	}
-	c.setTarget(t, res)
 	t.learned.learnFrom(res, c.srv.isOwnHost)
 	if c.xfer != xf || c.state == stateEnded {
 		// the call ended or the transfer was given up while T rang
@@ -542,30 +622,36 @@ func (c *Call) rewriteReferTo(req *sip.Request, to *Leg) (sip.Header, error) {
 	return sip.NewHeader("Refer-To", "<"+out.String()+">"), nil
 }
 
-// mapReplaces translates a Replaces value (RFC 3891: call-id;to-tag;from-tag)
-// naming a leg of a call in zone from into the same call's leg in zone to,
-// as its peer there knows it. It returns "" when the dialog is unknown.
-func (c *Call) mapReplaces(escaped string, from, to *zone) string {
+// replacedDialog finds the leg a Replaces value (RFC 3891:
+// call-id;to-tag=..;from-tag=.., URI-escaped) names among the SBC's
+// dialogs in zone z: one of its tags is the SBC's own.
+func (s *Server) replacedDialog(escaped string, z *zone) (legRef, bool) {
 	v, err := url.QueryUnescape(escaped)
 	if err != nil {
-		return ""
+		return legRef{}, false
 	}
 	parts := strings.Split(v, ";")
 	callID := strings.TrimSpace(parts[0])
-	var tags []string
 	for _, p := range parts[1:] {
 		k, val, _ := strings.Cut(strings.TrimSpace(p), "=")
-		if k = strings.ToLower(strings.TrimSpace(k)); k == "to-tag" || k == "from-tag" {
-			tags = append(tags, strings.TrimSpace(val))
-		}
-	}
-	for _, tag := range tags {
-		c.srv.mu.RLock()
-		ref, ok := c.srv.dialogs[dialogKey{zone: from, callID: callID, localTag: tag}]
-		c.srv.mu.RUnlock()
-		if !ok {
+		if k = strings.ToLower(strings.TrimSpace(k)); k != "to-tag" && k != "from-tag" {
 			continue
 		}
+		s.mu.RLock()
+		ref, ok := s.dialogs[dialogKey{zone: z, callID: callID, localTag: strings.TrimSpace(val)}]
+		s.mu.RUnlock()
+		if ok {
+			return ref, true
+		}
+	}
+	return legRef{}, false
+}
+
+// mapReplaces translates a Replaces value naming a leg of a call in zone
+// from into the same call's leg in zone to, as its peer there knows it. It
+// returns "" when the dialog is unknown.
+func (c *Call) mapReplaces(escaped string, from, to *zone) string {
+	if ref, ok := c.srv.replacedDialog(escaped, from); ok {
 		other := ref.call
 		if other != c {
 			if !other.mu.TryLock() {

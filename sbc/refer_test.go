@@ -240,3 +240,83 @@ func TestReferMalformed(t *testing.T) {
 	r.pbx.recv("SIP/2.0 400", "SIP/2.0 100")
 	r.car.expectNothing(200 * time.Millisecond)
 }
+
+// TestReferAttended: the pbx has two calls to the carrier and connects
+// their far ends with a REFER whose Refer-To replaces its second call. The
+// SBC takes the second call's carrier leg over, asks it for an offer with a
+// re-INVITE without SDP, bridges it to the first call's carrier leg, ends
+// both pbx legs and reports success to the referrer.
+func TestReferAttended(t *testing.T) {
+	r := newRig(t, nil)
+	okA, invB := r.establish("at-1")
+	okA2, invB2 := r.establish("at-2")
+	time.Sleep(50 * time.Millisecond) // the second call's ACK first
+	replaces := url.QueryEscape(fmt.Sprintf("at-2;to-tag=%s;from-tag=pbx-tag-1", okA2.To().Params.GetOr("tag", "")))
+	r.pbx.send(r.priv, r.pbxRefer(11, okA, "at-1", fmt.Sprintf("<sip:x@127.0.0.1?Replaces=%s>", replaces)))
+	r.pbx.recv("SIP/2.0 202", "SIP/2.0 100")
+
+	// the second call's pbx leg is released at once, the referrer hears 100
+	for got := map[string]bool{}; !got["BYE"] || !got["NOTIFY"]; {
+		m, raw := r.pbx.recv("", "SIP/2.0")
+		req := m.(*sip.Request)
+		switch {
+		case req.Method == sip.BYE && m.CallID().Value() == "at-2":
+			got["BYE"] = true
+		case req.Method == sip.NOTIFY && strings.HasPrefix(string(m.Body()), "SIP/2.0 100"):
+			got["NOTIFY"] = true
+		default:
+			t.Fatalf("unexpected at the pbx:\n%s", raw)
+		}
+		r.pbx.send(r.priv, answer(m, 200, "OK", "", "", ""))
+	}
+
+	offerReq, raw := r.car.recv("INVITE", "SIP/2.0 100")
+	if offerReq.CallID().Value() != invB2.CallID().Value() || len(offerReq.Body()) != 0 {
+		t.Fatalf("want a re-INVITE without SDP on the second carrier dialog:\n%s", raw)
+	}
+	r.car.send(r.pub, answer(offerReq, 200, "OK", "", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), transferSDP))
+	bridge, raw := r.car.recv("INVITE", "SIP/2.0 100")
+	assertHidden(t, raw)
+	if bridge.CallID().Value() != invB.CallID().Value() || !strings.Contains(string(bridge.Body()), "c=IN IP4 127.0.0.2") {
+		t.Fatalf("want the offer re-anchored on the first carrier dialog:\n%s", raw)
+	}
+	r.car.send(r.pub, answer(bridge, 200, "OK", "", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP))
+	acks := map[string]sip.Message{}
+	for range 2 {
+		ack, _ := r.car.recv("ACK", "SIP/2.0 100")
+		acks[ack.CallID().Value()] = ack
+	}
+	if a := acks[invB2.CallID().Value()]; a == nil || !strings.Contains(string(a.Body()), "c=IN IP4 127.0.0.2") {
+		t.Fatalf("the taken-over dialog must get the answer in its ACK: %v", acks)
+	}
+	expectNotify(t, r.pbx, r.priv, "SIP/2.0 200 OK", "terminated")
+	bye, _ := r.pbx.recv("BYE", "SIP/2.0 200")
+	if bye.CallID().Value() != "at-1" {
+		t.Fatalf("BYE on the wrong dialog: %s", bye.CallID().Value())
+	}
+	r.pbx.send(r.priv, answer(bye, 200, "OK", "", "", ""))
+	if st := r.srv.Status(); st.Calls != 1 {
+		t.Fatalf("one bridged call must remain: %+v", st)
+	}
+
+	// the taken-over party hangs up: the BYE reaches the other carrier leg
+	r.car.send(r.pub, fmt.Sprintf("BYE sip:x@%s SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.4:%d;branch=z9hG4bK-atbye\nMax-Forwards: 70\nFrom: %s;tag=car-tag\nTo: %s\nCall-ID: %s\nCSeq: 9 BYE\nContent-Length: 0\n\n",
+		r.pub, r.car.addr.Port(), invB2.To().Value(), invB2.From().Value(), invB2.CallID().Value()))
+	r.car.recv("SIP/2.0 200")
+	byeY, _ := r.car.recv("BYE", "SIP/2.0 200")
+	if byeY.CallID().Value() != invB.CallID().Value() {
+		t.Fatalf("BYE on the wrong dialog: %s", byeY.CallID().Value())
+	}
+	r.car.send(r.pub, answer(byeY, 200, "OK", "", "", ""))
+	r.waitIdle()
+}
+
+// TestReferAttendedUnknownDialog: a Replaces naming no dialog of the SBC
+// gets 481 and the call goes on.
+func TestReferAttendedUnknownDialog(t *testing.T) {
+	r := newRig(t, nil)
+	okA, _ := r.establish("at-3")
+	r.pbx.send(r.priv, r.pbxRefer(11, okA, "at-3", "<sip:x@127.0.0.1?Replaces=nope%3Bto-tag%3D1%3Bfrom-tag%3D2>"))
+	r.pbx.recv("SIP/2.0 481", "SIP/2.0 100")
+	r.car.expectNothing(200 * time.Millisecond)
+}
