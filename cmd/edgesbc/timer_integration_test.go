@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -298,4 +299,164 @@ func TestIntegrationTransfer(t *testing.T) {
 			t.Error(leak)
 		}
 	})
+}
+
+// TestTimerChecks proves the session timer checks on fake traffic: each
+// correct flow passes, and each fault the SBC could make is reported.
+func TestTimerChecks(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		check  func(flowWire) []string
+		wire   func(t *testing.T, extra ...fakeMsg) flowWire
+		extra  []fakeMsg // added to the SBC's side of the link that must stay quiet
+		mutate func(t *testing.T, fw *flowWire)
+		want   string // "" for the correct flow
+	}{
+		{name: "expiry/correct", check: checkSessionExpiry, wire: fakeSessionExpiry},
+		{name: "expiry/no 422", check: checkSessionExpiry, wire: fakeSessionExpiry, want: "0 422 responses",
+			mutate: func(t *testing.T, fw *flowWire) { dropFake(t, &fw.caller, "1 INVITE", 422) }},
+		{name: "expiry/carrier not hung up", check: checkSessionExpiry, wire: fakeSessionExpiry, want: "0 BYEs from the SBC",
+			mutate: func(t *testing.T, fw *flowWire) { dropFake(t, &fw.callee, "2 BYE", 0) }},
+		{name: "expiry/BYE too late", check: checkSessionExpiry, wire: fakeSessionExpiry, want: "after the 200",
+			mutate: func(t *testing.T, fw *flowWire) { retime(t, &fw.caller, "1 BYE", 0, 3900*time.Millisecond) }},
+		{name: "expiry/timer headers to carrier", check: checkSessionExpiry, wire: fakeSessionExpiry, want: "carries session timer headers",
+			mutate: func(t *testing.T, fw *flowWire) {
+				findFake(t, &fw.callee, "1 INVITE", 0).Headers["session-expires"] = []string{"4"}
+			}},
+		{name: "expiry/refresh crossed", check: checkSessionExpiry, wire: fakeSessionExpiry, want: "UPDATEs from the SBC",
+			extra: []fakeMsg{fakeReq(true, "UPDATE", "3 UPDATE", true, "", "")}},
+
+		{name: "refresh/correct", check: checkSBCRefresh, wire: fakeSBCRefresh},
+		{name: "refresh/none", check: checkSBCRefresh, wire: fakeSBCRefresh, want: "0 UPDATEs from the SBC",
+			mutate: func(t *testing.T, fw *flowWire) { dropFake(t, &fw.callee, "5 UPDATE", 0) }},
+		{name: "refresh/with SDP", check: checkSBCRefresh, wire: fakeSBCRefresh, want: "carries a body",
+			mutate: func(t *testing.T, fw *flowWire) {
+				findFake(t, &fw.callee, "5 UPDATE", 0).Body = fakeSDP("10.91.1.1", 20000)
+			}},
+		{name: "refresh/too late", check: checkSBCRefresh, wire: fakeSBCRefresh, want: "want about 2 s",
+			mutate: func(t *testing.T, fw *flowWire) { retime(t, &fw.callee, "5 UPDATE", 0, 3500*time.Millisecond) }},
+		{name: "refresh/crossed", check: checkSBCRefresh, wire: fakeSBCRefresh, want: "re-INVITEs from the SBC",
+			extra: []fakeMsg{fakeReq(true, "INVITE", "2 INVITE", true, fakeSDPType, fakeSDP("203.0.113.1", 20002))}},
+
+		{name: "422/correct", check: checkRetry422, wire: fakeRetry422},
+		{name: "422/not retried", check: checkRetry422, wire: fakeRetry422, want: "want 2 (the retry after 422)",
+			mutate: func(t *testing.T, fw *flowWire) { dropFake(t, &fw.callee, "8 INVITE", 0) }},
+		{name: "422/interval not raised", check: checkRetry422, wire: fakeRetry422, want: "want 4 then 6",
+			mutate: func(t *testing.T, fw *flowWire) {
+				findFake(t, &fw.callee, "8 INVITE", 0).Headers["session-expires"] = []string{"4"}
+			}},
+		{name: "422/relayed to the caller", check: checkRetry422, wire: fakeRetry422, want: "422 responses reached the caller",
+			extra: []fakeMsg{fakeRes(true, 422, "1 INVITE", "", "")}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			fw := tt.wire(t, tt.extra...)
+			if tt.mutate != nil {
+				tt.mutate(t, &fw)
+			}
+			got := tt.check(fw)
+			switch {
+			case tt.want == "" && len(got) > 0:
+				t.Errorf("correct flow reported:\n%s", strings.Join(got, "\n"))
+			case tt.want != "" && !strings.Contains(strings.Join(got, "\n"), tt.want):
+				t.Errorf("reported %q, want a problem containing %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// timedLink is fakeLink with the capture time of each message: at[i] after
+// a fixed start for msgs[i].
+func timedLink(name, sbc, peer string, msgs []fakeMsg, at []time.Duration) wireLink {
+	w := fakeLink(name, sbc, peer, msgs...)
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := range msgs {
+		if i < len(at) {
+			w.pkts[i].Time = start.Add(at[i])
+		}
+	}
+	return w
+}
+
+// retime moves the packet of the message findFake would return to at.
+func retime(t *testing.T, w *wireLink, cseq string, status int, at time.Duration) {
+	t.Helper()
+	for i, p := range w.pkts {
+		if m, ok := parseSIP(p); ok && m.header("cseq") == cseq && m.Status == status {
+			w.pkts[i].Time = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).Add(at)
+			return
+		}
+	}
+	t.Fatalf("%s link: no packet with CSeq %q and status %d", w.name, cseq, status)
+}
+
+func setFakeHeader(t *testing.T, w *wireLink, cseq string, status int, name, value string) {
+	t.Helper()
+	findFake(t, w, cseq, status).Headers[name] = []string{value}
+}
+
+// fakeSessionExpiry: the PBX's 2 s refused with 422, 4 s accepted at 0 s,
+// the SBC's BYEs at 2.7 s.
+func fakeSessionExpiry(t *testing.T, extra ...fakeMsg) flowWire {
+	pbxSDP, carSDP := fakeSDP("10.91.1.2", 6000), fakeSDP("203.0.113.2", 6000)
+	pbx := timedLink("pbx", "10.91.1.1", "10.91.1.2", []fakeMsg{
+		fakeReq(false, "INVITE", "1 INVITE", false, fakeSDPType, pbxSDP),
+		fakeRes(true, 422, "1 INVITE", "", ""),
+		fakeReq(false, "ACK", "1 ACK", false, "", ""),
+		fakeReq(false, "INVITE", "2 INVITE", false, fakeSDPType, pbxSDP),
+		fakeRes(true, 200, "2 INVITE", fakeSDPType, fakeSDP("10.91.1.1", 20000)),
+		fakeReq(false, "ACK", "2 ACK", true, "", ""),
+		fakeReq(true, "BYE", "1 BYE", true, "", ""),
+		fakeRes(false, 200, "1 BYE", "", ""),
+	}, []time.Duration{0, 0, 0, 0, 0, 0, 2700 * time.Millisecond, 2700 * time.Millisecond})
+	setFakeHeader(t, &pbx, "1 INVITE", 422, "min-se", "3")
+	car := fakeLink("carrier", "203.0.113.1", "203.0.113.2", append([]fakeMsg{
+		fakeReq(true, "INVITE", "1 INVITE", false, fakeSDPType, fakeSDP("203.0.113.1", 20002)),
+		fakeRes(false, 200, "1 INVITE", fakeSDPType, carSDP),
+		fakeReq(true, "ACK", "1 ACK", true, "", ""),
+		fakeReq(true, "BYE", "2 BYE", true, "", ""),
+		fakeRes(false, 200, "2 BYE", "", ""),
+	}, extra...)...)
+	return flowWire{caller: pbx, callee: car, media: portRange{20000, 20099}}
+}
+
+// fakeSBCRefresh: the carrier calls the PBX; the SBC refreshes the PBX leg
+// with an UPDATE 2 s after the answer.
+func fakeSBCRefresh(t *testing.T, extra ...fakeMsg) flowWire {
+	car := fakeLink("carrier", "203.0.113.1", "203.0.113.2", append([]fakeMsg{
+		fakeReq(false, "INVITE", "1 INVITE", false, fakeSDPType, fakeSDP("203.0.113.2", 6000)),
+		fakeRes(true, 200, "1 INVITE", fakeSDPType, fakeSDP("203.0.113.1", 20002)),
+		fakeReq(false, "ACK", "1 ACK", true, "", ""),
+		fakeReq(false, "BYE", "2 BYE", true, "", ""),
+		fakeRes(true, 200, "2 BYE", "", ""),
+	}, extra...)...)
+	pbx := timedLink("pbx", "10.91.1.1", "10.91.1.2", []fakeMsg{
+		fakeReq(true, "INVITE", "4 INVITE", false, fakeSDPType, fakeSDP("10.91.1.1", 20000)),
+		fakeRes(false, 200, "4 INVITE", fakeSDPType, fakeSDP("10.91.1.2", 6000)),
+		fakeReq(true, "ACK", "4 ACK", true, "", ""),
+		fakeReq(true, "UPDATE", "5 UPDATE", true, "", ""),
+		fakeRes(false, 200, "5 UPDATE", "", ""),
+	}, []time.Duration{0, 0, 0, 2 * time.Second, 2 * time.Second})
+	setFakeHeader(t, &pbx, "5 UPDATE", 0, "session-expires", "4;refresher=uac")
+	return flowWire{caller: car, callee: pbx, media: portRange{20000, 20099}}
+}
+
+// fakeRetry422: the PBX answers 422; the SBC retries with 6 s.
+func fakeRetry422(t *testing.T, extra ...fakeMsg) flowWire {
+	car := fakeLink("carrier", "203.0.113.1", "203.0.113.2", append([]fakeMsg{
+		fakeReq(false, "INVITE", "1 INVITE", false, fakeSDPType, fakeSDP("203.0.113.2", 6000)),
+		fakeRes(true, 200, "1 INVITE", fakeSDPType, fakeSDP("203.0.113.1", 20002)),
+		fakeReq(false, "ACK", "1 ACK", true, "", ""),
+	}, extra...)...)
+	pbx := fakeLink("pbx", "10.91.1.1", "10.91.1.2",
+		fakeReq(true, "INVITE", "7 INVITE", false, fakeSDPType, fakeSDP("10.91.1.1", 20000)),
+		fakeRes(false, 422, "7 INVITE", "", ""),
+		fakeReq(true, "ACK", "7 ACK", false, "", ""),
+		fakeReq(true, "INVITE", "8 INVITE", false, fakeSDPType, fakeSDP("10.91.1.1", 20000)),
+		fakeRes(false, 200, "8 INVITE", fakeSDPType, fakeSDP("10.91.1.2", 6000)),
+		fakeReq(true, "ACK", "8 ACK", true, "", ""),
+	)
+	setFakeHeader(t, &pbx, "7 INVITE", 0, "session-expires", "4")
+	setFakeHeader(t, &pbx, "8 INVITE", 0, "session-expires", "6")
+	setFakeHeader(t, &pbx, "8 INVITE", 0, "min-se", "6")
+	return flowWire{caller: car, callee: pbx, media: portRange{20000, 20099}}
 }
