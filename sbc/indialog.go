@@ -35,6 +35,10 @@ type inDialogTx struct {
 	// request; it starts when the request succeeds.
 	timer   *sessionTimer
 	outBody []byte // the SDP relayed to the other leg
+	// retry is the relayed request sent again after a 422 from the other
+	// leg, with that leg's larger Min-SE (RFC 4028 §7.4); once per request.
+	retry   *sip.Request
+	retried bool
 }
 
 // inDialogHeaders are copied from an in-dialog request to the one relayed
@@ -185,12 +189,20 @@ func (c *Call) onInDialog(side media.Side, req *sip.Request, tx sip.ServerTransa
 		c.finishInDialog(u, req, tx, 503, nil)
 		return
 	}
-	defer otx.Terminate()
+	defer func() { otx.Terminate() }()
 	for {
 		select {
 		case res := <-otx.Responses():
 			if done := c.onInDialogResponse(u, req, tx, out, res); done {
 				return
+			}
+			if retry := c.takeInDialogRetry(u); retry != nil {
+				otx.Terminate()
+				out = retry
+				if otx, err = other.zone.client.TransactionRequest(ctx, out, noBuild); err != nil {
+					c.finishInDialog(u, req, tx, 503, err)
+					return
+				}
 			}
 		case <-otx.Done():
 			c.finishInDialog(u, req, tx, 408, otx.Err())
@@ -270,6 +282,9 @@ func (c *Call) onInDialogResponse(u *inDialogTx, req *sip.Request, tx sip.Server
 		return true
 	}
 	other.learned.learnFrom(res, c.srv.isOwnHost)
+	if code == 422 && u != nil && !u.retried && !u.cancelled && c.retryRelayed(u, other, out, res) {
+		return false
+	}
 	if code >= 300 {
 		if u != nil {
 			c.rollback()
@@ -345,6 +360,47 @@ func (c *Call) onInDialogResponse(u *inDialogTx, req *sip.Request, tx sip.Server
 	}
 	c.retransmitUpdate(u)
 	return true
+}
+
+// retryRelayed sends a relayed re-INVITE or UPDATE again after the other
+// leg answered 422: that leg's session timer takes the peer's Min-SE and
+// the request goes out with a new CSeq (RFC 4028 §7.4). The sender never
+// hears of it. Caller holds mu.
+func (c *Call) retryRelayed(u *inDialogTx, other *Leg, out *sip.Request, res *sip.Response) bool {
+	t := readTimer(res)
+	if other.st == nil || t.minSE <= other.st.interval {
+		return false
+	}
+	u.retried = true
+	other.peerMinSE = t.minSE
+	other.st.interval = t.minSE
+	other.localCSeq++
+	r := out.Clone()
+	r.ReplaceHeader(c.srv.via(other.zone))
+	r.ReplaceHeader(&sip.CSeqHeader{SeqNo: other.localCSeq, MethodName: out.Method})
+	for r.RemoveHeader("Session-Expires") || r.RemoveHeader("Min-SE") {
+	}
+	for _, h := range uacHeaders(other, other.st.interval) {
+		r.AppendHeader(h)
+	}
+	r.SetBody(out.Body())
+	r.Laddr = other.zone.laddr
+	r.SetDestination(other.dest)
+	c.send(other, r)
+	c.log.Debug("relayed request retried with a longer session interval", "leg", other.side, "min_se", t.minSE)
+	u.retry = r
+	return true
+}
+
+func (c *Call) takeInDialogRetry(u *inDialogTx) *sip.Request {
+	if u == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := u.retry
+	u.retry = nil
+	return r
 }
 
 // onUpdateAck completes a re-INVITE: the ACK from the leg that sent it,

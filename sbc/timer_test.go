@@ -293,3 +293,26 @@ func FuzzDialogHeaders(f *testing.F) {
 		}
 	})
 }
+
+// TestSessionTimerRelayed422: a re-INVITE relayed to the carrier is
+// answered 422; the SBC sends it again with the carrier's Min-SE and the
+// pbx only ever sees the 200.
+func TestSessionTimerRelayed422(t *testing.T) {
+	r := newRig(t, withTimers(20*time.Second, 30*time.Second))
+	okA, _ := r.timerCall("st-7", nil, []string{"Supported: timer", "Session-Expires: 30;refresher=uas"})
+	r.pbx.send(r.priv, r.pbxInDialog("INVITE", 11, okA, "st-7", "", strings.Replace(pbxSDP, "123 1", "123 2", 1)))
+	reinv, _ := r.car.recv("INVITE", "SIP/2.0 100")
+	r.car.send(r.pub, addHeaders(answer(reinv, 422, "Session Interval Too Small", "", "", ""), "Min-SE: 40"))
+	r.car.recv("ACK")
+	retry, raw := r.car.recv("INVITE", "ACK")
+	if header(retry, "Session-Expires") != "40;refresher=uas" || header(retry, "Min-SE") != "40" ||
+		retry.CSeq().SeqNo <= reinv.CSeq().SeqNo || string(retry.Body()) != string(reinv.Body()) {
+		t.Fatalf("retry must carry the carrier's Min-SE, a new CSeq and the same offer:\n%s", raw)
+	}
+	r.car.send(r.pub, addHeaders(answer(retry, 200, "OK", "", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP), "Session-Expires: 40;refresher=uas"))
+	r.car.recv("ACK")
+	ok, rawOK := r.pbx.recv("SIP/2.0 200", "SIP/2.0 100")
+	if ok.CSeq().SeqNo != 11 || !strings.Contains(string(ok.Body()), "c=IN IP4 127.0.0.1") {
+		t.Fatalf("the pbx must get the re-INVITE's 200:\n%s", rawOK)
+	}
+}
