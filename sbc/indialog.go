@@ -52,6 +52,12 @@ var inDialogHeaders = []string{"Content-Type", "Event", "Subscription-State", "I
 // OPTIONS are relayed with their bodies. It runs in the request's handler
 // goroutine and returns when the request has a final response.
 func (c *Call) onInDialog(side media.Side, req *sip.Request, tx sip.ServerTransaction) {
+	c.relayInDialog(side, req, tx, nil)
+}
+
+// relayInDialog is onInDialog; a REFER (refer = "pass") comes with its
+// rewritten Refer-To, nil when the REFER has no usable one.
+func (c *Call) relayInDialog(side media.Side, req *sip.Request, tx sip.ServerTransaction, referTo sip.Header) {
 	c.mu.Lock()
 	c.awaitAck(side, 2*time.Second)
 	if c.strayRequest(side, req, tx) {
@@ -144,9 +150,8 @@ func (c *Call) onInDialog(side media.Side, req *sip.Request, tx sip.ServerTransa
 	}
 	copyAllowed(req, out, other.peer)
 	if req.Method == sip.REFER {
-		referTo, err := c.rewriteReferTo(req, other)
-		if err != nil {
-			c.log.Warn("unusable REFER", "leg", side, "error", err)
+		if referTo == nil {
+			c.log.Warn("unusable REFER", "leg", side)
 			c.srv.respond(l.zone, req, tx, 400, nil)
 			c.mu.Unlock()
 			return

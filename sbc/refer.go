@@ -46,22 +46,37 @@ func (p *peer) referMode() ReferMode {
 	return p.cfg.Refer
 }
 
-// onRefer handles a REFER received within leg side's dialog.
+// onRefer handles a REFER received within leg side's dialog. What it
+// needs of other calls (a Replaces naming one) is looked up before this
+// call is locked, and two calls are only ever locked in a fixed order.
 func (c *Call) onRefer(side media.Side, req *sip.Request, tx sip.ServerTransaction) {
 	c.mu.Lock()
 	c.awaitAck(side, 2*time.Second)
-	if c.strayRequest(side, req, tx) {
-		c.mu.Unlock()
-		return
-	}
 	l := c.legs[side]
-	mode := l.peer.referMode()
+	mode, from, into := l.peer.referMode(), l.zone, c.legs[side.Other()].zone
+	c.mu.Unlock()
+	target, targetErr := referTarget(req)
 	if mode == ReferPass {
-		c.mu.Unlock()
-		c.onInDialog(side, req, tx)
+		var referTo sip.Header
+		if h, err := c.srv.rewriteReferTo(req, from, into); err == nil {
+			referTo = h
+		}
+		c.relayInDialog(side, req, tx, referTo)
 		return
 	}
-	defer c.mu.Unlock()
+	var replaced legRef
+	replaces, attended := "", false
+	if targetErr == nil && mode == ReferTerminate {
+		if replaces, attended = target.Headers.Get("Replaces"); attended {
+			replaced, _ = c.srv.replacedDialog(replaces, from)
+		}
+	}
+	unlock := lockCalls(c, replaced.call)
+	defer unlock()
+	if c.strayRequest(side, req, tx) {
+		return
+	}
+	l = c.legs[side]
 	if seq := req.CSeq().SeqNo; seq <= l.remoteCSeq {
 		c.srv.respond(l.zone, req, tx, 500, nil)
 		return
@@ -79,14 +94,13 @@ func (c *Call) onRefer(side media.Side, req *sip.Request, tx sip.ServerTransacti
 		c.srv.respond(l.zone, req, tx, 491, []sip.Header{sip.NewHeader("Retry-After", "1")})
 		return
 	}
-	target, err := referTarget(req)
-	if err != nil {
-		c.log.Warn("unusable REFER", "leg", side, "error", err)
+	if targetErr != nil {
+		c.log.Warn("unusable REFER", "leg", side, "error", targetErr)
 		c.srv.respond(l.zone, req, tx, 400, nil)
 		return
 	}
-	if rep, ok := target.Headers.Get("Replaces"); ok {
-		c.startAttended(l, rep, req, tx)
+	if attended {
+		c.startAttended(l, replaces, replaced, req, tx)
 		return
 	}
 	to, err := c.srv.route(l.peer)
@@ -178,6 +192,26 @@ func (c *Call) startTransfer(x *Leg, to *peer, target sip.Uri) {
 	go c.runTransfer(xf)
 }
 
+// lockCalls locks c and, if it is another call, other, always in the
+// order of their IDs so that two transfers naming each other's calls
+// cannot deadlock. It returns the unlock.
+func lockCalls(c, other *Call) func() {
+	if other == nil || other == c {
+		c.mu.Lock()
+		return c.mu.Unlock
+	}
+	first, second := c, other
+	if other.id < c.id {
+		first, second = other, c
+	}
+	first.mu.Lock()
+	second.mu.Lock()
+	return func() {
+		second.mu.Unlock()
+		first.mu.Unlock()
+	}
+}
+
 // startAttended performs an attended transfer (RFC 3891 Replaces in the
 // Refer-To): the referrer x has a second call through the SBC, named by
 // the Replaces, and wants its two far parties connected. The other call
@@ -185,28 +219,26 @@ func (c *Call) startTransfer(x *Leg, to *peer, target sip.Uri) {
 // and ends (BYE to its referrer's leg); the target is then bridged exactly
 // like a blind transfer's, starting with a re-INVITE without SDP. Caller
 // holds mu; it answers the REFER itself.
-func (c *Call) startAttended(x *Leg, replaces string, req *sip.Request, tx sip.ServerTransaction) {
-	ref, ok := c.srv.replacedDialog(replaces, x.zone)
+func (c *Call) startAttended(x *Leg, replaces string, ref legRef, req *sip.Request, tx sip.ServerTransaction) {
 	other := ref.call
 	switch {
-	case !ok:
+	case other == nil:
 		c.log.Info("attended transfer names an unknown dialog", "leg", x.side)
 		c.srv.respond(x.zone, req, tx, 481, nil)
 		return
 	case other == c:
 		c.srv.respond(x.zone, req, tx, 400, nil)
 		return
-	case !other.mu.TryLock():
-		// never wait on another call while holding ours
-		c.srv.respond(x.zone, req, tx, 491, []sip.Header{sip.NewHeader("Retry-After", "1")})
-		return
 	}
-	defer other.mu.Unlock()
 	replaced := other.legs[ref.side]
 	v, _ := url.QueryUnescape(replaces)
 	if callID, _, _ := strings.Cut(v, ";"); strings.TrimSpace(callID) != replaced.callID {
 		// the key names a leg that is no longer in the pair (a released
 		// referrer, a ringing target)
+		c.srv.respond(x.zone, req, tx, 481, nil)
+		return
+	}
+	if other.state == stateEnded {
 		c.srv.respond(x.zone, req, tx, 481, nil)
 		return
 	}
@@ -597,24 +629,25 @@ func (c *Call) strayRequest(side media.Side, req *sip.Request, tx sip.ServerTran
 	return true
 }
 
-// rewriteReferTo hides the Refer-To of a relayed REFER (refer = "pass"):
-// the target keeps its user part and points at the SBC in the receiving
-// zone, which routes the transferee's new call like any other; a Replaces
-// naming a dialog the SBC knows is mapped to the matching dialog of that
-// call on the receiving side, any other Replaces is dropped. Caller holds
-// mu.
-func (c *Call) rewriteReferTo(req *sip.Request, to *Leg) (sip.Header, error) {
+// rewriteReferTo hides the Refer-To of a relayed REFER (refer = "pass")
+// sent from zone from into zone to: the target keeps its user part and
+// points at the SBC in the receiving zone, which routes the transferee's
+// new call like any other; a Replaces naming a dialog the SBC knows is
+// mapped to the matching dialog of that call on the receiving side, any
+// other Replaces is dropped. It takes call locks itself: the caller holds
+// none.
+func (s *Server) rewriteReferTo(req *sip.Request, from, to *zone) (sip.Header, error) {
 	uri, err := referTarget(req)
 	if err != nil {
 		return nil, err
 	}
-	out := sip.Uri{Scheme: "sip", User: uri.User, Host: to.zone.host, Port: to.zone.port}
+	out := sip.Uri{Scheme: "sip", User: uri.User, Host: to.host, Port: to.port}
 	if up, ok := uri.UriParams.Get("user"); ok && up == "phone" {
 		out.UriParams = sip.NewParams()
 		out.UriParams.Add("user", "phone")
 	}
 	if rep, ok := uri.Headers.Get("Replaces"); ok {
-		if mapped := c.mapReplaces(rep, c.legs[to.side.Other()].zone, to.zone); mapped != "" {
+		if mapped := s.mapReplaces(rep, from, to); mapped != "" {
 			out.Headers = sip.NewParams()
 			out.Headers.Add("Replaces", url.QueryEscape(mapped))
 		}
@@ -650,15 +683,11 @@ func (s *Server) replacedDialog(escaped string, z *zone) (legRef, bool) {
 // mapReplaces translates a Replaces value naming a leg of a call in zone
 // from into the same call's leg in zone to, as its peer there knows it. It
 // returns "" when the dialog is unknown.
-func (c *Call) mapReplaces(escaped string, from, to *zone) string {
-	if ref, ok := c.srv.replacedDialog(escaped, from); ok {
+func (s *Server) mapReplaces(escaped string, from, to *zone) string {
+	if ref, ok := s.replacedDialog(escaped, from); ok {
 		other := ref.call
-		if other != c {
-			if !other.mu.TryLock() {
-				return "" // busy: never wait on another call while holding ours
-			}
-			defer other.mu.Unlock()
-		}
+		other.mu.Lock()
+		defer other.mu.Unlock()
 		l := other.legs[ref.side.Other()]
 		if l.zone != to || other.state == stateEnded {
 			return ""

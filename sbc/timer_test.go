@@ -280,9 +280,8 @@ func FuzzDialogHeaders(f *testing.F) {
 			t.Fatalf("negotiated %+v (code %d) below Min-SE %v", st, code, p.minSE())
 		}
 		_ = uacTimer(p, 1800*time.Second, &sip.Response{})
-		c := &Call{srv: &Server{dialogs: map[dialogKey]legRef{}}}
-		c.legs = [2]*Leg{{side: 0, zone: &zone{host: "10.0.0.1"}, peer: p}, {side: 1, zone: z, peer: p}}
-		h, err := c.rewriteReferTo(req, c.legs[1])
+		s := &Server{dialogs: map[dialogKey]legRef{}}
+		h, err := s.rewriteReferTo(req, &zone{host: "10.0.0.1"}, z)
 		if err != nil {
 			return
 		}

@@ -131,7 +131,7 @@ func checkSessionExpiry(fw flowWire) []string {
 	switch d := bye.Sub(answered); {
 	case !ok1 || !ok2:
 		p.addf("pbx link: no 200 or no BYE from the SBC")
-	case d < 2200*time.Millisecond || d > 3300*time.Millisecond:
+	case d < 2200*time.Millisecond || d > 3600*time.Millisecond:
 		p.addf("pbx link: BYE %v after the 200, want 4 s less a third (about 2.7 s)", d.Round(time.Millisecond))
 	}
 	for _, m := range carrier.fromSBC(func(sipMessage) bool { return true }) {
@@ -157,7 +157,7 @@ func checkSBCRefresh(fw flowWire) []string {
 	}
 	answered, ok1 := sentAt(pbx, pbx.peer, pbx.sbc, isStatus(200, "INVITE"))
 	update, ok2 := sentAt(pbx, pbx.sbc, pbx.peer, isRequest("UPDATE"))
-	if d := update.Sub(answered); ok1 && ok2 && (d < 1700*time.Millisecond || d > 2500*time.Millisecond) {
+	if d := update.Sub(answered); ok1 && ok2 && (d < 1700*time.Millisecond || d > 2600*time.Millisecond) {
 		p.addf("pbx link: refresh %v after the answer, want about 2 s", d.Round(time.Millisecond))
 	}
 	p.noRefreshCrossed(carrier)
