@@ -239,6 +239,10 @@ func SBCConfig(cfg *config.Config) sbc.Config {
 			Host:        p.Host,
 			Sources:     append([]netip.Prefix(nil), p.Sources...),
 			KeepHeaders: append([]string(nil), p.KeepHeaders...),
+
+			SessionExpires: p.SessionExpires,
+			MinSE:          p.MinSE,
+			Refer:          sbc.ReferMode(p.Refer),
 		})
 	}
 	return out
@@ -287,7 +291,7 @@ func cdrLogger(log hclog.Logger) func(context.Context, sbc.CallRecord) {
 		}
 		m := r.MediaStats.Total()
 		log.Info("call ended", "call", r.ID, "from", r.From, "to", r.To,
-			"in_peer", r.InPeer, "out_peer", r.OutPeer, "status", r.Status, "reason", r.EndReason,
+			"in_peer", r.InPeer, "out_peer", r.OutPeer, "status", r.Status, "reason", r.EndReason, "transfers", r.Transfers,
 			"ring_ms", ring.Milliseconds(), "talk_ms", talk.Milliseconds(),
 			"rtp_packets", m.Packets, "rtp_forwarded", m.Forwarded, "rtp_offloaded", m.Offloaded,
 			"rtp_dropped_stranger", m.DroppedStranger)

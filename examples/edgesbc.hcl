@@ -46,6 +46,15 @@ trunk "carrier" {
   # Headers are dropped at the border unless listed here. The carrier
   # uses P-Asserted-Identity for the caller's number, so keep that one.
   keep_headers = ["P-Asserted-Identity"]
+
+  # Session timers (RFC 4028) toward the carrier: the SBC keeps each call
+  # leg alive on its own and hangs up calls whose far end went silent.
+  session_expires = "1800s" # default; "0s" turns them off
+  min_se          = "90s"   # default
+
+  # Transfers from the carrier: "terminate" (the SBC performs them, the
+  # default), "pass" (relayed, addresses hidden) or "reject" (603).
+  refer = "terminate"
 }
 
 # The RTP relay. Each call takes an even/odd port pair per leg from this

@@ -53,6 +53,18 @@ type Leg struct {
 	routes     []sip.Uri // route set (RFC 3261 §12.1)
 	dest       string    // where requests go: the peer, never the Contact host
 	learned    foreignSet
+	// st is the leg's session timer (RFC 4028), nil when none runs.
+	st *sessionTimer
+	// peerMinSE is the Min-SE the peer asked for in a 422 or a request.
+	peerMinSE time.Duration
+	// allowUpdate: the peer lists UPDATE in Allow, so refreshes use it.
+	allowUpdate bool
+	// gone: the dialog has ended (BYE sent or received) while the call
+	// goes on without this leg (a transfer).
+	gone bool
+	// lastAck is the last ACK sent on this leg for a 2xx, resent when the
+	// 2xx is retransmitted.
+	lastAck *sip.Request
 }
 
 // Call is one B2BUA call: leg A toward the caller and leg B toward the callee.
@@ -92,6 +104,22 @@ type Call struct {
 	// lastSDP is the last SDP each side sent that the relay accepted: a
 	// failed re-offer is rolled back by applying these again.
 	lastSDP [2][]byte
+	// sentSDP is the last SDP the SBC sent on each leg that was accepted:
+	// what a session refresh repeats.
+	sentSDP [2][]byte
+	// aTimer is leg A's session timer as negotiated on its INVITE; it
+	// starts with the answer.
+	aTimer *sessionTimer
+	// reqSE is the Session-Expires asked for on leg B's INVITE; a 422
+	// raises it and the INVITE is sent again (RFC 4028 §7.4).
+	reqSE    time.Duration
+	retries  int
+	retryReq *sip.Request
+	// xfer is the terminated REFER in progress, if any; released are
+	// legs that left the call in a transfer and whose dialog keys still
+	// answer late requests.
+	xfer     *transfer
+	released []*Leg
 	// update is the in-dialog offer/answer in progress (re-INVITE or
 	// UPDATE); one at a time per call, a second one gets 491.
 	update *inDialogTx
@@ -205,6 +233,11 @@ func (s *Server) isOwnHost(host string) bool {
 // foreignFor is what must not appear in a message sent on leg l.
 func (c *Call) foreignFor(l *Leg) *foreignSet {
 	other := c.legs[l.side.Other()]
+	if other.peer == l.peer && other.zone == l.zone {
+		// a call bridged back to the same peer (a transfer): what the
+		// peer revealed about itself is no secret to it
+		return &foreignSet{networks: l.zone.foreign}
+	}
 	return &foreignSet{networks: l.zone.foreign, addrs: other.learned.addrs, hosts: other.learned.hosts}
 }
 
@@ -238,6 +271,14 @@ func (c *Call) run() {
 		c.finishEarly(rej.Code, rej, []sip.Header{sip.NewHeader("Unsupported", rej.Reason)})
 		return
 	}
+	st, code := uasTimer(a.peer, readTimer(c.inReq))
+	if code == 422 {
+		c.finishEarly(422, errors.New("session interval too small"), []sip.Header{sip.NewHeader("Min-SE", seconds(a.peer.minSE()))})
+		return
+	}
+	c.aTimer = st
+	a.allowUpdate = allowsUpdate(c.inReq)
+	c.reqSE = b.peer.cfg.SessionExpires
 
 	c.mu.Lock()
 	body, err := c.anchorOffer()
@@ -252,6 +293,7 @@ func (c *Call) run() {
 	}
 	req := c.buildInvite(body)
 	c.outReq = req
+	c.sentSDP[media.B] = body
 	c.send(b, req)
 	c.mu.Unlock()
 
@@ -262,7 +304,7 @@ func (c *Call) run() {
 		c.finishEarly(503, fmt.Errorf("send invite to %s: %w", b.peer.cfg.Name, err), nil)
 		return
 	}
-	defer tx.Terminate()
+	defer func() { tx.Terminate() }()
 
 	inviteTimer := time.NewTimer(s.cfg.InviteTimeout)
 	defer inviteTimer.Stop()
@@ -272,6 +314,13 @@ func (c *Call) run() {
 		case res := <-tx.Responses():
 			if c.onInviteResponse(res) {
 				return
+			}
+			if retry := c.takeRetry(); retry != nil {
+				tx.Terminate()
+				if tx, err = b.zone.client.TransactionRequest(ctx, retry, noBuild); err != nil {
+					c.finishEarly(503, fmt.Errorf("send invite to %s: %w", b.peer.cfg.Name, err), nil)
+					return
+				}
 			}
 		case <-tx.Done():
 			c.onInviteFailed(tx.Err())
@@ -309,16 +358,16 @@ func (c *Call) run() {
 	}
 }
 
-// checkRequire refuses extensions the SBC does not implement yet (RFC 3261
-// §8.2.2.3). 100rel and timer come with complete dialog handling.
+// checkRequire refuses extensions the SBC does not implement (RFC 3261
+// §8.2.2.3): timer is understood toward a peer with session timers on;
+// 100rel from the caller is not yet.
 func (c *Call) checkRequire() *Reject {
 	var unsupported []string
-	for _, h := range c.inReq.GetHeaders("Require") {
-		for _, opt := range strings.Split(h.Value(), ",") {
-			if opt = strings.TrimSpace(opt); opt != "" {
-				unsupported = append(unsupported, opt)
-			}
+	for _, opt := range headerValues(c.inReq, "Require") {
+		if strings.EqualFold(opt, "timer") && c.legs[media.A].peer.timersOn() {
+			continue
 		}
+		unsupported = append(unsupported, opt)
 	}
 	if len(unsupported) == 0 {
 		return nil
@@ -390,7 +439,7 @@ func sdpBody(msg sip.Message) []byte {
 // passHeaders are copied from one leg's INVITE to the other's: they carry
 // no topology. Everything else is rebuilt or dropped; a peer's keep_headers
 // extends the list toward that peer.
-var passHeaders = []string{"Subject", "Priority", "Privacy", "Accept", "Accept-Language", "Session-Expires", "Min-SE"}
+var passHeaders = []string{"Subject", "Priority", "Privacy", "Accept", "Accept-Language"}
 
 // buildInvite builds leg B's INVITE from scratch (RFC 3261 §8.1.1).
 func (c *Call) buildInvite(body []byte) *sip.Request {
@@ -412,7 +461,14 @@ func (c *Call) buildInvite(body []byte) *sip.Request {
 	req.AppendHeader(sip.NewHeader("Allow", allowMethods))
 	// reliable provisionals (RFC 3262) are acknowledged by the SBC on
 	// leg B itself, whatever the caller supports
-	req.AppendHeader(sip.NewHeader("Supported", "100rel"))
+	supported := "100rel"
+	if b.peer.timersOn() {
+		supported += ", timer"
+	}
+	req.AppendHeader(sip.NewHeader("Supported", supported))
+	for _, h := range uacHeaders(b, c.reqSE) {
+		req.AppendHeader(h)
+	}
 	req.AppendHeader(sip.NewHeader("User-Agent", c.srv.cfg.UserAgent))
 	copyAllowed(c.inReq, req, b.peer)
 	if body != nil {
@@ -604,8 +660,16 @@ func (c *Call) onInviteResponse(res *sip.Response) bool {
 		return c.answered(res)
 
 	default:
+		if code == 422 && c.retryWithMinSE(res) {
+			return false
+		}
 		if !c.cancelled {
 			out := code
+			if code == 422 {
+				// leg A's timer is negotiated apart: its Min-SE means
+				// nothing to the caller
+				out = 500
+			}
 			if code < 400 {
 				// redirects are not followed yet, and their Contact
 				// would reveal the far side
@@ -623,6 +687,37 @@ func (c *Call) onInviteResponse(res *sip.Response) bool {
 		c.end()
 		return true
 	}
+}
+
+// retryWithMinSE sends leg B's INVITE again after a 422 (RFC 4028 §7.4):
+// same Call-ID and From tag, a new CSeq, and the larger interval the peer
+// asked for in Min-SE. It reports whether a retry was sent; takeRetry hands
+// it to the INVITE loop. Caller holds mu.
+func (c *Call) retryWithMinSE(res *sip.Response) bool {
+	b := c.legs[media.B]
+	t := readTimer(res)
+	if c.cancelled || c.state != stateEarly || c.retries >= 2 || t.minSE <= c.reqSE || !b.peer.timersOn() {
+		return false
+	}
+	c.retries++
+	c.log.Debug("callee wants a longer session interval, retrying", "min_se", t.minSE)
+	b.peerMinSE = t.minSE
+	c.reqSE = t.minSE
+	b.remoteTag = ""
+	c.provSeen, c.cancelTx, c.lastRSeq = false, false, 0
+	req := c.buildInvite(c.outReq.Body())
+	c.outReq = req
+	c.send(b, req)
+	c.retryReq = req
+	return true
+}
+
+func (c *Call) takeRetry() *sip.Request {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := c.retryReq
+	c.retryReq = nil
+	return r
 }
 
 // reliable reports whether a provisional response must be PRACKed.
@@ -696,7 +791,11 @@ func (c *Call) answered(res *sip.Response) bool {
 	c.state = stateAnswered
 	c.rec.Answer = time.Now()
 	c.srv.counters.callsAnswered.Add(1)
-	c.respondA(200, body, nil)
+	b.allowUpdate = allowsUpdate(res)
+	c.respondA(200, body, uasHeaders(c.aTimer))
+	c.sentSDP[media.A] = body
+	c.startTimer(c.legs[media.A], c.aTimer)
+	c.startTimer(b, uacTimer(b.peer, c.reqSE, res))
 	c.startRetransmit()
 	c.log.Debug("call answered", "setup_ms", c.rec.Answer.Sub(c.rec.Start).Milliseconds())
 	return true
@@ -754,6 +853,9 @@ func (c *Call) ackB(body []byte) {
 		c.bAck.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
 		c.bAck.SetBody(body)
 	}
+	if body != nil {
+		c.sentSDP[media.B] = body
+	}
 	c.send(b, c.bAck)
 	if err := b.zone.client.WriteRequest(c.bAck, noBuild); err != nil {
 		c.log.Debug("send ack on leg B", "error", err)
@@ -765,6 +867,15 @@ func (c *Call) ackB(body []byte) {
 func (c *Call) onRetransmitted2xx(res *sip.Response) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if l := c.legByCallID(res.CallID()); l != nil && l.lastAck != nil && res.CSeq() != nil && l.lastAck.CSeq().SeqNo == res.CSeq().SeqNo {
+		if err := l.zone.client.WriteRequest(l.lastAck, noBuild); err != nil {
+			c.log.Debug("resend ack", "leg", l.side, "error", err)
+		}
+		return
+	}
+	if id := res.CallID(); id == nil || c.outReq == nil || id.Value() != c.outReq.CallID().Value() {
+		return // a transfer target's 2xx whose ACK waits for the bridge
+	}
 	if c.bAckSent && c.bAck != nil {
 		b := c.legs[media.B]
 		if err := b.zone.client.WriteRequest(c.bAck, noBuild); err != nil {
@@ -903,6 +1014,10 @@ func (c *Call) runTx(l *Leg, req *sip.Request) {
 
 // byeLeg ends one confirmed leg. Caller holds mu.
 func (c *Call) byeLeg(l *Leg) {
+	if l.gone {
+		return
+	}
+	l.gone = true
 	l.localCSeq++
 	c.runTx(l, c.inDialog(l, sip.BYE, l.localCSeq))
 }
@@ -914,6 +1029,13 @@ func (c *Call) byeBoth() {
 	}
 	c.byeLeg(c.legs[media.A])
 	c.byeLeg(c.legs[media.B])
+	if xf := c.xfer; xf != nil {
+		c.xfer = nil
+		if xf.answered {
+			c.byeLeg(xf.target)
+		}
+		// a target still ringing is cancelled by runTransfer
+	}
 	c.end()
 }
 
@@ -941,7 +1063,10 @@ func (c *Call) onAck(side media.Side, req *sip.Request) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	defer c.acked.Broadcast()
-	if u := c.update; u != nil && u.from == side && req.CSeq() != nil && req.CSeq().SeqNo == u.cseq {
+	if c.strayRequest(side, req, nil) {
+		return
+	}
+	if u := c.update; u != nil && !u.own && u.from == side && req.CSeq() != nil && req.CSeq().SeqNo == u.cseq {
 		c.onUpdateAck(u, req)
 		return
 	}
@@ -982,6 +1107,9 @@ func (c *Call) answerFromA(sdp []byte) ([]byte, error) {
 func (c *Call) onBye(side media.Side, req *sip.Request, tx sip.ServerTransaction) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.strayRequest(side, req, tx) {
+		return
+	}
 	l := c.legs[side]
 	if seq := req.CSeq().SeqNo; seq < l.remoteCSeq {
 		c.srv.respond(l.zone, req, tx, 500, nil)
@@ -1006,6 +1134,12 @@ func (c *Call) onBye(side media.Side, req *sip.Request, tx sip.ServerTransaction
 	if c.retrans != nil {
 		c.retrans.Stop()
 	}
+	l.gone = true
+	if xf := c.xfer; xf != nil && xf.referrer == l {
+		// the referrer hangs up after its REFER was accepted, as
+		// transferors do: the transfer goes on without it
+		return
+	}
 	if side == media.A {
 		c.rec.EndReason = "caller bye"
 	} else {
@@ -1029,6 +1163,7 @@ func (c *Call) end() {
 	if c.retrans != nil {
 		c.retrans.Stop()
 	}
+	c.stopTimers()
 	if u := c.update; u != nil && u.retrans != nil {
 		u.retrans.Stop()
 	}

@@ -67,7 +67,33 @@ type PeerConfig struct {
 	// cross from the other leg toward this peer. Everything not built by the
 	// SBC itself and not listed here is dropped.
 	KeepHeaders []string
+	// SessionExpires is the session interval (RFC 4028) the SBC asks for
+	// and accepts at most on legs toward this peer; it refreshes the leg
+	// itself when the peer does not. Zero turns session timers off toward
+	// this peer.
+	SessionExpires time.Duration
+	// MinSE is the smallest session interval accepted from this peer:
+	// shorter requests get 422. Zero means 90 seconds (or SessionExpires
+	// when that is shorter).
+	MinSE time.Duration
+	// Refer says what happens to a REFER from this peer. Empty means
+	// ReferTerminate.
+	Refer ReferMode
 }
+
+// ReferMode is how the SBC treats a REFER (call transfer, RFC 3515).
+type ReferMode string
+
+const (
+	// ReferTerminate: the SBC accepts the REFER itself, calls the target
+	// and bridges it to the remaining leg, then releases the referrer.
+	ReferTerminate ReferMode = "terminate"
+	// ReferPass relays the REFER to the other leg with its Refer-To and
+	// Referred-By rewritten for topology hiding.
+	ReferPass ReferMode = "pass"
+	// ReferReject answers every REFER with 603 Decline.
+	ReferReject ReferMode = "reject"
+)
 
 // Media is what a Call needs from the media relay. media.Relay satisfies
 // it; a nil Media means signaling-only operation with SDP passed through
@@ -97,5 +123,6 @@ type CallRecord struct {
 	End        time.Time
 	Status     int    // final status of the initial INVITE toward the caller
 	EndReason  string // "caller bye", "callee bye", "media timeout", "cancel", ...
+	Transfers  int    // completed transfers the SBC performed (REFER terminated)
 	MediaStats media.Stats
 }

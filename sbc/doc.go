@@ -11,4 +11,7 @@
 // other leg: outgoing messages are built from scratch from the leg's own
 // state, and only user parts (numbers), display names, bodies (after SDP
 // anchoring) and an explicit allow list of headers cross between legs.
+// Session timers (RFC 4028) are negotiated and kept per leg too (timer.go).
+// A transfer the SBC performs (REFER, refer.go) replaces one leg of the
+// Call with a new one; the Call and its CallID stay.
 package sbc

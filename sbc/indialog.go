@@ -29,6 +29,16 @@ type inDialogTx struct {
 	// CANCEL is ACKed and kept: the media stays anchored on the sender's
 	// side, so its session goes on unchanged.
 	cancelled bool
+	// own: the SBC's own session refresh, not relayed from a leg.
+	own bool
+	// timer is the sender leg's session timer as renegotiated by this
+	// request; it starts when the request succeeds.
+	timer   *sessionTimer
+	outBody []byte // the SDP relayed to the other leg
+	// retry is the relayed request sent again after a 422 from the other
+	// leg, with that leg's larger Min-SE (RFC 4028 §7.4); once per request.
+	retry   *sip.Request
+	retried bool
 }
 
 // inDialogHeaders are copied from an in-dialog request to the one relayed
@@ -42,8 +52,18 @@ var inDialogHeaders = []string{"Content-Type", "Event", "Subscription-State", "I
 // OPTIONS are relayed with their bodies. It runs in the request's handler
 // goroutine and returns when the request has a final response.
 func (c *Call) onInDialog(side media.Side, req *sip.Request, tx sip.ServerTransaction) {
+	c.relayInDialog(side, req, tx, nil)
+}
+
+// relayInDialog is onInDialog; a REFER (refer = "pass") comes with its
+// rewritten Refer-To, nil when the REFER has no usable one.
+func (c *Call) relayInDialog(side media.Side, req *sip.Request, tx sip.ServerTransaction, referTo sip.Header) {
 	c.mu.Lock()
 	c.awaitAck(side, 2*time.Second)
+	if c.strayRequest(side, req, tx) {
+		c.mu.Unlock()
+		return
+	}
 	l := c.legs[side]
 	other := c.legs[side.Other()]
 	seq := req.CSeq().SeqNo
@@ -68,7 +88,26 @@ func (c *Call) onInDialog(side media.Side, req *sip.Request, tx sip.ServerTransa
 		c.srv.respond(l.zone, req, tx, 491, []sip.Header{sip.NewHeader("Retry-After", "1")})
 		c.mu.Unlock()
 		return
-	case offerAnswer && c.update != nil:
+	}
+	var st *sessionTimer
+	if offerAnswer && l.peer.timersOn() {
+		var code int
+		if st, code = uasTimer(l.peer, readTimer(req)); code == 422 {
+			c.srv.respond(l.zone, req, tx, 422, []sip.Header{sip.NewHeader("Min-SE", seconds(l.peer.minSE()))})
+			c.mu.Unlock()
+			return
+		}
+		if t := readTimer(req); t.minSE > 0 {
+			l.peerMinSE = t.minSE
+		}
+		if c.isRefresh(l, req) && (req.Method == sip.UPDATE || c.update == nil) {
+			c.absorbRefresh(l, st, req, tx)
+			c.mu.Unlock()
+			return
+		}
+	}
+	switch {
+	case offerAnswer && (c.update != nil || c.xfer != nil):
 		// glare: both sides changed the session at once (RFC 3261 §14.2)
 		c.srv.respond(l.zone, req, tx, 491, nil)
 		c.mu.Unlock()
@@ -80,7 +119,7 @@ func (c *Call) onInDialog(side media.Side, req *sip.Request, tx sip.ServerTransa
 	var body []byte
 	var u *inDialogTx
 	if offerAnswer {
-		u = &inDialogTx{method: req.Method, from: side, cseq: seq, tx: tx}
+		u = &inDialogTx{method: req.Method, from: side, cseq: seq, tx: tx, timer: st}
 		if sdp := sdpBody(req); sdp != nil {
 			out, err := c.negotiate(true, side, sdp)
 			if err != nil {
@@ -91,6 +130,7 @@ func (c *Call) onInDialog(side media.Side, req *sip.Request, tx sip.ServerTransa
 				return
 			}
 			u.offered = true
+			u.outBody = out
 			body = out
 		}
 		c.update = u
@@ -99,10 +139,28 @@ func (c *Call) onInDialog(side media.Side, req *sip.Request, tx sip.ServerTransa
 	}
 	other.localCSeq++
 	out := c.inDialog(other, req.Method, other.localCSeq)
-	if req.Method == sip.INVITE || req.Method == sip.UPDATE {
+	if offerAnswer {
 		out.AppendHeader(c.srv.contact(other.zone))
+		if other.st != nil {
+			out.AppendHeader(sip.NewHeader("Supported", "timer"))
+			for _, h := range uacHeaders(other, other.st.interval) {
+				out.AppendHeader(h)
+			}
+		}
 	}
 	copyAllowed(req, out, other.peer)
+	if req.Method == sip.REFER {
+		if referTo == nil {
+			c.log.Warn("unusable REFER", "leg", side)
+			c.srv.respond(l.zone, req, tx, 400, nil)
+			c.mu.Unlock()
+			return
+		}
+		out.AppendHeader(referTo)
+		for _, h := range req.GetHeaders("Referred-By") {
+			out.AppendHeader(sip.NewHeader("Referred-By", rehomeIdentity(h.Value(), other.zone.host)))
+		}
+	}
 	for _, name := range inDialogHeaders {
 		if name == "Content-Type" && (body == nil || offerAnswer) {
 			continue
@@ -136,12 +194,20 @@ func (c *Call) onInDialog(side media.Side, req *sip.Request, tx sip.ServerTransa
 		c.finishInDialog(u, req, tx, 503, nil)
 		return
 	}
-	defer otx.Terminate()
+	defer func() { otx.Terminate() }()
 	for {
 		select {
 		case res := <-otx.Responses():
 			if done := c.onInDialogResponse(u, req, tx, out, res); done {
 				return
+			}
+			if retry := c.takeInDialogRetry(u); retry != nil {
+				otx.Terminate()
+				out = retry
+				if otx, err = other.zone.client.TransactionRequest(ctx, out, noBuild); err != nil {
+					c.finishInDialog(u, req, tx, 503, err)
+					return
+				}
 			}
 		case <-otx.Done():
 			c.finishInDialog(u, req, tx, 408, otx.Err())
@@ -221,6 +287,9 @@ func (c *Call) onInDialogResponse(u *inDialogTx, req *sip.Request, tx sip.Server
 		return true
 	}
 	other.learned.learnFrom(res, c.srv.isOwnHost)
+	if code == 422 && u != nil && !u.retried && !u.cancelled && c.retryRelayed(u, other, out, res) {
+		return false
+	}
 	if code >= 300 {
 		if u != nil {
 			c.rollback()
@@ -271,18 +340,72 @@ func (c *Call) onInDialogResponse(u *inDialogTx, req *sip.Request, tx sip.Server
 		c.sendAck(other, u.ack)
 		u.acked = true
 	}
+	if other.st != nil {
+		// a successful re-INVITE or UPDATE refreshes the leg it was sent on
+		c.startTimer(other, uacTimer(other.peer, other.st.interval, res))
+	}
+	if u.offered {
+		c.sentSDP[other.side] = u.outBody
+	}
+	if body != nil {
+		c.sentSDP[side] = body
+	}
 	if u.cancelled {
 		// the 2xx crossed our CANCEL: the sender already has its 487
 		c.update = nil
 		return true
 	}
-	u.res = c.respondOn(l, req, tx, code, body, nil)
+	u.res = c.respondOn(l, req, tx, code, body, uasHeaders(u.timer))
+	if u.timer != nil {
+		c.startTimer(l, u.timer)
+	}
 	if req.Method == sip.UPDATE {
 		c.update = nil
 		return true
 	}
 	c.retransmitUpdate(u)
 	return true
+}
+
+// retryRelayed sends a relayed re-INVITE or UPDATE again after the other
+// leg answered 422: that leg's session timer takes the peer's Min-SE and
+// the request goes out with a new CSeq (RFC 4028 §7.4). The sender never
+// hears of it. Caller holds mu.
+func (c *Call) retryRelayed(u *inDialogTx, other *Leg, out *sip.Request, res *sip.Response) bool {
+	t := readTimer(res)
+	if other.st == nil || t.minSE <= other.st.interval {
+		return false
+	}
+	u.retried = true
+	other.peerMinSE = t.minSE
+	other.st.interval = t.minSE
+	other.localCSeq++
+	r := out.Clone()
+	r.ReplaceHeader(c.srv.via(other.zone))
+	r.ReplaceHeader(&sip.CSeqHeader{SeqNo: other.localCSeq, MethodName: out.Method})
+	for r.RemoveHeader("Session-Expires") || r.RemoveHeader("Min-SE") {
+	}
+	for _, h := range uacHeaders(other, other.st.interval) {
+		r.AppendHeader(h)
+	}
+	r.SetBody(out.Body())
+	r.Laddr = other.zone.laddr
+	r.SetDestination(other.dest)
+	c.send(other, r)
+	c.log.Debug("relayed request retried with a longer session interval", "leg", other.side, "min_se", t.minSE)
+	u.retry = r
+	return true
+}
+
+func (c *Call) takeInDialogRetry(u *inDialogTx) *sip.Request {
+	if u == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := u.retry
+	u.retry = nil
+	return r
 }
 
 // onUpdateAck completes a re-INVITE: the ACK from the leg that sent it,
@@ -297,6 +420,7 @@ func (c *Call) onUpdateAck(u *inDialogTx, req *sip.Request) {
 			if out, err := c.negotiate(false, u.from, sdp); err == nil {
 				u.ack.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
 				u.ack.SetBody(out)
+				c.sentSDP[other.side] = out
 			} else {
 				c.log.Warn("answer in ACK unusable", "error", err)
 			}
@@ -385,6 +509,28 @@ func (c *Call) rollback() {
 	}
 }
 
+// legByCallID finds a leg of the call, current, ringing in a transfer or
+// released, by its Call-ID. Caller holds mu.
+func (c *Call) legByCallID(id *sip.CallIDHeader) *Leg {
+	if id == nil {
+		return nil
+	}
+	for _, l := range c.legs {
+		if l.callID == id.Value() {
+			return l
+		}
+	}
+	if xf := c.xfer; xf != nil && xf.target.callID == id.Value() {
+		return xf.target
+	}
+	for _, l := range c.released {
+		if l.callID == id.Value() {
+			return l
+		}
+	}
+	return nil
+}
+
 // sideOf finds which leg an in-dialog request arrived on.
 func (c *Call) sideOf(req *sip.Request) media.Side {
 	if id := req.CallID(); id != nil && id.Value() == c.legs[media.B].callID {
@@ -418,6 +564,7 @@ func (c *Call) respondOn(l *Leg, req *sip.Request, tx sip.ServerTransaction, cod
 
 // sendAck sends an ACK for a 2xx on leg l. Caller holds mu.
 func (c *Call) sendAck(l *Leg, ack *sip.Request) {
+	l.lastAck = ack
 	c.send(l, ack)
 	if err := l.zone.client.WriteRequest(ack, noBuild); err != nil {
 		c.log.Debug("send ack", "leg", l.side, "error", err)

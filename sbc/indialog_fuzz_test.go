@@ -3,6 +3,7 @@ package sbc
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,6 +18,16 @@ type dialogPeer struct {
 	callID   string
 	from, pt string // From and To header values of requests it sends
 	cseq     int
+	// targets are dialogs a transfer created toward this phone: INVITEs
+	// without a To tag, answered with tag fz-tag.
+	targets []dialogPeer
+}
+
+// hangUp sends BYE on the phone's dialog and on every transfer dialog.
+func (d *dialogPeer) hangUp() {
+	for _, dl := range append([]dialogPeer{*d}, d.targets...) {
+		d.p.send(mustAddrPort(d.to), dl.request("BYE", "", ""))
+	}
 }
 
 func (d *dialogPeer) request(method, ctype, body string) string {
@@ -54,12 +65,17 @@ func (d *dialogPeer) pump(dur time.Duration, sdpBody string) (byes int) {
 				continue
 			case sip.BYE:
 				byes++
+			case sip.INVITE:
+				if !msg.To().Params.Has("tag") {
+					d.targets = append(d.targets, dialogPeer{p: d.p, to: d.to, callID: msg.CallID().Value(),
+						from: msg.To().Value() + ";tag=fz-tag", pt: msg.From().Value(), cseq: 100})
+				}
 			}
 			body := ""
 			if msg.Method == sip.INVITE || msg.Method == sip.UPDATE {
 				body = sdpBody
 			}
-			d.p.send(src, answer(msg, 200, "OK", "", "<sip:x@"+d.p.addr.String()+">", body))
+			d.p.send(src, answer(msg, 200, "OK", "fz-tag", "<sip:x@"+d.p.addr.String()+">", body))
 		case *sip.Response:
 			if msg.StatusCode >= 200 && msg.CSeq().MethodName == sip.INVITE {
 				ack := fmt.Sprintf("ACK sip:x@%s SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bK-ack%d;rport\nMax-Forwards: 70\nFrom: %s\nTo: %s\nCall-ID: %s\nCSeq: %d ACK\nContent-Length: 0\n\n",
@@ -71,8 +87,9 @@ func (d *dialogPeer) pump(dur time.Duration, sdpBody string) (byes int) {
 }
 
 // FuzzInDialog plays a fuzzer-chosen sequence of in-dialog requests from
-// either side against an established call, with both peers answering
-// whatever reaches them; then the pbx hangs up. Whatever the sequence, the
+// either side against an established call with session timers on both
+// legs, with both peers answering whatever reaches them (a transfer
+// target included); then both peers hang up. Whatever the sequence, the
 // server must not panic and the call must end cleanly: no call, dialog or
 // media session left.
 func FuzzInDialog(f *testing.F) {
@@ -80,11 +97,16 @@ func FuzzInDialog(f *testing.F) {
 	f.Add([]byte{2, 3, 2, 3}, []byte(nil))
 	f.Add([]byte{0, 0, 1, 1, 10}, []byte("v=0\r\no=- 1 1 IN IP4 10.91.1.9\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 0 RTP/AVP 8\r\n"))
 	f.Add([]byte{8, 9, 4, 5, 0}, []byte("garbage"))
+	f.Add([]byte{12, 14, 0, 13}, []byte(nil))
+	f.Add([]byte{13, 15, 1, 12, 2}, []byte("<sip:@>"))
 	f.Fuzz(func(t *testing.T, ops []byte, junk []byte) {
 		if len(ops) > 8 {
 			ops = ops[:8]
 		}
-		r := newRig(t, func(c *Config) { c.DrainTimeout = 100 * time.Millisecond })
+		r := newRig(t, func(c *Config) {
+			c.DrainTimeout = 100 * time.Millisecond
+			withTimers(60*time.Second, 60*time.Second)(c)
+		})
 		okA, invB := r.establish("fz-call")
 		pbx := &dialogPeer{p: r.pbx, to: r.priv.String(), callID: "fz-call", from: okA.From().Value(), pt: okA.To().Value(), cseq: 10}
 		car := &dialogPeer{p: r.car, to: r.pub.String(), callID: invB.CallID().Value(), from: invB.To().Value() + ";tag=car-tag", pt: invB.From().Value(), cseq: 1}
@@ -94,7 +116,7 @@ func FuzzInDialog(f *testing.F) {
 				d, sdpBody = car, carrierSDP
 			}
 			var req string
-			switch (b >> 1) % 6 {
+			switch (b >> 1) % 8 {
 			case 0:
 				req = d.request("INVITE", "application/sdp", sdpBody)
 			case 1:
@@ -107,12 +129,27 @@ func FuzzInDialog(f *testing.F) {
 				req = d.request("OPTIONS", "", "")
 			case 5:
 				req = d.request("INVITE", "application/sdp", string(junk))
+			case 6:
+				// a blind transfer, terminated by the SBC; junk may spoil
+				// the Refer-To
+				target := "<sip:+15559999@127.0.0.1>"
+				if len(junk) > 0 {
+					target = string(junk)
+				}
+				req = d.request("REFER", "", "")
+				req = strings.Replace(req, "Content-Length", "Refer-To: "+target+"\nContent-Length", 1)
+			case 7:
+				// a session refresh, absorbed on its own leg
+				req = d.request("UPDATE", "", "")
+				req = strings.Replace(req, "Content-Length", "Supported: timer\nSession-Expires: 90;refresher=uac\nContent-Length", 1)
 			}
 			d.p.send(mustAddrPort(d.to), req)
 			pbx.pump(30*time.Millisecond, pbxSDP)
 			car.pump(30*time.Millisecond, carrierSDP)
 		}
-		r.pbx.send(r.priv, pbx.request("BYE", "", ""))
+		// a transfer may have released one side's dialog: both hang up
+		pbx.hangUp()
+		car.hangUp()
 		deadline := time.Now().Add(10 * time.Second)
 		for time.Now().Before(deadline) {
 			pbx.pump(20*time.Millisecond, pbxSDP)

@@ -32,6 +32,10 @@ const (
 	DefaultInviteTimeout  = 180 * time.Second
 	DefaultMaxCalls       = 10000
 	DefaultLogLevel       = "info"
+	// RFC 4028 §4 recommends 1800s; §5 sets 90s as the smallest Min-SE.
+	DefaultSessionExpires = 1800 * time.Second
+	DefaultMinSE          = 90 * time.Second
+	DefaultRefer          = ReferTerminate
 )
 
 // Limits enforced by validation.
@@ -119,7 +123,24 @@ type Peer struct {
 	// as a single-host prefix first, then any extra prefixes from the file
 	// (carriers that send from several addresses).
 	Sources []netip.Prefix
+	// SessionExpires is the session timer interval (RFC 4028) asked for
+	// and accepted at most on legs toward this peer; 0 turns session timers
+	// off toward it. Whole seconds. Default 1800s.
+	SessionExpires time.Duration
+	// MinSE is the smallest session interval accepted from the peer;
+	// shorter requests get 422. Whole seconds. Default 90s.
+	MinSE time.Duration
+	// Refer is what the SBC does with a REFER from this peer: "terminate",
+	// "pass" or "reject". Default "terminate".
+	Refer string
 }
+
+// REFER handling modes of a peer.
+const (
+	ReferTerminate = "terminate"
+	ReferPass      = "pass"
+	ReferReject    = "reject"
+)
 
 // Media configures the RTP relay.
 type Media struct {

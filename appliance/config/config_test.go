@@ -153,6 +153,14 @@ func TestParseErrors(t *testing.T) {
 			wantErr: "The SBC rewrites Contact", wantLine: 4, wantCol: 19},
 		{name: "keep_headers duplicate", hcl: "trunk \"t\" {\n  zone         = \"public\"\n  address      = \"203.0.113.9\"\n  keep_headers = [\"X-A\", \"x-a\"]\n}\n",
 			wantErr: `"x-a" is already listed at test.hcl:` + strconv.Itoa(baseLines+4) + ":19", wantLine: 4, wantCol: 26},
+		{name: "refer mode unknown", hcl: "trunk \"t\" {\n  zone    = \"public\"\n  address = \"203.0.113.9\"\n  refer   = \"forward\"\n}\n",
+			wantErr: `refer "forward" is not one of`, wantLine: 4, wantCol: 13},
+		{name: "session_expires below min_se", hcl: "trunk \"t\" {\n  zone            = \"public\"\n  address         = \"203.0.113.9\"\n  session_expires = \"60s\"\n}\n",
+			wantErr: "session_expires 1m0s is shorter than min_se 1m30s", wantLine: 4, wantCol: 21},
+		{name: "min_se fraction", hcl: "trunk \"t\" {\n  zone    = \"public\"\n  address = \"203.0.113.9\"\n  min_se  = \"1500ms\"\n}\n",
+			wantErr: "min_se must be whole seconds", wantLine: 4, wantCol: 13},
+		{name: "min_se zero", hcl: "trunk \"t\" {\n  zone    = \"public\"\n  address = \"203.0.113.9\"\n  min_se  = \"0s\"\n}\n",
+			wantErr: "min_se must be greater than zero", wantLine: 4, wantCol: 13},
 		{name: "sources bad prefix", hcl: "trunk \"t\" {\n  zone    = \"public\"\n  address = \"203.0.113.9\"\n  sources = [\"203.0.113.0/24\", \"carrier\"]\n}\n",
 			wantErr: `"carrier" is neither "ip/bits" nor an IP address`, wantLine: 4, wantCol: 32},
 
@@ -371,6 +379,10 @@ func TestParseDefaults(t *testing.T) {
 				Host:      "10.91.1.2",
 				Transport: "udp",
 				Sources:   []netip.Prefix{netip.MustParsePrefix("10.91.1.2/32")},
+
+				SessionExpires: 1800 * time.Second,
+				MinSE:          90 * time.Second,
+				Refer:          "terminate",
 			},
 			{
 				Name:      "carrier",
@@ -380,6 +392,10 @@ func TestParseDefaults(t *testing.T) {
 				Host:      "203.0.113.2",
 				Transport: "udp",
 				Sources:   []netip.Prefix{netip.MustParsePrefix("203.0.113.2/32")},
+
+				SessionExpires: 1800 * time.Second,
+				MinSE:          90 * time.Second,
+				Refer:          "terminate",
 			},
 		},
 		Media:    Media{PortMin: 20000, PortMax: 29999, Timeout: 60 * time.Second, Quarantine: 5 * time.Second, KernelOffload: true},
@@ -403,6 +419,9 @@ func TestParseExplicit(t *testing.T) {
   transport    = "TCP"
   keep_headers = ["P-Asserted-Identity", "X-Account"]
   sources      = ["198.51.100.7/28", "198.51.100.64", "198.51.100.5"]
+  session_expires = "10m"
+  min_se          = "2m"
+  refer           = "Pass"
 }
 zone "private" {
   address    = "10.0.0.1"
@@ -502,6 +521,9 @@ log {
 			netip.MustParsePrefix("198.51.100.0/28"),
 			netip.MustParsePrefix("198.51.100.64/32"),
 		},
+		SessionExpires: 10 * time.Minute,
+		MinSE:          2 * time.Minute,
+		Refer:          "pass",
 	}
 	if !reflect.DeepEqual(ca, wantCA) {
 		t.Errorf("trunk carrier-a = %+v, want %+v", ca, wantCA)

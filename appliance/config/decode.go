@@ -52,6 +52,10 @@ type rawPeer struct {
 	Transport   *hcl.Attribute `hcl:"transport,optional"`
 	KeepHeaders *hcl.Attribute `hcl:"keep_headers,optional"`
 	Sources     *hcl.Attribute `hcl:"sources,optional"`
+	// session timers (RFC 4028) and transfers (RFC 3515) toward the peer
+	SessionExpires *hcl.Attribute `hcl:"session_expires,optional"`
+	MinSE          *hcl.Attribute `hcl:"min_se,optional"`
+	Refer          *hcl.Attribute `hcl:"refer,optional"`
 
 	kind PeerKind
 }

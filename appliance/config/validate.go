@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
@@ -333,6 +334,20 @@ func (b *builder) peers(pbxs, trunks []*rawPeer, zones []*zoneDef) []*peerDef {
 			d.peer.KeepHeaders = b.keepHeaders(rp.KeepHeaders)
 		}
 
+		b.sessionTimer(d)
+		d.peer.Refer = DefaultRefer
+		if rp.Refer != nil {
+			if m, diags := decodeString(rp.Refer); b.add(diags) {
+				m = strings.ToLower(strings.TrimSpace(m))
+				if modes := []string{ReferTerminate, ReferPass, ReferReject}; slices.Contains(modes, m) {
+					d.peer.Refer = m
+				} else {
+					b.errorf(rp.Refer.Expr.Range(), "Invalid refer mode",
+						"refer %q is not one of %s.", m, quoteList(modes))
+				}
+			}
+		}
+
 		if rp.Sources != nil {
 			ps, diags := decodePrefixList(rp.Sources)
 			if b.add(diags) {
@@ -341,6 +356,42 @@ func (b *builder) peers(pbxs, trunks []*rawPeer, zones []*zoneDef) []*peerDef {
 		}
 	}
 	return defs
+}
+
+// sessionTimer decodes session_expires and min_se of a peer: whole
+// seconds (they go on the wire as delta-seconds), session_expires "0s"
+// for off, else at least min_se.
+func (b *builder) sessionTimer(d *peerDef) {
+	rp := d.raw
+	d.peer.SessionExpires, d.peer.MinSE = DefaultSessionExpires, DefaultMinSE
+	whole := func(attr *hcl.Attribute, allowZero bool) (time.Duration, bool) {
+		v, diags := decodeDuration(attr, allowZero)
+		if !b.add(diags) {
+			return 0, false
+		}
+		if v%time.Second != 0 {
+			b.errorf(attr.Expr.Range(), "Duration out of range",
+				"%s must be whole seconds (it is sent as delta-seconds), got %v.", attr.Name, v)
+			return 0, false
+		}
+		return v, true
+	}
+	minOK, seOK := true, true
+	if rp.MinSE != nil {
+		d.peer.MinSE, minOK = whole(rp.MinSE, false)
+	}
+	if rp.SessionExpires != nil {
+		d.peer.SessionExpires, seOK = whole(rp.SessionExpires, true)
+	}
+	if minOK && seOK && d.peer.SessionExpires != 0 && d.peer.SessionExpires < d.peer.MinSE {
+		rng := rp.DefRange
+		if rp.SessionExpires != nil {
+			rng = rp.SessionExpires.Expr.Range()
+		}
+		b.errorf(rng, "Session interval below Min-SE",
+			"session_expires %v is shorter than min_se %v; raise it, lower min_se, or set \"0s\" to turn session timers off.",
+			d.peer.SessionExpires, d.peer.MinSE)
+	}
 }
 
 // keepHeaders decodes and checks a keep_headers list.

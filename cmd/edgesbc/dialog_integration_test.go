@@ -90,7 +90,7 @@ func TestIntegrationDialogs(t *testing.T) { runDialogs(t, newLab(t)) }
 // every re-INVITE, hold and resume must take the stream out of the kernel
 // and back with the wire looking exactly as with the userspace relay.
 func TestIntegrationDialogsKernel(t *testing.T) {
-	l := newLabWith(t, forwarding)
+	l := newLabWith(t, integrationConfig, forwarding)
 	if st := l.daemon.Status(t); !st.KernelOffload {
 		t.Fatalf("status %+v: kernel offload is off although the namespace forwards", st)
 	}

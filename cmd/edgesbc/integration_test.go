@@ -78,17 +78,23 @@ type lab struct {
 // daemon with testdata/integration.hcl.
 func newLab(t *testing.T) *lab {
 	t.Helper()
-	return newLabWith(t, nil)
+	return newLabWith(t, integrationConfig, nil)
 }
 
-// newLabWith is newLab with a hook that prepares the topology before the
-// daemon starts.
-func newLabWith(t *testing.T, before func(testing.TB, *testenv.Topology)) *lab {
+// newLabConfig is newLab with the daemon configuration file path.
+func newLabConfig(t *testing.T, path string) *lab {
+	t.Helper()
+	return newLabWith(t, path, nil)
+}
+
+// newLabWith is newLab with the configuration file path and a hook that
+// prepares the topology before the daemon starts.
+func newLabWith(t *testing.T, path string, before func(testing.TB, *testenv.Topology)) *lab {
 	t.Helper()
 	testenv.Integration(t)
 	testenv.RequireTool(t, "sipp")
 	testenv.RequireTool(t, "tcpdump")
-	cfg, err := os.ReadFile(integrationConfig)
+	cfg, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,7 +21,7 @@ import (
 // the SBC's own media ports, and after the call no element is left.
 func TestIntegrationKernelOffload(t *testing.T) {
 	testenv.RequireTool(t, "nft")
-	l := newLabWith(t, forwarding)
+	l := newLabWith(t, integrationConfig, forwarding)
 	base := l.daemon.Status(t)
 	if !base.KernelOffload {
 		t.Fatalf("status %+v: kernel offload is off although the namespace forwards", base)

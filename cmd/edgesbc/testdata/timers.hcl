@@ -1,0 +1,44 @@
+# Configuration of TestIntegrationSessionTimers (timer_integration_test.go):
+# the lab of testenv.NewTopology with a 4 s session interval (Min-SE 3 s)
+# toward the PBX, so refreshes and expiry happen within seconds, and no
+# session timers toward the carrier.
+#
+#   PBX 10.91.1.2 ── 10.91.1.1 [ edgesbc ] 203.0.113.1 ── 203.0.113.2 carrier
+
+zone "private" {
+  address  = "10.91.1.1"
+  sip_port = 5060
+}
+
+zone "public" {
+  address  = "203.0.113.1"
+  sip_port = 5060
+}
+
+pbx "main" {
+  zone            = "private"
+  address         = "10.91.1.2:5060"
+  session_expires = "4s"
+  min_se          = "3s"
+}
+
+trunk "carrier" {
+  zone            = "public"
+  address         = "203.0.113.2:5060"
+  session_expires = "0s"
+}
+
+media {
+  # The tests read this range to tell relayed RTP from anything else.
+  port_range = "20000-20099"
+  timeout    = "60s"
+  quarantine = "1s"
+}
+
+sip {
+  invite_timeout = "4s"
+}
+
+log {
+  level = "debug"
+}

@@ -1,0 +1,735 @@
+package sbc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/edgesbc/edgesbc/media"
+)
+
+// Call transfer (REFER, RFC 3515). Per peer the SBC either terminates a
+// REFER itself (the default, as enterprise SBCs do), relays it with its
+// Refer-To and Referred-By hidden, or declines it.
+//
+// A terminated transfer keeps everything in the Call: the referrer's leg
+// X stays in place while the SBC calls the target on a new leg T (without
+// SDP, so the call goes on untouched until T answers). T's answer carries
+// its offer; the media session is re-opened for the new pair of legs, the
+// remaining leg Y gets that offer in a re-INVITE, and Y's answer goes to T
+// in its ACK. T then takes X's place in the Call and X is released.
+
+// transfer is a terminated REFER in progress. One at a time per call; its
+// fields are guarded by the Call's mu.
+type transfer struct {
+	referrer *Leg // X: the leg that sent the REFER
+	target   *Leg // T: the new leg toward the Refer-To target
+	invite   *sip.Request
+	answered bool          // T sent a 2xx: it is a confirmed dialog to end if we fail
+	final    bool          // T's INVITE has its final response
+	answer   *sip.Response // T's 2xx: its Session-Expires is T's timer
+	// reinvite: T is an existing dialog taken over from another call (an
+	// attended transfer); invite is a re-INVITE in it.
+	reinvite bool
+}
+
+// referMode is the peer's REFER handling, defaulted.
+func (p *peer) referMode() ReferMode {
+	if p.cfg.Refer == "" {
+		return ReferTerminate
+	}
+	return p.cfg.Refer
+}
+
+// onRefer handles a REFER received within leg side's dialog. What it
+// needs of other calls (a Replaces naming one) is looked up before this
+// call is locked, and two calls are only ever locked in a fixed order.
+func (c *Call) onRefer(side media.Side, req *sip.Request, tx sip.ServerTransaction) {
+	c.mu.Lock()
+	c.awaitAck(side, 2*time.Second)
+	l := c.legs[side]
+	mode, from, into := l.peer.referMode(), l.zone, c.legs[side.Other()].zone
+	c.mu.Unlock()
+	target, targetErr := referTarget(req)
+	if mode == ReferPass {
+		var referTo sip.Header
+		if h, err := c.srv.rewriteReferTo(req, from, into); err == nil {
+			referTo = h
+		}
+		c.relayInDialog(side, req, tx, referTo)
+		return
+	}
+	var replaced legRef
+	replaces, attended := "", false
+	if targetErr == nil && mode == ReferTerminate {
+		if replaces, attended = target.Headers.Get("Replaces"); attended {
+			replaced, _ = c.srv.replacedDialog(replaces, from)
+		}
+	}
+	unlock := lockCalls(c, replaced.call)
+	defer unlock()
+	if c.strayRequest(side, req, tx) {
+		return
+	}
+	l = c.legs[side]
+	if seq := req.CSeq().SeqNo; seq <= l.remoteCSeq {
+		c.srv.respond(l.zone, req, tx, 500, nil)
+		return
+	}
+	l.remoteCSeq = req.CSeq().SeqNo
+	switch {
+	case c.state == stateEnded:
+		c.srv.respond(l.zone, req, tx, 481, nil)
+		return
+	case mode == ReferReject:
+		c.log.Info("transfer declined by policy", "leg", side, "peer", l.peer.cfg.Name)
+		c.srv.respond(l.zone, req, tx, 603, nil)
+		return
+	case c.state != stateConfirmed || c.update != nil || c.xfer != nil:
+		c.srv.respond(l.zone, req, tx, 491, []sip.Header{sip.NewHeader("Retry-After", "1")})
+		return
+	}
+	if targetErr != nil {
+		c.log.Warn("unusable REFER", "leg", side, "error", targetErr)
+		c.srv.respond(l.zone, req, tx, 400, nil)
+		return
+	}
+	if attended {
+		c.startAttended(l, replaces, replaced, req, tx)
+		return
+	}
+	to, err := c.srv.route(l.peer)
+	if err != nil {
+		c.log.Warn("transfer target has no route", "leg", side, "error", err)
+		c.srv.respond(l.zone, req, tx, 404, nil)
+		return
+	}
+	l.learned.learnFrom(req, c.srv.isOwnHost)
+	c.respondOn(l, req, tx, 202, nil, []sip.Header{c.srv.contact(l.zone)})
+	c.startTransfer(l, to, target)
+}
+
+// referTarget returns the Refer-To URI of a REFER: a SIP URI with a user
+// part, which is all the SBC routes on.
+func referTarget(req *sip.Request) (sip.Uri, error) {
+	hs := req.GetHeaders("Refer-To")
+	if len(hs) == 0 {
+		hs = req.GetHeaders("r")
+	}
+	if len(hs) != 1 {
+		return sip.Uri{}, fmt.Errorf("%d Refer-To headers, want 1", len(hs))
+	}
+	var uri sip.Uri
+	params := sip.NewParams()
+	if _, err := sip.ParseAddressValue(hs[0].Value(), &uri, &params); err != nil {
+		return sip.Uri{}, fmt.Errorf("parse Refer-To %q: %w", hs[0].Value(), err)
+	}
+	if (uri.Scheme != "sip" && uri.Scheme != "sips") || uri.User == "" {
+		return sip.Uri{}, fmt.Errorf("Refer-To %q: not a SIP URI with a user", hs[0].Value())
+	}
+	return uri, nil
+}
+
+// startTransfer accepts a REFER from leg x: it creates leg T toward peer
+// to and starts its INVITE. Caller holds mu.
+func (c *Call) startTransfer(x *Leg, to *peer, target sip.Uri) {
+	y := c.legs[x.side.Other()]
+	t := &Leg{
+		side:       x.side,
+		zone:       to.zone,
+		peer:       to,
+		callID:     newID(),
+		localTag:   newTag(),
+		local:      sip.Uri{Scheme: "sip", User: y.remote.User, Host: to.zone.host},
+		localName:  y.remoteName,
+		remote:     sip.Uri{Scheme: "sip", User: target.User, Host: to.host},
+		localCSeq:  randCSeq(),
+		target:     sip.Uri{Scheme: "sip", User: target.User, Host: to.host},
+		dest:       to.dest,
+		remoteName: "",
+	}
+	if to.cfg.Address.Port() != 5060 && to.cfg.Host == "" {
+		t.target.Port = int(to.cfg.Address.Port())
+	}
+	key := dialogKey{zone: t.zone, callID: t.callID, localTag: t.localTag}
+	c.keys = append(c.keys, key)
+	c.srv.register(key, legRef{call: c, side: t.side})
+
+	req := sip.NewRequest(sip.INVITE, *t.target.Clone())
+	req.AppendHeader(c.srv.via(t.zone))
+	mf := sip.MaxForwardsHeader(70)
+	req.AppendHeader(&mf)
+	req.AppendHeader(c.fromHeader(t))
+	req.AppendHeader(c.toHeader(t))
+	cid := sip.CallIDHeader(t.callID)
+	req.AppendHeader(&cid)
+	t.localCSeq++
+	req.AppendHeader(&sip.CSeqHeader{SeqNo: t.localCSeq, MethodName: sip.INVITE})
+	req.AppendHeader(c.srv.contact(t.zone))
+	req.AppendHeader(sip.NewHeader("Allow", allowMethods))
+	if to.timersOn() {
+		req.AppendHeader(sip.NewHeader("Supported", "timer"))
+		for _, h := range uacHeaders(t, to.cfg.SessionExpires) {
+			req.AppendHeader(h)
+		}
+	}
+	req.AppendHeader(sip.NewHeader("User-Agent", c.srv.cfg.UserAgent))
+	req.SetBody(nil)
+	req.Laddr = t.zone.laddr
+	req.SetDestination(t.dest)
+
+	xf := &transfer{referrer: x, target: t, invite: req}
+	c.xfer = xf
+	c.log.Info("transfer accepted", "referrer", x.side, "to_peer", to.cfg.Name, "target", target.User)
+	c.notify(x, "SIP/2.0 100 Trying", false, nil)
+	c.send(t, req)
+	c.srv.callWG.Add(1)
+	go c.runTransfer(xf)
+}
+
+// lockCalls locks c and, if it is another call, other, always in the
+// order of their IDs so that two transfers naming each other's calls
+// cannot deadlock. It returns the unlock.
+func lockCalls(c, other *Call) func() {
+	if other == nil || other == c {
+		c.mu.Lock()
+		return c.mu.Unlock
+	}
+	first, second := c, other
+	if other.id < c.id {
+		first, second = other, c
+	}
+	first.mu.Lock()
+	second.mu.Lock()
+	return func() {
+		second.mu.Unlock()
+		first.mu.Unlock()
+	}
+}
+
+// startAttended performs an attended transfer (RFC 3891 Replaces in the
+// Refer-To): the referrer x has a second call through the SBC, named by
+// the Replaces, and wants its two far parties connected. The other call
+// gives up its far leg, which becomes the transfer target of this call,
+// and ends (BYE to its referrer's leg); the target is then bridged exactly
+// like a blind transfer's, starting with a re-INVITE without SDP. Caller
+// holds mu; it answers the REFER itself.
+func (c *Call) startAttended(x *Leg, replaces string, ref legRef, req *sip.Request, tx sip.ServerTransaction) {
+	other := ref.call
+	switch {
+	case other == nil:
+		c.log.Info("attended transfer names an unknown dialog", "leg", x.side)
+		c.srv.respond(x.zone, req, tx, 481, nil)
+		return
+	case other == c:
+		c.srv.respond(x.zone, req, tx, 400, nil)
+		return
+	}
+	replaced := other.legs[ref.side]
+	v, _ := url.QueryUnescape(replaces)
+	if callID, _, _ := strings.Cut(v, ";"); strings.TrimSpace(callID) != replaced.callID {
+		// the key names a leg that is no longer in the pair (a released
+		// referrer, a ringing target)
+		c.srv.respond(x.zone, req, tx, 481, nil)
+		return
+	}
+	if other.state == stateEnded {
+		c.srv.respond(x.zone, req, tx, 481, nil)
+		return
+	}
+	if other.state != stateConfirmed || other.update != nil || other.xfer != nil {
+		c.srv.respond(x.zone, req, tx, 491, []sip.Header{sip.NewHeader("Retry-After", "1")})
+		return
+	}
+	t := other.legs[ref.side.Other()]
+	c.respondOn(x, req, tx, 202, nil, []sip.Header{c.srv.contact(x.zone)})
+	c.log.Info("attended transfer accepted", "referrer", x.side, "replaced_call", other.id)
+
+	// the other call ends here without its far leg, which moves to us
+	t.gone = true // the other call must not BYE it
+	if t.st != nil && t.st.timer != nil {
+		t.st.timer.Stop()
+	}
+	other.rec.EndReason = "replaced by transfer"
+	other.byeLeg(replaced)
+	other.end()
+	t.gone, t.st = false, nil
+	t.side = x.side
+	key := dialogKey{zone: t.zone, callID: t.callID, localTag: t.localTag}
+	c.keys = append(c.keys, key)
+	c.srv.register(key, legRef{call: c, side: t.side})
+
+	t.localCSeq++
+	inv := c.inDialog(t, sip.INVITE, t.localCSeq)
+	inv.AppendHeader(c.srv.contact(t.zone))
+	inv.AppendHeader(sip.NewHeader("Allow", allowMethods))
+	inv.SetBody(nil)
+	xf := &transfer{referrer: x, target: t, invite: inv, reinvite: true, answered: true}
+	c.xfer = xf
+	c.notify(x, "SIP/2.0 100 Trying", false, nil)
+	c.send(t, inv)
+	c.srv.callWG.Add(1)
+	go c.runTransfer(xf)
+}
+
+// runTransfer drives T's INVITE transaction to its final response. If the
+// call ends first, T is cancelled (and a 2xx that crosses the CANCEL is
+// ACKed and ended).
+func (c *Call) runTransfer(xf *transfer) {
+	defer c.srv.callWG.Done()
+	t := xf.target
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	tx, err := t.zone.client.TransactionRequest(ctx, xf.invite, noBuild)
+	if err != nil {
+		c.mu.Lock()
+		c.transferFailed(xf, 503, "Service Unavailable")
+		c.mu.Unlock()
+		return
+	}
+	defer tx.Terminate()
+	timeout := time.NewTimer(c.srv.cfg.InviteTimeout)
+	defer timeout.Stop()
+	var giveUp <-chan time.Time
+	cancelled := false
+	sendCancel := func() {
+		if !cancelled {
+			cancelled = true
+			c.mu.Lock()
+			c.runTx(t, c.cancelFor(t, xf.invite))
+			c.mu.Unlock()
+			giveUp = time.After(64 * sip.T1)
+		}
+	}
+	done := c.done
+	for {
+		select {
+		case res := <-tx.Responses():
+			if c.onTransferResponse(xf, res) {
+				return
+			}
+		case <-tx.Done():
+			c.mu.Lock()
+			if !xf.final {
+				c.transferFailed(xf, 408, "Request Timeout")
+			}
+			c.mu.Unlock()
+			return
+		case <-timeout.C:
+			c.mu.Lock()
+			c.transferFailed(xf, 408, "Request Timeout")
+			c.mu.Unlock()
+			sendCancel()
+		case <-done:
+			done = nil
+			sendCancel()
+		case <-giveUp:
+			return
+		}
+	}
+}
+
+// onTransferResponse handles one response to T's INVITE and reports
+// whether the transaction is finished for the transfer.
+func (c *Call) onTransferResponse(xf *transfer, res *sip.Response) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := xf.target
+	code := res.StatusCode
+	switch {
+	case code == 100:
+		return false
+	case code < 200:
+		if c.xfer == xf {
+			c.notify(xf.referrer, fmt.Sprintf("SIP/2.0 %d %s", code, reasonPhrase(code)), false, nil)
+		}
+		return false
+	case code >= 300:
+		xf.final = true
+		if c.xfer == xf {
+			c.transferFailed(xf, code, reasonPhrase(code))
+		}
+		return true
+	}
+	// 2xx
+	xf.final = true
+	if xf.reinvite {
+		if ct := msgContact(res); ct != nil {
+			t.target = ct.Address // a re-INVITE keeps the route set
+		}
+	} else {
+		if tag, ok := res.To().Params.Get("tag"); ok {
+			t.remoteTag = tag
+		}
+		c.setTarget(t, res)
+	}
+	t.learned.learnFrom(res, c.srv.isOwnHost)
+	if c.xfer != xf || c.state == stateEnded {
+		// the call ended or the transfer was given up while T rang
+		c.sendAck(t, c.inDialog(t, sip.ACK, xf.invite.CSeq().SeqNo))
+		c.byeLeg(t)
+		return true
+	}
+	xf.answered = true
+	xf.answer = res
+	c.bridge(xf, res)
+	return true
+}
+
+// transferFailed reports a failed transfer to the referrer and goes back to
+// the call as it was; without a referrer any more, the call ends. Caller
+// holds mu.
+func (c *Call) transferFailed(xf *transfer, code int, reason string) {
+	if c.xfer != xf {
+		return
+	}
+	c.xfer = nil
+	c.log.Info("transfer failed", "code", code)
+	if xf.answered {
+		c.byeLeg(xf.target)
+	}
+	x := xf.referrer
+	c.notify(x, fmt.Sprintf("SIP/2.0 %d %s", code, reason), true, nil)
+	if x.gone && c.state != stateEnded {
+		c.rec.EndReason = "transfer failed"
+		c.byeBoth()
+	}
+}
+
+// bridge connects T to the remaining leg Y after T answered with its offer:
+// the media session is re-opened for the legs Y and T, and Y gets T's offer
+// in a re-INVITE. Caller holds mu.
+func (c *Call) bridge(xf *transfer, res *sip.Response) {
+	t := xf.target
+	y := c.legs[t.side.Other()]
+	sdp := sdpBody(res)
+	ack := c.inDialog(t, sip.ACK, xf.invite.CSeq().SeqNo)
+	offer, err := c.reanchorFor(t, sdp)
+	if err != nil {
+		c.log.Warn("transfer target answer unusable", "error", err)
+		c.sendAck(t, ack)
+		c.transferFailed(xf, 488, "Not Acceptable Here")
+		return
+	}
+	u := &inDialogTx{method: sip.INVITE, from: t.side, own: true}
+	c.update = u
+	y.localCSeq++
+	req := c.inDialog(y, sip.INVITE, y.localCSeq)
+	req.AppendHeader(c.srv.contact(y.zone))
+	if y.st != nil {
+		req.AppendHeader(sip.NewHeader("Supported", "timer"))
+		for _, h := range uacHeaders(y, y.st.interval) {
+			req.AppendHeader(h)
+		}
+	}
+	if offer != nil {
+		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	}
+	req.SetBody(offer)
+	c.send(y, req)
+	c.srv.callWG.Add(1)
+	go func() {
+		defer c.srv.callWG.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 64*sip.T1+time.Second)
+		defer cancel()
+		tx, err := y.zone.client.TransactionRequest(ctx, req, noBuild)
+		if err != nil {
+			c.bridged(xf, u, req, ack, offer, sdp, nil)
+			return
+		}
+		defer tx.Terminate()
+		for {
+			select {
+			case r := <-tx.Responses():
+				if r.StatusCode >= 200 {
+					c.bridged(xf, u, req, ack, offer, sdp, r)
+					return
+				}
+			case <-tx.Done():
+				c.bridged(xf, u, req, ack, offer, sdp, nil)
+				return
+			}
+		}
+	}()
+}
+
+// reanchorFor re-opens the call's media session for the legs after the
+// transfer (T in place of the referrer) and anchors T's offer. Caller
+// holds mu.
+func (c *Call) reanchorFor(t *Leg, sdp []byte) ([]byte, error) {
+	if sdp == nil {
+		return nil, errors.New("answer without SDP to an INVITE without offer")
+	}
+	m := c.srv.media
+	if m == nil || !c.mediaOpen {
+		return sdp, nil
+	}
+	id := media.SessionID(c.id)
+	zones := [2]*zone{c.legs[media.A].zone, c.legs[media.B].zone}
+	zones[t.side] = t.zone
+	m.Close(id, "transfer")
+	c.mediaOpen = false
+	if err := m.Open(id, mediaAddress(zones[media.A]), mediaAddress(zones[media.B])); err != nil {
+		return nil, fmt.Errorf("reopen media session: %w", err)
+	}
+	c.mediaOpen = true
+	out, err := m.Offer(id, t.side, sdp)
+	if err != nil {
+		return nil, fmt.Errorf("anchor transfer offer: %w", err)
+	}
+	return out, nil
+}
+
+// bridged completes a transfer with Y's answer to the re-INVITE: T gets it
+// in its ACK and takes the referrer's place; the referrer is told and
+// released. If Y refused, the call cannot go back (its media session is
+// gone) and ends on every leg.
+func (c *Call) bridged(xf *transfer, u *inDialogTx, req *sip.Request, ackT *sip.Request, offer, sdpT []byte, res *sip.Response) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.update == u {
+		c.update = nil
+	}
+	defer c.acked.Broadcast()
+	t, x := xf.target, xf.referrer
+	y := c.legs[t.side.Other()]
+	if res != nil && res.StatusCode < 300 {
+		c.sendAck(y, c.inDialog(y, sip.ACK, req.CSeq().SeqNo))
+	}
+	if c.state == stateEnded || c.xfer != xf {
+		c.sendAck(t, ackT)
+		c.byeLeg(t)
+		return
+	}
+	var answer []byte
+	err := errors.New("no answer to the bridging re-INVITE")
+	if res != nil && res.StatusCode < 300 {
+		if ct := msgContact(res); ct != nil {
+			y.target = ct.Address
+		}
+		y.learned.learnFrom(res, c.srv.isOwnHost)
+		answer, err = c.negotiate(false, y.side, sdpBody(res))
+		if sdpBody(res) == nil {
+			err = errors.New("bridging re-INVITE answered without SDP")
+		}
+	} else if res != nil {
+		err = fmt.Errorf("bridging re-INVITE answered %d", res.StatusCode)
+	}
+	if err != nil {
+		c.log.Warn("transfer bridge failed, ending call", "error", err)
+		c.sendAck(t, ackT)
+		c.transferFailed(xf, 500, "Server Internal Error")
+		if c.state != stateEnded {
+			c.rec.EndReason = "transfer failed"
+			c.byeBoth()
+		}
+		return
+	}
+	if answer != nil {
+		ackT.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		ackT.SetBody(answer)
+	}
+	c.sendAck(t, ackT)
+
+	// T takes the referrer's place; its offer started the new session
+	c.xfer = nil
+	if x.st != nil && x.st.timer != nil {
+		x.st.timer.Stop()
+	}
+	c.legs[t.side] = t
+	c.released = append(c.released, x)
+	c.lastSDP[t.side] = sdpT
+	c.sentSDP[t.side] = answer
+	c.sentSDP[y.side] = offer
+	c.lateOffer = t.side == media.B
+	c.bAckSent = true
+	if y.st != nil {
+		c.startTimer(y, uacTimer(y.peer, y.st.interval, res))
+	}
+	c.startTimer(t, uacTimer(t.peer, t.peer.cfg.SessionExpires, xf.answer))
+	c.rec.Transfers++
+	c.log.Info("call transferred", "leg", t.side, "peer", t.peer.cfg.Name)
+	if !x.gone {
+		c.notify(x, "SIP/2.0 200 OK", true, func() {
+			// release the referrer once it has heard the outcome
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if !x.gone && c.state != stateEnded {
+				c.byeLeg(x)
+			}
+		})
+	}
+}
+
+// notify sends a NOTIFY of the implicit refer subscription on leg x with a
+// sipfrag of the transfer's progress (RFC 3515 §2.4.5); final ends the
+// subscription. then, if set, runs once the NOTIFY has its final response.
+// Caller holds mu.
+func (c *Call) notify(x *Leg, frag string, final bool, then func()) {
+	if x.gone || c.state == stateEnded {
+		return
+	}
+	x.localCSeq++
+	req := c.inDialog(x, sip.NOTIFY, x.localCSeq)
+	req.AppendHeader(c.srv.contact(x.zone))
+	req.AppendHeader(sip.NewHeader("Event", "refer"))
+	state := "active;expires=60"
+	if final {
+		state = "terminated;reason=noresource"
+	}
+	req.AppendHeader(sip.NewHeader("Subscription-State", state))
+	req.AppendHeader(sip.NewHeader("Content-Type", "message/sipfrag;version=2.0"))
+	req.SetBody([]byte(frag + "\r\n"))
+	c.runTxThen(x, req, then)
+}
+
+// strayRequest answers an in-dialog request that belongs to a leg no longer
+// (or not yet) in the call's pair: a released referrer or a transfer
+// target still ringing. It reports whether req was such a request. Caller
+// holds mu.
+func (c *Call) strayRequest(side media.Side, req *sip.Request, tx sip.ServerTransaction) bool {
+	id := req.CallID()
+	if id == nil || c.legs[side].callID == id.Value() {
+		return false
+	}
+	var l *Leg
+	target := false
+	if xf := c.xfer; xf != nil && xf.target.callID == id.Value() {
+		l, target = xf.target, true
+	}
+	for _, r := range c.released {
+		if r.callID == id.Value() {
+			l = r
+		}
+	}
+	switch {
+	case req.Method == sip.ACK:
+		return true
+	case l == nil:
+		c.srv.respond(c.legs[side].zone, req, tx, 481, nil)
+		return true
+	}
+	switch {
+	case req.Method == sip.BYE:
+		c.srv.respond(l.zone, req, tx, 200, nil)
+		l.gone = true
+		if target {
+			c.transferFailed(c.xfer, 487, "Request Terminated")
+		}
+	case target:
+		c.srv.respond(l.zone, req, tx, 491, nil)
+	default:
+		c.srv.respond(l.zone, req, tx, 481, nil)
+	}
+	return true
+}
+
+// rewriteReferTo hides the Refer-To of a relayed REFER (refer = "pass")
+// sent from zone from into zone to: the target keeps its user part and
+// points at the SBC in the receiving zone, which routes the transferee's
+// new call like any other; a Replaces naming a dialog the SBC knows is
+// mapped to the matching dialog of that call on the receiving side, any
+// other Replaces is dropped. It takes call locks itself: the caller holds
+// none.
+func (s *Server) rewriteReferTo(req *sip.Request, from, to *zone) (sip.Header, error) {
+	uri, err := referTarget(req)
+	if err != nil {
+		return nil, err
+	}
+	out := sip.Uri{Scheme: "sip", User: uri.User, Host: to.host, Port: to.port}
+	if up, ok := uri.UriParams.Get("user"); ok && up == "phone" {
+		out.UriParams = sip.NewParams()
+		out.UriParams.Add("user", "phone")
+	}
+	if rep, ok := uri.Headers.Get("Replaces"); ok {
+		if mapped := s.mapReplaces(rep, from, to); mapped != "" {
+			out.Headers = sip.NewParams()
+			out.Headers.Add("Replaces", url.QueryEscape(mapped))
+		}
+	}
+	return sip.NewHeader("Refer-To", "<"+out.String()+">"), nil
+}
+
+// replacedDialog finds the leg a Replaces value (RFC 3891:
+// call-id;to-tag=..;from-tag=.., URI-escaped) names among the SBC's
+// dialogs in zone z: one of its tags is the SBC's own.
+func (s *Server) replacedDialog(escaped string, z *zone) (legRef, bool) {
+	v, err := url.QueryUnescape(escaped)
+	if err != nil {
+		return legRef{}, false
+	}
+	parts := strings.Split(v, ";")
+	callID := strings.TrimSpace(parts[0])
+	for _, p := range parts[1:] {
+		k, val, _ := strings.Cut(strings.TrimSpace(p), "=")
+		if k = strings.ToLower(strings.TrimSpace(k)); k != "to-tag" && k != "from-tag" {
+			continue
+		}
+		s.mu.RLock()
+		ref, ok := s.dialogs[dialogKey{zone: z, callID: callID, localTag: strings.TrimSpace(val)}]
+		s.mu.RUnlock()
+		if ok {
+			return ref, true
+		}
+	}
+	return legRef{}, false
+}
+
+// mapReplaces translates a Replaces value naming a leg of a call in zone
+// from into the same call's leg in zone to, as its peer there knows it. It
+// returns "" when the dialog is unknown.
+func (s *Server) mapReplaces(escaped string, from, to *zone) string {
+	if ref, ok := s.replacedDialog(escaped, from); ok {
+		other := ref.call
+		other.mu.Lock()
+		defer other.mu.Unlock()
+		l := other.legs[ref.side.Other()]
+		if l.zone != to || other.state == stateEnded {
+			return ""
+		}
+		// the peer of l is the UAS of an INVITE with Replaces sent to the
+		// SBC: to-tag is the SBC's tag, from-tag the peer's
+		return fmt.Sprintf("%s;to-tag=%s;from-tag=%s", l.callID, l.localTag, l.remoteTag)
+	}
+	return ""
+}
+
+// runTxThen is runTx with a function to run after the final response (or
+// the transaction's end). Caller holds mu; then runs without it.
+func (c *Call) runTxThen(l *Leg, req *sip.Request, then func()) {
+	if then == nil {
+		c.runTx(l, req)
+		return
+	}
+	c.send(l, req)
+	s := c.srv
+	s.callWG.Add(1)
+	go func() {
+		defer s.callWG.Done()
+		defer then()
+		ctx, cancel := context.WithTimeout(context.Background(), 64*sip.T1+time.Second)
+		defer cancel()
+		tx, err := l.zone.client.TransactionRequest(ctx, req, noBuild)
+		if err != nil {
+			return
+		}
+		defer tx.Terminate()
+		for {
+			select {
+			case res := <-tx.Responses():
+				if res.StatusCode >= 200 {
+					return
+				}
+			case <-tx.Done():
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+}
