@@ -76,13 +76,15 @@ func Run(ctx context.Context, cfg *config.Config, opts Options, log hclog.Logger
 
 	a := &Agent{log: log}
 	var offloader media.Offloader
+	var fwMedia *firewall.Media
 	if cfg.Media.KernelOffload {
 		fw, err := startOffload(cfg, log)
 		if err != nil {
 			log.Warn("kernel media offload off: media stays in userspace", "reason", err)
 		} else {
-			offloader, a.offload = fw, true
+			offloader, a.offload, fwMedia = fw, true, fw
 			defer func() {
+				// A no-op after the Close(true) of a kept stop.
 				if err := fw.Close(false); err != nil {
 					log.Error("stop kernel media offload", "error", err)
 				}
@@ -125,6 +127,20 @@ func Run(ctx context.Context, cfg *config.Config, opts Options, log hclog.Logger
 	defer a.guard.Close()
 	srv.SetGuard(a.guard)
 
+	calls := NewCallStore(cfg.Security.StateDir)
+	if cfg.Media.KeepOnRestart {
+		restoreCalls(calls, relay, srv, log)
+	} else if err := os.Remove(calls.Path()); err == nil {
+		log.Info("removed the call store of an earlier run: media.keep_on_restart is off", "path", calls.Path())
+	}
+	if fwMedia != nil {
+		// With keep_on_restart, what no restored call claimed; without,
+		// nothing is left by now.
+		if err := fwMedia.Prune(); err != nil {
+			log.Warn("remove unclaimed kernel media flows", "error", err)
+		}
+	}
+
 	runCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if err := srv.Start(runCtx); err != nil {
@@ -137,6 +153,10 @@ func Run(ctx context.Context, cfg *config.Config, opts Options, log hclog.Logger
 			return fmt.Errorf("start admin socket: %w", err)
 		}
 		defer stop()
+	}
+	var keeper *callKeeper
+	if cfg.Media.KeepOnRestart {
+		keeper = startKeeper(calls, relay, srv, log.Named("keep"))
 	}
 	log.Info("edgesbc ready", "zones", len(cfg.Zones), "peers", len(cfg.Peers))
 	if opts.Ready != nil {
@@ -151,6 +171,21 @@ func Run(ctx context.Context, cfg *config.Config, opts Options, log hclog.Logger
 				log.Error("reload incomplete", "error", err)
 			}
 		}
+	}
+	if keeper != nil {
+		// Calls stay up: their state is on disk and their kernel flows
+		// stay for the next start.
+		n := keeper.stop()
+		log.Info("stopping and keeping calls for the next start", "calls", n)
+		srv.Detach()
+		relay.Detach()
+		if fwMedia != nil {
+			if err := fwMedia.Close(true); err != nil {
+				log.Error("stop kernel media offload", "error", err)
+			}
+		}
+		log.Info("stopped")
+		return nil
 	}
 	log.Info("stopping", "calls", srv.Status().Calls)
 	srv.Shutdown(context.Background())
@@ -210,6 +245,7 @@ func startOffload(cfg *config.Config, log hclog.Logger) (*firewall.Media, error)
 		Addrs:   addrs,
 		PortMin: cfg.Media.PortMin,
 		PortMax: cfg.Media.PortMax,
+		Keep:    cfg.Media.KeepOnRestart,
 	}, log.Named("firewall"))
 }
 

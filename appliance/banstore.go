@@ -139,38 +139,14 @@ func readLine(br *bufio.Reader) ([]byte, error) {
 
 // Save replaces the store with bans, atomically.
 func (s *BanStore) Save(bans []guard.Ban, now time.Time) error {
-	dir := filepath.Dir(s.path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create state directory %s: %w", dir, err)
-	}
-	tmp, err := os.CreateTemp(dir, banFileName+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("create temporary ban store in %s: %w", dir, err)
-	}
-	defer os.Remove(tmp.Name()) // after a successful rename this is a no-op
-	w := bufio.NewWriter(tmp)
-	enc := json.NewEncoder(w)
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
 	_ = enc.Encode(banHeader{Version: banFileVersion, Written: now.UTC()})
 	for _, b := range bans {
 		_ = enc.Encode(b)
 	}
-	if err := w.Flush(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write ban store %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync ban store %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("close ban store %s: %w", tmp.Name(), err)
-	}
-	if err := os.Rename(tmp.Name(), s.path); err != nil {
-		return fmt.Errorf("replace ban store %s: %w", s.path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync() // make the rename itself durable
-		d.Close()
+	if err := writeFileAtomic(s.path, buf.Bytes()); err != nil {
+		return fmt.Errorf("save ban store: %w", err)
 	}
 	return nil
 }

@@ -156,6 +156,10 @@ type Media struct {
 	// KernelOffload hands latched streams to the kernel (nftables NAT)
 	// where the daemon may program it. Default true.
 	KernelOffload bool
+	// KeepOnRestart keeps confirmed calls across a restart of the daemon:
+	// their state is written to state_dir, stopping leaves their kernel
+	// flows in place, and the next start takes them over. Default false.
+	KeepOnRestart bool
 }
 
 // SIP configures SIP signalling limits and identity.

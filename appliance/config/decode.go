@@ -65,6 +65,7 @@ type rawMedia struct {
 	Timeout    *hcl.Attribute `hcl:"timeout,optional"`
 	Quarantine *hcl.Attribute `hcl:"quarantine,optional"`
 	Offload    *hcl.Attribute `hcl:"kernel_offload,optional"`
+	Keep       *hcl.Attribute `hcl:"keep_on_restart,optional"`
 }
 
 type rawSIP struct {

@@ -476,6 +476,11 @@ func (b *builder) media(raw *rawMedia) mediaDef {
 			d.media.KernelOffload = v
 		}
 	}
+	if raw.Keep != nil {
+		if v, diags := decodeBool(raw.Keep); b.add(diags) {
+			d.media.KeepOnRestart = v
+		}
+	}
 	return d
 }
 

@@ -5,8 +5,10 @@ package main_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -170,5 +172,76 @@ func TestIntegrationKernelMediaTimeout(t *testing.T) {
 	}
 	if log := d.Log(); !strings.Contains(log, `reason="media timeout"`) || !strings.Contains(log, "rtp_offloaded=") {
 		t.Errorf("no CDR with reason \"media timeout\" and kernel counters in the daemon log:\n%s", log)
+	}
+}
+
+// TestIntegrationKeepOnRestart kills the daemon with SIGKILL in the middle
+// of a call with RTP and starts it again (media.keep_on_restart): the audio
+// the kernel forwards never stops, the restarted daemon takes the call over
+// and relays the caller's BYE, and it ends up idle with no kernel flow left.
+func TestIntegrationKeepOnRestart(t *testing.T) {
+	testenv.RequireTool(t, "nft")
+	cfgText, err := os.ReadFile(integrationConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := t.TempDir()
+	kept := strings.Replace(string(cfgText), "media {", "media {\n  keep_on_restart = true", 1)
+	kept += fmt.Sprintf("\nstate_dir = %q\n", state)
+	if kept == string(cfgText) {
+		t.Fatal("no media block to extend")
+	}
+	path := filepath.Join(t.TempDir(), "keep.hcl")
+	if err := os.WriteFile(path, []byte(kept), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l := newLabWith(t, path, forwarding)
+	pair := scenarioPair{name: "call_across_restart", uac: "uac_keep.xml", uas: "uas.xml",
+		service: "15551234567", uasArgs: []string{"-rtp_echo"}, rtp: true}
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		l.call(t, sbcCase{scenarioPair: pair})
+	}()
+	if _, ok := l.daemon.WaitStatus(5*time.Second, func(s testenv.Status) bool { return s.Offloaded > 0 }); !ok {
+		t.Fatal("the call's stream was never offloaded")
+	}
+	time.Sleep(1500 * time.Millisecond) // the keeper writes the call within a second
+	if err := l.daemon.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	l.daemon = testenv.StartDaemon(t, l.topo.SBC, kept)
+	st, ok := l.daemon.WaitStatus(5*time.Second, func(s testenv.Status) bool { return s.Calls == 1 })
+	if !ok {
+		t.Fatalf("restarted daemon: %+v, want the call restored\n%s", st, l.daemon.Log())
+	}
+	<-done // both SIPp parties finished: the BYE went through the new daemon
+
+	l.assertIdle(t, testenv.Status{Goroutines: st.Goroutines})
+	for _, name := range []string{"media_dnat4", "media_snat4"} {
+		if n := nftCount(t, l.topo.SBC, "map", name); n != 0 {
+			t.Errorf("after the call, map %s holds %d elements", name, n)
+		}
+	}
+	carrierPkts, pbxPkts := l.stopCaptures(t)
+	// Every packet the caller played reached the callee and every echo
+	// came back, although the daemon was dead for part of the call.
+	for _, side := range []struct {
+		name      string
+		pkts      []testenv.Packet
+		sbc, peer netip.Addr
+	}{
+		{"pbx", pbxPkts, l.sbcPrivate.Addr(), l.pbx.addr},
+		{"carrier", carrierPkts, l.sbcPublic.Addr(), l.carrier.addr},
+	} {
+		r := checkRTP(side.pkts, side.sbc, side.peer, l.media, sipPort)
+		if r.ToPeer < rtpPackets || r.FromPeer < rtpPackets {
+			t.Errorf("%s link: %d RTP packets to the %s, %d from it; want all %d each way",
+				side.name, r.ToPeer, side.name, r.FromPeer, rtpPackets)
+		}
+	}
+	if log := l.daemon.Log(); !strings.Contains(log, "call restored") || !strings.Contains(log, `reason="caller bye"`) {
+		t.Errorf("restarted daemon did not restore the call and log its end:\n%s", log)
 	}
 }

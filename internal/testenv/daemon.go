@@ -353,3 +353,23 @@ func (w *daemonLog) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// Kill ends the daemon with SIGKILL, as a crash would, and waits for it to
+// be gone. Its cleanup then has nothing left to stop.
+func (d *Daemon) Kill() error {
+	d.mu.Lock()
+	if d.stopped {
+		d.mu.Unlock()
+		<-d.done
+		return nil
+	}
+	d.stopped = true
+	d.mu.Unlock()
+	err := d.cmd.Process.Kill()
+	<-d.done
+	d.cancel()
+	if err != nil {
+		return fmt.Errorf("send SIGKILL: %w", err)
+	}
+	return nil
+}
