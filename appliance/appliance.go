@@ -210,7 +210,20 @@ func startOffload(cfg *config.Config, log hclog.Logger) (*firewall.Media, error)
 		Addrs:   addrs,
 		PortMin: cfg.Media.PortMin,
 		PortMax: cfg.Media.PortMax,
+		Closed:  pinholeAddrs(cfg),
 	}, log.Named("firewall"))
+}
+
+// pinholeAddrs are the addresses of the zones whose media ports only
+// pinholes open (media.pinhole_zones).
+func pinholeAddrs(cfg *config.Config) []netip.Addr {
+	var out []netip.Addr
+	for _, name := range cfg.Media.PinholeZones {
+		if z, ok := cfg.Zone(name); ok {
+			out = append(out, z.Address)
+		}
+	}
+	return out
 }
 
 // SBCConfig maps the file's values onto the signaling core's own Config.

@@ -156,6 +156,11 @@ type Media struct {
 	// KernelOffload hands latched streams to the kernel (nftables NAT)
 	// where the daemon may program it. Default true.
 	KernelOffload bool
+	// PinholeZones name the zones whose media ports the kernel closes to
+	// everyone but the remote each call announced (media pinholes; with
+	// KernelOffload only). Default: every zone that has a trunk, the
+	// public side.
+	PinholeZones []string
 }
 
 // SIP configures SIP signalling limits and identity.

@@ -65,6 +65,7 @@ type rawMedia struct {
 	Timeout    *hcl.Attribute `hcl:"timeout,optional"`
 	Quarantine *hcl.Attribute `hcl:"quarantine,optional"`
 	Offload    *hcl.Attribute `hcl:"kernel_offload,optional"`
+	Pinholes   *hcl.Attribute `hcl:"pinhole_zones,optional"`
 }
 
 type rawSIP struct {
