@@ -1,6 +1,9 @@
 package firewall
 
-import "net/netip"
+import (
+	"net/netip"
+	"time"
+)
 
 // TableName is the one nftables table edgesbc owns (family inet).
 const TableName = "edgesbc"
@@ -30,4 +33,8 @@ type MediaConfig struct {
 	// media.Pinholer). Pinholes for other addresses are not kept. Both
 	// families work, whether or not the family is offloaded.
 	Closed []netip.Addr
+	// CheckEvery is how often the owner goroutine, when idle, looks for
+	// its objects and rebuilds them if they were removed from outside
+	// (default 10s). Any change or counter read also finds out.
+	CheckEvery time.Duration
 }

@@ -970,3 +970,59 @@ func TestIntegrationMediaPinholes(t *testing.T) {
 	relay.Close(id, "test")
 	waitFor(t, "the pinholes to close", 2*time.Second, func() bool { return nftElements(t, l.sbc, "set", "media_pin4") == 0 })
 }
+
+// TestIntegrationMediaRebuildIdle removes the ruleset while only pinholes
+// are in the kernel and nothing else happens: the owner goroutine's idle
+// check puts them back. Then the table alone is recreated (as the guard
+// does after a flush) without the media objects: the next change (or
+// check) still finds them missing, and the change succeeds.
+func TestIntegrationMediaRebuildIdle(t *testing.T) {
+	l := newLab(t)
+	m, err := firewall.NewMedia(firewall.MediaConfig{
+		Addrs: []netip.Addr{l.sbcLeft, l.sbcRight}, PortMin: 30000, PortMax: 30099, NetNS: int(l.nsFd),
+		Closed: []netip.Addr{l.sbcRight}, CheckEvery: 200 * time.Millisecond,
+	}, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Close(false) })
+	pinned := make(chan struct{})
+	m.OpenPinhole(netip.AddrPortFrom(l.sbcRight, 30002), l.rightIP, func() { close(pinned) })
+	<-pinned
+	nft := func(args ...string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if out, err := l.sbc.Command(ctx, "nft", args...).CombinedOutput(); err != nil {
+			t.Fatalf("nft %v: %v: %s", args, err, out)
+		}
+	}
+	nft("flush", "ruleset")
+	waitFor(t, "the idle check to rebuild the pinholes", 5*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if l.sbc.Command(ctx, "nft", "list", "set", "inet", firewall.TableName, "media_pin4").Run() != nil {
+			return false
+		}
+		return nftElements(t, l.sbc, "set", "media_pin4") == 1
+	})
+	if n := nftElements(t, l.sbc, "set", "media_closed4"); n != 1 {
+		t.Errorf("media_closed4 holds %d addresses after the rebuild, want 1", n)
+	}
+
+	nft("flush", "ruleset")
+	nft("add", "table", "inet", firewall.TableName)
+	done := make(chan error, 1)
+	m.Offload(media.Flow{
+		Src: netip.AddrPortFrom(l.leftIP, 4000), Local: netip.AddrPortFrom(l.sbcLeft, 30000),
+		Out: netip.AddrPortFrom(l.sbcRight, 30002), Dst: netip.AddrPortFrom(l.rightIP, 5000),
+	}, func(err error) { done <- err })
+	if err := <-done; err != nil {
+		t.Fatalf("offload with the table there but the media objects gone: %v", err)
+	}
+	if n := nftElements(t, l.sbc, "map", "media_dnat4"); n != 2 {
+		t.Errorf("media_dnat4 holds %d elements, want 2", n)
+	}
+	if n := nftElements(t, l.sbc, "set", "media_pin4"); n != 1 {
+		t.Errorf("media_pin4 holds %d elements, want the pinhole", n)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -30,6 +31,9 @@ const netlinkBuffer = 16 << 20
 
 // DefaultBatch is MediaConfig.Batch's default.
 const DefaultBatch = 2000
+
+// DefaultCheckEvery is MediaConfig.CheckEvery's default.
+const DefaultCheckEvery = 10 * time.Second
 
 // Media is kernel media offload: a media.Offloader backed by the edgesbc
 // nftables table and conntrack.
@@ -125,6 +129,9 @@ func Forwarding(v6 bool) error {
 func NewMedia(cfg MediaConfig, log hclog.Logger) (*Media, error) {
 	if cfg.Batch <= 0 {
 		cfg.Batch = DefaultBatch
+	}
+	if cfg.CheckEvery <= 0 {
+		cfg.CheckEvery = DefaultCheckEvery
 	}
 	if cfg.PortMin < 1 || cfg.PortMax > 65535 || cfg.PortMin > cfg.PortMax {
 		return nil, fmt.Errorf("media offload: port range [%d, %d] is invalid", cfg.PortMin, cfg.PortMax)
@@ -270,6 +277,31 @@ func (m *Media) tableExists() bool {
 	return err == nil
 }
 
+// present reports whether the media objects are in the table: the table
+// alone says little, as the guard recreates it after a flush too.
+func (m *Media) present() bool {
+	if _, err := m.conn.ListChain(m.obj.table, chainPin); err != nil {
+		return false
+	}
+	for _, s := range []*nftables.Set{m.obj.v4.dnat, m.obj.v4.pin} {
+		if _, err := m.conn.GetSetByName(m.obj.table, s.Name); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// ensure rebuilds the media objects when they were removed from outside;
+// the owner goroutine calls it when idle for MediaConfig.CheckEvery.
+func (m *Media) ensure() {
+	if m.present() {
+		return
+	}
+	if err := m.rebuild(); err != nil {
+		m.log.Error("media objects were removed from the table and cannot be rebuilt", "error", err)
+	}
+}
+
 // rebuild recreates the table and everything in it, with every installed
 // flow, after someone removed it (a host firewall reload that flushes the
 // whole ruleset, say). Offloaded calls lose nothing: their conntrack
@@ -280,6 +312,11 @@ func (m *Media) rebuild() error {
 	if err := m.conn.Flush(); err != nil {
 		return fmt.Errorf("media offload: recreate table inet %s: %w", TableName, err)
 	}
+	// Whatever is left of ours (only part may have gone) goes first, so
+	// create starts from nothing.
+	if _, err := m.removeStale(); err != nil {
+		return err
+	}
 	flows := make([]media.Flow, 0, len(m.installed))
 	for f := range m.installed {
 		flows = append(flows, f)
@@ -287,7 +324,7 @@ func (m *Media) rebuild() error {
 	if err := m.create(flows); err != nil {
 		return err
 	}
-	m.log.Warn("table inet edgesbc was removed from outside: rebuilt it", "flows", len(flows), "pinholes", len(m.pins))
+	m.log.Warn("media objects were removed from outside: rebuilt them", "table", "inet "+TableName, "flows", len(flows), "pinholes", len(m.pins))
 	return nil
 }
 
@@ -607,7 +644,15 @@ func (m *Media) Close(keep bool) error {
 // run is the owner goroutine: it applies queued work in order, in batches.
 func (m *Media) run() {
 	defer close(m.stopped)
-	for range m.wake {
+	check := time.NewTicker(m.cfg.CheckEvery)
+	defer check.Stop()
+	for {
+		select {
+		case <-m.wake:
+		case <-check.C:
+			m.ensure()
+			continue
+		}
 		m.mu.Lock()
 		work, closed := m.pending, m.closed
 		m.pending = nil
@@ -645,7 +690,7 @@ func (m *Media) apply(batch []op) {
 	switch batch[0].kind {
 	case opCounters:
 		c, err := m.readCounters()
-		if err != nil && !m.tableExists() {
+		if err != nil && !m.present() {
 			if err = m.rebuild(); err == nil {
 				c, err = m.readCounters()
 			}
@@ -704,7 +749,7 @@ func (m *Media) apply(batch []op) {
 	}
 	queue()
 	err := m.conn.Flush()
-	if err != nil && !m.tableExists() {
+	if err != nil && !m.present() {
 		// Removed from outside: rebuilt with what is installed, then the
 		// batch again.
 		if err = m.rebuild(); err == nil {
