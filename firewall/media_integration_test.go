@@ -690,8 +690,9 @@ func TestIntegrationMediaOffload6(t *testing.T) {
 	}
 	t.Cleanup(func() { h.Close() })
 	const lo, hi = 30000, 30099
+	// The right side is closed: its RTP passes through pinholes.
 	fw, err := firewall.NewMedia(firewall.MediaConfig{Addrs: []netip.Addr{sbcLeft, sbcRight}, PortMin: lo, PortMax: hi,
-		NetNS: int(h)}, testLog(t))
+		NetNS: int(h), Closed: []netip.Addr{sbcRight}}, testLog(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -732,6 +733,17 @@ func TestIntegrationMediaOffload6(t *testing.T) {
 		t.Fatal(err)
 	}
 	relayA, relayB := anchor(t, toLeft), anchor(t, toRight)
+	if got := nftElements(t, sbc, "set", "media_pin6"); got != 2 {
+		t.Errorf("media_pin6 holds %d pinholes, want the right side's RTP and RTCP", got)
+	}
+	// A stranger on the right is dropped by the kernel: the relay never
+	// sees it.
+	strangerIP := netip.MustParseAddr("fd00:93:2::3")
+	addAddr(t, right, "eth-s", netip.PrefixFrom(strangerIP, 64))
+	strangerC := listen6(right, netip.AddrPortFrom(strangerIP, 6000))
+	if err := sender(strangerC, relayB, 0, 20, time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
 
 	const n = 1000
 	atRight, atLeft := receive(rightC), receive(leftC)
@@ -754,6 +766,12 @@ func TestIntegrationMediaOffload6(t *testing.T) {
 		st, _ := relay.Stats(id)
 		return st.Streams[0].Sides[media.A].RTP.Offloaded > n/2
 	})
+	if st, _ := relay.Stats(id); st.Streams[0].Sides[media.B].RTP.DroppedStranger != 0 {
+		t.Errorf("the relay saw %d packets of the IPv6 stranger, want none", st.Streams[0].Sides[media.B].RTP.DroppedStranger)
+	}
+	if got := pinDrops(t, sbc); got != 20 {
+		t.Errorf("media_pin dropped %d IPv6 packets, want the stranger's 20", got)
+	}
 	relay.Close(id, "test")
 	if got := nftElements(t, sbc, "map", "media_dnat6"); got != 0 {
 		t.Errorf("media_dnat6 holds %d elements after the call", got)
@@ -1025,4 +1043,32 @@ func TestIntegrationMediaRebuildIdle(t *testing.T) {
 	if n := nftElements(t, l.sbc, "set", "media_pin4"); n != 1 {
 		t.Errorf("media_pin4 holds %d elements, want the pinhole", n)
 	}
+}
+
+// TestIntegrationMediaPinholesMany opens and closes 4,000 pinholes (2,000
+// calls' worth of RTP and RTCP on the closed side) and measures how long
+// the kernel takes to have them.
+func TestIntegrationMediaPinholesMany(t *testing.T) {
+	l := newLab(t)
+	fw := l.offload(t, 20000, 29999)
+	const n = 4000
+	var wg sync.WaitGroup
+	start := time.Now()
+	wg.Add(n)
+	for i := range n {
+		remote := netip.AddrFrom4([4]byte{10, 93, 2, byte(2 + i%200)})
+		fw.OpenPinhole(netip.AddrPortFrom(l.sbcRight, uint16(20000+i)), remote, wg.Done)
+	}
+	wg.Wait()
+	opened := time.Since(start)
+	if got := nftElements(t, l.sbc, "set", "media_pin4"); got != n {
+		t.Fatalf("media_pin4 holds %d pinholes, want %d", got, n)
+	}
+	start = time.Now()
+	for i := range n {
+		remote := netip.AddrFrom4([4]byte{10, 93, 2, byte(2 + i%200)})
+		fw.ClosePinhole(netip.AddrPortFrom(l.sbcRight, uint16(20000+i)), remote)
+	}
+	waitFor(t, "every pinhole to close", 10*time.Second, func() bool { return nftElements(t, l.sbc, "set", "media_pin4") == 0 })
+	t.Logf("opened %d pinholes in %v, closed them in %v (including the polling of nft)", n, opened, time.Since(start))
 }
