@@ -204,7 +204,7 @@ func TestPinholesSurviveDetach(t *testing.T) {
 // applied, and no later than pinWait when the Pinholer is slow.
 func TestPinholesAwaited(t *testing.T) {
 	fake := newPinFake()
-	fake.delay = 30 * time.Millisecond
+	fake.delay = 60 * time.Millisecond
 	r := newTestRelay(t, ioDefault, func(c *Config) { c.Offloader = fake })
 	openCall(t, r, "call-wait")
 	a := newPhone(t, phoneAIP, true)
