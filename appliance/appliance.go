@@ -206,6 +206,9 @@ func startOffload(cfg *config.Config, log hclog.Logger) (*firewall.Media, error)
 	if len(off) > 0 {
 		log.Warn("kernel media offload off for one address family: its media stays in userspace", "reason", strings.Join(off, "; "))
 	}
+	if len(cfg.Media.PinholeZones) > 0 {
+		log.Info("media ports closed in the kernel but for each call's pinholes", "zones", strings.Join(cfg.Media.PinholeZones, ","))
+	}
 	return firewall.NewMedia(firewall.MediaConfig{
 		Addrs:   addrs,
 		PortMin: cfg.Media.PortMin,
