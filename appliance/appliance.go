@@ -241,12 +241,28 @@ func startOffload(cfg *config.Config, log hclog.Logger) (*firewall.Media, error)
 	if len(off) > 0 {
 		log.Warn("kernel media offload off for one address family: its media stays in userspace", "reason", strings.Join(off, "; "))
 	}
+	if len(cfg.Media.PinholeZones) > 0 {
+		log.Info("media ports closed in the kernel but for each call's pinholes", "zones", strings.Join(cfg.Media.PinholeZones, ","))
+	}
 	return firewall.NewMedia(firewall.MediaConfig{
 		Addrs:   addrs,
 		PortMin: cfg.Media.PortMin,
 		PortMax: cfg.Media.PortMax,
 		Keep:    cfg.Media.KeepOnRestart,
+		Closed:  pinholeAddrs(cfg),
 	}, log.Named("firewall"))
+}
+
+// pinholeAddrs are the addresses of the zones whose media ports only
+// pinholes open (media.pinhole_zones).
+func pinholeAddrs(cfg *config.Config) []netip.Addr {
+	var out []netip.Addr
+	for _, name := range cfg.Media.PinholeZones {
+		if z, ok := cfg.Zone(name); ok {
+			out = append(out, z.Address)
+		}
+	}
+	return out
 }
 
 // SBCConfig maps the file's values onto the signaling core's own Config.

@@ -62,6 +62,9 @@ trunk "carrier" {
 media {
   port_range = "20000-29999" # default
   timeout    = "60s"         # no RTP either way for this long ends the call
+  # Media ports closed in the kernel but to the IP each call announced
+  # (default: the zones with trunks).
+  pinhole_zones = ["public"]
 }
 
 # SIP signalling: the product string in User-Agent and Server headers.

@@ -1,6 +1,9 @@
 package firewall
 
-import "net/netip"
+import (
+	"net/netip"
+	"time"
+)
 
 // TableName is the one nftables table edgesbc owns (family inet).
 const TableName = "edgesbc"
@@ -23,4 +26,15 @@ type MediaConfig struct {
 	// Batch caps the flows applied in one netlink transaction (default
 	// 2,000: 12,000 elements).
 	Batch int
+	// Closed are relay addresses (of the public side, typically) whose
+	// media port range is closed but for pinholes: a UDP datagram to one
+	// of them in [PortMin, PortMax] is dropped in the kernel unless the
+	// relay expects its source IP on the port it is sent to (see
+	// media.Pinholer). Pinholes for other addresses are not kept. Both
+	// families work, whether or not the family is offloaded.
+	Closed []netip.Addr
+	// CheckEvery is how often the owner goroutine, when idle, looks for
+	// its objects and rebuilds them if they were removed from outside
+	// (default 10s). Any change or counter read also finds out.
+	CheckEvery time.Duration
 }

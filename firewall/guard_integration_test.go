@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/edgesbc/edgesbc/internal/testenv"
 )
@@ -204,7 +205,7 @@ func TestIntegrationGuardKernel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nsf.Close()
-	g, err := newGuard(nil, nftables.WithNetNSFd(int(nsf.Fd())))
+	g, err := newGuard(nil, guardCheckEvery, nftables.WithNetNSFd(int(nsf.Fd())))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,4 +314,171 @@ func TestIntegrationGuardKernel(t *testing.T) {
 	if !strings.Contains(after, "media_flows") {
 		t.Errorf("Close removed another subsystem's set:\n%s", after)
 	}
+}
+
+// banTimeLeft returns the seconds left of the ban of addr in set, read
+// back with nft -j, and false when addr is not there.
+func (l *fwLab) banTimeLeft(set, addr string) (int, bool) {
+	l.t.Helper()
+	if _, err := l.nft("list", "set", "inet", TableName, set); err != nil {
+		return 0, false // not there (yet)
+	}
+	for _, e := range l.setElements(set) {
+		if !strings.Contains(e, `"`+addr+`"`) {
+			continue
+		}
+		var el struct {
+			Elem struct {
+				Timeout int `json:"timeout"`
+				Expires int `json:"expires"`
+			} `json:"elem"`
+		}
+		if err := json.Unmarshal([]byte(e), &el); err != nil {
+			l.t.Fatalf("parse element %s: %v", e, err)
+		}
+		return el.Elem.Expires, true
+	}
+	return 0, false
+}
+
+func (l *fwLab) flushRuleset() {
+	l.t.Helper()
+	if out, err := l.nft("flush", "ruleset"); err != nil {
+		l.t.Fatalf("nft flush ruleset: %v %s", err, out)
+	}
+	if out, err := l.nft("list", "tables"); err != nil || strings.Contains(out, TableName) {
+		l.t.Fatalf("table still there after the flush: %v %s", err, out)
+	}
+}
+
+// TestIntegrationGuardRebuild removes the whole ruleset under a running
+// guard, as a host firewall reload does: the guard puts its chain, allow
+// list, meters and bans back by itself within its check interval, each ban
+// with its remaining time, and the banned source is dropped again. A
+// second removal is repaired by the next operation, before it runs.
+func TestIntegrationGuardRebuild(t *testing.T) {
+	testenv.Integration(t)
+	testenv.RequireTool(t, "nft")
+	l := &fwLab{t: t, fw: testenv.NewNetns(t, "esbc-fwrb"), src: testenv.NewNetns(t, "esbc-fwrbs")}
+	testenv.Link(t, l.fw, "eth-src", netip.MustParsePrefix("192.0.2.1/24"), l.src, "eth-fw", netip.MustParsePrefix("192.0.2.2/24"))
+	for _, a := range []string{"192.0.2.3/24", "192.0.2.4/24"} {
+		if b, err := exec.Command("ip", "-n", l.src.Name, "addr", "add", a, "dev", "eth-fw").CombinedOutput(); err != nil {
+			t.Fatalf("ip addr add %s: %v %s", a, err, b)
+		}
+	}
+	nsf, err := os.Open("/run/netns/" + l.fw.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nsf.Close()
+	const every = 300 * time.Millisecond
+	g, err := newGuard(guardLog(t), every, nftables.WithNetNSFd(int(nsf.Fd())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = g.Close() })
+	cfg := GuardConfig{
+		Allow:      []netip.Prefix{netip.MustParsePrefix("192.0.2.3/32")},
+		RateLimits: []RateLimit{{Name: "sip-public", Dest: netip.MustParseAddrPort("192.0.2.1:5060"), Rate: 10, Per: time.Second, Burst: 5}},
+	}
+	if err := g.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Ban(netip.MustParseAddr("192.0.2.2"), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Ban(netip.MustParseAddr("2001:db8::9"), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	// A ban that ends before the removal is not brought back.
+	if err := g.Ban(netip.MustParseAddr("192.0.2.4"), time.Second); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+
+	l.flushRuleset()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, ok := l.banTimeLeft(ban4Set, "192.0.2.2"); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			out, _ := l.nft("list", "ruleset")
+			t.Logf("ruleset now: %s", out)
+			t.Fatalf("the guard did not rebuild its objects within 5s (check every %v)", every)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	left, _ := l.banTimeLeft(ban4Set, "192.0.2.2")
+	if left > 3600 || left < 3500 {
+		t.Errorf("rebuilt ban of 192.0.2.2 expires in %ds, want its remaining time (just under 3600s)", left)
+	}
+	if _, ok := l.banTimeLeft(ban6Set, "2001:db8::9"); !ok {
+		t.Errorf("IPv6 ban not rebuilt: %v", l.setElements(ban6Set))
+	}
+	if _, ok := l.banTimeLeft(ban4Set, "192.0.2.4"); ok {
+		t.Errorf("a ban that had ended was brought back: %v", l.setElements(ban4Set))
+	}
+	ruleset := l.nftJSON("list", "table", "inet", TableName)
+	for _, want := range []string{`"name": "guard_prerouting"`, `"name": "allow4"`, `"name": "rl_sip_public"`, `"rate": 10`} {
+		if !strings.Contains(ruleset, want) {
+			t.Errorf("rebuilt table lacks %s:\n%s", want, ruleset)
+		}
+	}
+	got := l.deliver("192.0.2.1:5070", 10, 100*time.Millisecond, "192.0.2.2", "192.0.2.3")
+	if got["192.0.2.2"] != 0 || got["192.0.2.3"] != 10 {
+		t.Fatalf("after the rebuild: received %v, want none from the banned source and all 10 from the allowed one", got)
+	}
+
+	// Again, but the next operation comes before the check: it repairs
+	// first, then bans.
+	g2, err := newGuard(guardLog(t), time.Hour, nftables.WithNetNSFd(int(nsf.Fd())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = g.Close()
+	if err := g2.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = g2.Close() })
+	if err := g2.Ban(netip.MustParseAddr("192.0.2.2"), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	l.flushRuleset()
+	if err := g2.Ban(netip.MustParseAddr("192.0.2.4"), time.Hour); err != nil {
+		t.Fatalf("ban after the ruleset was flushed: %v", err)
+	}
+	for _, a := range []string{"192.0.2.2", "192.0.2.4"} {
+		if _, ok := l.banTimeLeft(ban4Set, a); !ok {
+			t.Errorf("after the next ban, %s is not in ban4: %v", a, l.setElements(ban4Set))
+		}
+	}
+	// An unban after a removal repairs too, and the ban it lifts stays
+	// lifted.
+	l.flushRuleset()
+	if err := g2.Unban(netip.MustParseAddr("192.0.2.4")); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l.banTimeLeft(ban4Set, "192.0.2.2"); !ok {
+		t.Errorf("after an unban, the other ban is missing: %v", l.setElements(ban4Set))
+	}
+	if _, ok := l.banTimeLeft(ban4Set, "192.0.2.4"); ok {
+		t.Errorf("the lifted ban is back: %v", l.setElements(ban4Set))
+	}
+	// Close on a flushed ruleset is quiet.
+	l.flushRuleset()
+	if err := g2.Close(); err != nil {
+		t.Errorf("Close after the table was removed: %v", err)
+	}
+}
+
+func guardLog(t *testing.T) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{Name: t.Name(), Level: hclog.Info, Output: logWriter{t}})
+}
+
+type logWriter struct{ t *testing.T }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }

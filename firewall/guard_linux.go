@@ -23,12 +23,28 @@ import (
 // One goroutine owns the netlink connection; every method hands it an
 // operation and waits for the result. Bans that arrive together go to the
 // kernel in one batch.
+//
+// The owner goroutine also remembers what it put into the kernel: the last
+// configuration applied and every ban with its end. When the table, or the
+// guard's chain or ban sets in it, are removed from outside (a host's
+// `nft flush ruleset` on a firewall reload), it puts everything back, bans
+// with their remaining time: before its next operation, and at the latest
+// after checkEvery.
 type Guard struct {
 	log  hclog.Logger
 	ops  chan guardOp
 	done chan struct{}
 	once sync.Once
+
+	// Owned by run.
+	every time.Duration
+	cfg   *GuardConfig             // last applied; nil before the first Apply
+	bans  map[netip.Addr]time.Time // ban ends, as sent to the kernel
 }
+
+// guardCheckEvery is how often the guard looks for its objects when it has
+// nothing else to do.
+const guardCheckEvery = 10 * time.Second
 
 type guardOp struct {
 	apply *GuardConfig
@@ -47,10 +63,10 @@ const maxBatch = 256
 // (ErrUnsupported wrapped with the reason for a missing CAP_NET_ADMIN or
 // nf_tables).
 func NewGuard(log hclog.Logger) (*Guard, error) {
-	return newGuard(log)
+	return newGuard(log, guardCheckEvery)
 }
 
-func newGuard(log hclog.Logger, opts ...nftables.ConnOption) (*Guard, error) {
+func newGuard(log hclog.Logger, every time.Duration, opts ...nftables.ConnOption) (*Guard, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
@@ -68,7 +84,8 @@ func newGuard(log hclog.Logger, opts ...nftables.ConnOption) (*Guard, error) {
 		}
 		return nil, fmt.Errorf("%w: create table inet %s: %v", ErrUnsupported, TableName, err)
 	}
-	g := &Guard{log: log, ops: make(chan guardOp, maxBatch), done: make(chan struct{})}
+	g := &Guard{log: log, ops: make(chan guardOp, maxBatch), done: make(chan struct{}),
+		every: every, bans: make(map[netip.Addr]time.Time)}
 	go g.run(conn)
 	return g, nil
 }
@@ -126,23 +143,44 @@ func (g *Guard) do(op guardOp) error {
 func (g *Guard) run(conn *nftables.Conn) {
 	defer close(g.done)
 	defer conn.CloseLasting()
+	check := time.NewTicker(g.every)
+	defer check.Stop()
 	var pending *guardOp
 	for {
 		var op guardOp
 		if pending != nil {
 			op, pending = *pending, nil
 		} else {
-			op = <-g.ops
+			select {
+			case op = <-g.ops:
+			case <-check.C:
+				g.ensure(conn)
+				continue
+			}
 		}
 		switch {
 		case op.close:
 			op.reply <- g.remove(conn)
 			return
 		case op.apply != nil:
-			op.reply <- g.apply(conn, *op.apply)
+			lost := g.cfg != nil && !g.present(conn)
+			err := g.apply(conn, *op.apply)
+			if err == nil {
+				g.cfg = op.apply
+				if lost {
+					err = g.restoreBans(conn)
+				}
+			}
+			op.reply <- err
 		case op.unban:
-			op.reply <- g.unban(conn, *op.ban)
+			g.ensure(conn)
+			err := g.unban(conn, *op.ban)
+			if err == nil {
+				delete(g.bans, op.ban.Unmap())
+			}
+			op.reply <- err
 		default:
+			g.ensure(conn)
 			batch := []guardOp{op}
 		drain:
 			for len(batch) < maxBatch {
@@ -157,12 +195,72 @@ func (g *Guard) run(conn *nftables.Conn) {
 					break drain
 				}
 			}
-			err := g.bans(conn, batch)
+			err := g.addBans(conn, batch)
+			if err == nil {
+				now := time.Now()
+				for _, b := range batch {
+					g.bans[b.ban.Unmap()] = now.Add(banTimeout(b.d))
+				}
+			}
 			for _, b := range batch {
 				b.reply <- err
 			}
 		}
 	}
+}
+
+// present reports whether the guard's chain and ban sets are in the
+// kernel. A failed lookup counts as absent.
+func (g *Guard) present(conn *nftables.Conn) bool {
+	t := edgesbcTable()
+	if _, err := conn.ListChain(t, guardChain); err != nil {
+		return false
+	}
+	for _, name := range []string{ban4Set, ban6Set} {
+		if _, err := conn.GetSetByName(t, name); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// ensure rebuilds the guard's objects, with the last configuration and the
+// bans still running, when they were removed from outside. Before the
+// first Apply there is nothing to rebuild.
+func (g *Guard) ensure(conn *nftables.Conn) {
+	now := time.Now()
+	for a, end := range g.bans {
+		if !end.After(now) {
+			delete(g.bans, a) // the kernel has dropped it too
+		}
+	}
+	if g.cfg == nil || g.present(conn) {
+		return
+	}
+	err := g.apply(conn, *g.cfg)
+	if err == nil {
+		err = g.restoreBans(conn)
+	}
+	if err != nil {
+		g.log.Error("guard objects were removed from the table and cannot be rebuilt: bans hold in userspace only", "table", "inet "+TableName, "error", err)
+		return
+	}
+	g.log.Warn("guard objects were removed from outside: rebuilt them", "table", "inet "+TableName, "bans", len(g.bans))
+}
+
+// restoreBans adds every ban still running with its remaining time.
+func (g *Guard) restoreBans(conn *nftables.Conn) error {
+	now := time.Now()
+	var ops []guardOp
+	for a, end := range g.bans {
+		if left := end.Sub(now); left > 0 {
+			ops = append(ops, guardOp{ban: &a, d: left})
+		}
+	}
+	if len(ops) == 0 {
+		return nil
+	}
+	return g.addBans(conn, ops)
 }
 
 // apply sends the whole guard ruleset in one batch: the chain is flushed
@@ -211,25 +309,31 @@ func (g *Guard) apply(conn *nftables.Conn, cfg GuardConfig) error {
 	return nil
 }
 
-// bans adds a batch of ban elements in one Flush.
-func (g *Guard) bans(conn *nftables.Conn, ops []guardOp) error {
+// addBans adds a batch of ban elements in one Flush.
+func (g *Guard) addBans(conn *nftables.Conn, ops []guardOp) error {
 	t := edgesbcTable()
 	bySet := map[string][]nftables.SetElement{}
 	for _, op := range ops {
 		set, el := banElement(*op.ban, op.d)
 		bySet[set] = append(bySet[set], el)
 	}
+	sets := map[string]*nftables.Set{}
 	for name, els := range bySet {
 		s := &nftables.Set{Table: t, Name: name, KeyType: nftables.TypeIPAddr, HasTimeout: true}
 		if name == ban6Set {
 			s.KeyType = nftables.TypeIP6Addr
 		}
+		sets[name] = s
 		// delete first so a renewed ban gets its new timeout: adding an
 		// element that exists keeps the old one
 		for _, el := range els {
 			g.deleteElement(conn, s, el)
 		}
-		if err := conn.SetAddElements(s, els); err != nil {
+	}
+	// Every delete is flushed by now, each on its own: the adds go in one
+	// batch that no failed delete can take down with it.
+	for name, els := range bySet {
+		if err := conn.SetAddElements(sets[name], els); err != nil {
 			return fmt.Errorf("ban %d addresses: %w", len(els), err)
 		}
 	}
@@ -266,6 +370,9 @@ func (g *Guard) unban(conn *nftables.Conn, a netip.Addr) error {
 // remove deletes the guard's chain, then its sets, in one batch.
 func (g *Guard) remove(conn *nftables.Conn) error {
 	t := edgesbcTable()
+	if _, err := conn.ListTableOfFamily(TableName, nftables.TableFamilyINet); err != nil {
+		return nil // removed from outside: nothing of ours is left
+	}
 	chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return fmt.Errorf("list chains of inet %s: %w", TableName, err)

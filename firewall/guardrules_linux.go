@@ -266,6 +266,10 @@ func banElement(a netip.Addr, d time.Duration) (string, nftables.SetElement) {
 	if a.Is6() {
 		set = ban6Set
 	}
-	d = min(max(d, time.Second), maxBanTimeout)
-	return set, nftables.SetElement{Key: a.AsSlice(), Timeout: d.Truncate(time.Millisecond)}
+	return set, nftables.SetElement{Key: a.AsSlice(), Timeout: banTimeout(d)}
+}
+
+// banTimeout is the element timeout written for a ban of d.
+func banTimeout(d time.Duration) time.Duration {
+	return min(max(d, time.Second), maxBanTimeout).Truncate(time.Millisecond)
 }

@@ -116,8 +116,11 @@ func listenIn(t *testing.T, ns *testenv.Netns, ap netip.AddrPort) *net.UDPConn {
 
 func (l *lab) offload(t *testing.T, lo, hi int) *firewall.Media {
 	t.Helper()
+	// The right side is the public one: its media ports are closed but
+	// for pinholes.
 	m, err := firewall.NewMedia(firewall.MediaConfig{
 		Addrs: []netip.Addr{l.sbcLeft, l.sbcRight}, PortMin: lo, PortMax: hi, NetNS: int(l.nsFd),
+		Closed: []netip.Addr{l.sbcRight},
 	}, testLog(t))
 	if err != nil {
 		t.Fatalf("NewMedia: %v", err)
@@ -687,8 +690,9 @@ func TestIntegrationMediaOffload6(t *testing.T) {
 	}
 	t.Cleanup(func() { h.Close() })
 	const lo, hi = 30000, 30099
+	// The right side is closed: its RTP passes through pinholes.
 	fw, err := firewall.NewMedia(firewall.MediaConfig{Addrs: []netip.Addr{sbcLeft, sbcRight}, PortMin: lo, PortMax: hi,
-		NetNS: int(h)}, testLog(t))
+		NetNS: int(h), Closed: []netip.Addr{sbcRight}}, testLog(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -729,6 +733,17 @@ func TestIntegrationMediaOffload6(t *testing.T) {
 		t.Fatal(err)
 	}
 	relayA, relayB := anchor(t, toLeft), anchor(t, toRight)
+	if got := nftElements(t, sbc, "set", "media_pin6"); got != 2 {
+		t.Errorf("media_pin6 holds %d pinholes, want the right side's RTP and RTCP", got)
+	}
+	// A stranger on the right is dropped by the kernel: the relay never
+	// sees it.
+	strangerIP := netip.MustParseAddr("fd00:93:2::3")
+	addAddr(t, right, "eth-s", netip.PrefixFrom(strangerIP, 64))
+	strangerC := listen6(right, netip.AddrPortFrom(strangerIP, 6000))
+	if err := sender(strangerC, relayB, 0, 20, time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
 
 	const n = 1000
 	atRight, atLeft := receive(rightC), receive(leftC)
@@ -751,6 +766,12 @@ func TestIntegrationMediaOffload6(t *testing.T) {
 		st, _ := relay.Stats(id)
 		return st.Streams[0].Sides[media.A].RTP.Offloaded > n/2
 	})
+	if st, _ := relay.Stats(id); st.Streams[0].Sides[media.B].RTP.DroppedStranger != 0 {
+		t.Errorf("the relay saw %d packets of the IPv6 stranger, want none", st.Streams[0].Sides[media.B].RTP.DroppedStranger)
+	}
+	if got := pinDrops(t, sbc); got != 20 {
+		t.Errorf("media_pin dropped %d IPv6 packets, want the stranger's 20", got)
+	}
 	relay.Close(id, "test")
 	if got := nftElements(t, sbc, "map", "media_dnat6"); got != 0 {
 		t.Errorf("media_dnat6 holds %d elements after the call", got)
@@ -772,6 +793,11 @@ func TestIntegrationMediaRebuild(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+	// A pinhole on the closed side, and one on the open side that is not
+	// kept at all.
+	fw.OpenPinhole(f.Out, f.Dst.Addr(), nil)
+	fw.OpenPinhole(f.Local, f.Src.Addr(), nil)
+	waitFor(t, "the pinhole", 2*time.Second, func() bool { return nftElements(t, l.sbc, "set", "media_pin4") == 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if out, err := l.sbc.Command(ctx, "nft", "flush", "ruleset").CombinedOutput(); err != nil {
@@ -787,6 +813,15 @@ func TestIntegrationMediaRebuild(t *testing.T) {
 	if n := nftElements(t, l.sbc, "map", "media_dnat4"); n != 2 {
 		t.Errorf("media_dnat4 holds %d elements after the rebuild, want 2", n)
 	}
+	if n := nftElements(t, l.sbc, "set", "media_pin4"); n != 1 {
+		t.Errorf("media_pin4 holds %d elements after the rebuild, want the pinhole", n)
+	}
+	if n := nftElements(t, l.sbc, "set", "media_closed4"); n != 1 {
+		t.Errorf("media_closed4 holds %d elements after the rebuild, want 1", n)
+	}
+	// Closing the pinhole after the rebuild works as before.
+	fw.ClosePinhole(f.Out, f.Dst.Addr())
+	waitFor(t, "the pinhole to close", 2*time.Second, func() bool { return nftElements(t, l.sbc, "set", "media_pin4") == 0 })
 }
 
 // TestIntegrationMediaRebuildOnOffload removes the table while nothing is
@@ -810,4 +845,230 @@ func TestIntegrationMediaRebuildOnOffload(t *testing.T) {
 	if n := nftElements(t, l.sbc, "map", "media_dnat4"); n != 2 {
 		t.Errorf("media_dnat4 holds %d elements, want 2", n)
 	}
+}
+
+// addAddr adds a second address to a namespace's interface.
+func addAddr(t *testing.T, ns *testenv.Netns, dev string, p netip.Prefix) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if out, err := ns.Command(ctx, "ip", "addr", "add", p.String(), "dev", dev).CombinedOutput(); err != nil {
+		t.Fatalf("ip addr add %v dev %s in %s: %v: %s", p, dev, ns, err, out)
+	}
+}
+
+// pinDrops reads the packets counted by the drop rules of chain media_pin.
+func pinDrops(t *testing.T, ns *testenv.Netns) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := ns.Command(ctx, "nft", "-j", "list", "chain", "inet", firewall.TableName, "media_pin").Output()
+	if err != nil {
+		t.Fatalf("nft list chain media_pin: %v", err)
+	}
+	var doc struct {
+		Nftables []struct {
+			Rule *struct {
+				Expr []struct {
+					Counter *struct {
+						Packets uint64 `json:"packets"`
+					} `json:"counter"`
+				} `json:"expr"`
+			} `json:"rule"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal(out, &doc); err != nil {
+		t.Fatalf("parse nft output: %v", err)
+	}
+	var n uint64
+	for _, o := range doc.Nftables {
+		if o.Rule == nil {
+			continue
+		}
+		for _, e := range o.Rule.Expr {
+			if e.Counter != nil {
+				n += e.Counter.Packets
+			}
+		}
+	}
+	return n
+}
+
+// TestIntegrationMediaPinholes runs a call through the real relay with the
+// right side closed: a stranger on the right reaches none of the relay's
+// ports there (the kernel drops its datagrams, the relay never sees them),
+// the announced party's RTP and RTCP pass, the left side stays open (the
+// relay sees and drops the left stranger itself), and the end of the call
+// closes the pinholes.
+func TestIntegrationMediaPinholes(t *testing.T) {
+	l := newLab(t)
+	const lo, hi = 30000, 30099
+	fw := l.offload(t, lo, hi)
+	relay, err := media.NewRelay(media.Config{PortMin: lo, PortMax: hi, Offloader: fw, Timeout: time.Minute,
+		Quarantine: time.Second}, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(relay.Shutdown)
+	strangerR, strangerL := netip.MustParseAddr("10.93.2.3"), netip.MustParseAddr("10.93.1.3")
+	addAddr(t, l.right, "eth-s", netip.PrefixFrom(strangerR, 24))
+	addAddr(t, l.left, "eth-s", netip.PrefixFrom(strangerL, 24))
+
+	leftC := listenIn(t, l.left, netip.AddrPortFrom(l.leftIP, 4000))
+	rightC := listenIn(t, l.right, netip.AddrPortFrom(l.rightIP, 5000))
+	rightRTCP := listenIn(t, l.right, netip.AddrPortFrom(l.rightIP, 5001))
+	strangerRC := listenIn(t, l.right, netip.AddrPortFrom(strangerR, 6000))
+	strangerLC := listenIn(t, l.left, netip.AddrPortFrom(strangerL, 6000))
+
+	const id = media.SessionID("call-pins")
+	relayA, relayB := l.openCall(t, relay, id)
+	relayBRTCP := netip.AddrPortFrom(relayB.Addr(), relayB.Port()+1)
+	// The right side's RTP and RTCP sockets got a pinhole each before
+	// Answer returned; the left side is not closed, so it gets none.
+	if n := nftElements(t, l.sbc, "set", "media_pin4"); n != 2 {
+		t.Fatalf("media_pin4 holds %d pinholes once the answer is anchored, want 2", n)
+	}
+	if n := nftElements(t, l.sbc, "set", "media_closed4"); n != 1 {
+		t.Errorf("media_closed4 holds %d addresses, want the right one", n)
+	}
+
+	// Strangers first, while nothing is latched: on the right to the
+	// call's RTP and RTCP ports and to a port no call uses, on the left
+	// to the call's RTP port.
+	const n = 50
+	unused := netip.AddrPortFrom(l.sbcRight, hi-1)
+	for _, dst := range []netip.AddrPort{relayB, relayBRTCP, unused} {
+		if err := sender(strangerRC, dst, 0, n, time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := sender(strangerLC, relayA, 0, n, time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the left stranger to reach the relay", 2*time.Second, func() bool {
+		st, _ := relay.Stats(id)
+		return st.Streams[0].Sides[media.A].RTP.DroppedStranger == n
+	})
+	if got := pinDrops(t, l.sbc); got != 3*n {
+		t.Errorf("media_pin dropped %d packets, want the right stranger's %d", got, 3*n)
+	}
+	st, _ := relay.Stats(id)
+	for what, f := range map[string]media.FlowStats{"rtp": st.Streams[0].Sides[media.B].RTP, "rtcp": st.Streams[0].Sides[media.B].RTCP} {
+		if f.Packets != 0 || f.DroppedStranger != 0 {
+			t.Errorf("right side %s: the relay saw %d packets (%d from strangers), want none: the kernel drops them", what, f.Packets, f.DroppedStranger)
+		}
+	}
+
+	// The announced parties pass both ways, RTP and RTCP.
+	atRight, atLeft := receive(rightC), receive(leftC)
+	errs := make(chan error, 2)
+	go func() { errs <- sender(leftC, relayA, 0, 200, 2*time.Millisecond) }()
+	go func() { errs <- sender(rightC, relayB, 0, 200, 2*time.Millisecond) }()
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := sender(rightRTCP, relayBRTCP, 0, 5, time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	atRight.check(t, "left to right", 0, 200)
+	atLeft.check(t, "right to left", 0, 200)
+	<-atRight.done
+	<-atLeft.done
+	st, _ = relay.Stats(id)
+	if f := st.Streams[0].Sides[media.B].RTCP; f.Forwarded != 5 {
+		t.Errorf("right side RTCP: %d of 5 forwarded", f.Forwarded)
+	}
+	if got := pinDrops(t, l.sbc); got != 3*n {
+		t.Errorf("media_pin dropped %d packets after the call's own media, want still %d", got, 3*n)
+	}
+
+	relay.Close(id, "test")
+	waitFor(t, "the pinholes to close", 2*time.Second, func() bool { return nftElements(t, l.sbc, "set", "media_pin4") == 0 })
+}
+
+// TestIntegrationMediaRebuildIdle removes the ruleset while only pinholes
+// are in the kernel and nothing else happens: the owner goroutine's idle
+// check puts them back. Then the table alone is recreated (as the guard
+// does after a flush) without the media objects: the next change (or
+// check) still finds them missing, and the change succeeds.
+func TestIntegrationMediaRebuildIdle(t *testing.T) {
+	l := newLab(t)
+	m, err := firewall.NewMedia(firewall.MediaConfig{
+		Addrs: []netip.Addr{l.sbcLeft, l.sbcRight}, PortMin: 30000, PortMax: 30099, NetNS: int(l.nsFd),
+		Closed: []netip.Addr{l.sbcRight}, CheckEvery: 200 * time.Millisecond,
+	}, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Close(false) })
+	pinned := make(chan struct{})
+	m.OpenPinhole(netip.AddrPortFrom(l.sbcRight, 30002), l.rightIP, func() { close(pinned) })
+	<-pinned
+	nft := func(args ...string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if out, err := l.sbc.Command(ctx, "nft", args...).CombinedOutput(); err != nil {
+			t.Fatalf("nft %v: %v: %s", args, err, out)
+		}
+	}
+	nft("flush", "ruleset")
+	waitFor(t, "the idle check to rebuild the pinholes", 5*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if l.sbc.Command(ctx, "nft", "list", "set", "inet", firewall.TableName, "media_pin4").Run() != nil {
+			return false
+		}
+		return nftElements(t, l.sbc, "set", "media_pin4") == 1
+	})
+	if n := nftElements(t, l.sbc, "set", "media_closed4"); n != 1 {
+		t.Errorf("media_closed4 holds %d addresses after the rebuild, want 1", n)
+	}
+
+	nft("flush", "ruleset")
+	nft("add", "table", "inet", firewall.TableName)
+	done := make(chan error, 1)
+	m.Offload(media.Flow{
+		Src: netip.AddrPortFrom(l.leftIP, 4000), Local: netip.AddrPortFrom(l.sbcLeft, 30000),
+		Out: netip.AddrPortFrom(l.sbcRight, 30002), Dst: netip.AddrPortFrom(l.rightIP, 5000),
+	}, func(err error) { done <- err })
+	if err := <-done; err != nil {
+		t.Fatalf("offload with the table there but the media objects gone: %v", err)
+	}
+	if n := nftElements(t, l.sbc, "map", "media_dnat4"); n != 2 {
+		t.Errorf("media_dnat4 holds %d elements, want 2", n)
+	}
+	if n := nftElements(t, l.sbc, "set", "media_pin4"); n != 1 {
+		t.Errorf("media_pin4 holds %d elements, want the pinhole", n)
+	}
+}
+
+// TestIntegrationMediaPinholesMany opens and closes 4,000 pinholes (2,000
+// calls' worth of RTP and RTCP on the closed side) and measures how long
+// the kernel takes to have them.
+func TestIntegrationMediaPinholesMany(t *testing.T) {
+	l := newLab(t)
+	fw := l.offload(t, 20000, 29999)
+	const n = 4000
+	var wg sync.WaitGroup
+	start := time.Now()
+	wg.Add(n)
+	for i := range n {
+		remote := netip.AddrFrom4([4]byte{10, 93, 2, byte(2 + i%200)})
+		fw.OpenPinhole(netip.AddrPortFrom(l.sbcRight, uint16(20000+i)), remote, wg.Done)
+	}
+	wg.Wait()
+	opened := time.Since(start)
+	if got := nftElements(t, l.sbc, "set", "media_pin4"); got != n {
+		t.Fatalf("media_pin4 holds %d pinholes, want %d", got, n)
+	}
+	start = time.Now()
+	for i := range n {
+		remote := netip.AddrFrom4([4]byte{10, 93, 2, byte(2 + i%200)})
+		fw.ClosePinhole(netip.AddrPortFrom(l.sbcRight, uint16(20000+i)), remote)
+	}
+	waitFor(t, "every pinhole to close", 10*time.Second, func() bool { return nftElements(t, l.sbc, "set", "media_pin4") == 0 })
+	t.Logf("opened %d pinholes in %v, closed them in %v (including the polling of nft)", n, opened, time.Since(start))
 }

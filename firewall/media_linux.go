@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -30,6 +31,9 @@ const netlinkBuffer = 16 << 20
 
 // DefaultBatch is MediaConfig.Batch's default.
 const DefaultBatch = 2000
+
+// DefaultCheckEvery is MediaConfig.CheckEvery's default.
+const DefaultCheckEvery = 10 * time.Second
 
 // Media is kernel media offload: a media.Offloader backed by the edgesbc
 // nftables table and conntrack.
@@ -52,6 +56,10 @@ type Media struct {
 
 	// Owned by run.
 	installed map[media.Flow]bool // A-to-B flows in the kernel (the key of each pair)
+	// pins are the pinholes in the kernel; closedAddrs is the set of
+	// MediaConfig.Closed, fixed at start (read by any goroutine).
+	pins        map[pinhole]bool
+	closedAddrs map[netip.Addr]bool
 	// stale holds, with MediaConfig.Keep, the elements an earlier run left
 	// that no Adopt has claimed yet: set name -> key -> value. Owned by
 	// run after setup.
@@ -66,11 +74,22 @@ const (
 	opCounters
 	opAdopt
 	opPrune
+	opPinOpen
+	opPinClose
 )
+
+// pinhole is one element of media_pinX: the relay socket and the remote IP
+// it expects.
+type pinhole struct {
+	local  netip.AddrPort
+	remote netip.Addr
+}
 
 type op struct {
 	kind     opKind
 	flow     media.Flow
+	pin      pinhole
+	pinned   func()
 	done     func(error)
 	final    func(fwd, rev media.Counter)
 	counters chan<- countersResult
@@ -111,6 +130,9 @@ func NewMedia(cfg MediaConfig, log hclog.Logger) (*Media, error) {
 	if cfg.Batch <= 0 {
 		cfg.Batch = DefaultBatch
 	}
+	if cfg.CheckEvery <= 0 {
+		cfg.CheckEvery = DefaultCheckEvery
+	}
 	if cfg.PortMin < 1 || cfg.PortMax > 65535 || cfg.PortMin > cfg.PortMax {
 		return nil, fmt.Errorf("media offload: port range [%d, %d] is invalid", cfg.PortMin, cfg.PortMax)
 	}
@@ -139,13 +161,20 @@ func NewMedia(cfg MediaConfig, log hclog.Logger) (*Media, error) {
 		return nil, fmt.Errorf("media offload: open conntrack: %w", err)
 	}
 	m := &Media{
-		cfg:       cfg,
-		log:       log.Named("offload"),
-		conn:      conn,
-		ct:        ct,
-		wake:      make(chan struct{}, 1),
-		stopped:   make(chan struct{}),
-		installed: make(map[media.Flow]bool),
+		cfg:         cfg,
+		log:         log.Named("offload"),
+		conn:        conn,
+		ct:          ct,
+		wake:        make(chan struct{}, 1),
+		stopped:     make(chan struct{}),
+		installed:   make(map[media.Flow]bool),
+		pins:        make(map[pinhole]bool),
+		closedAddrs: make(map[netip.Addr]bool),
+	}
+	for _, a := range cfg.Closed {
+		if a.IsValid() {
+			m.closedAddrs[a.Unmap()] = true
+		}
 	}
 	if err := m.setup(); err != nil {
 		conn.CloseLasting()
@@ -154,7 +183,7 @@ func NewMedia(cfg MediaConfig, log hclog.Logger) (*Media, error) {
 	}
 	go m.run()
 	m.log.Info("kernel media offload ready", "table", "inet "+TableName,
-		"port_min", cfg.PortMin, "port_max", cfg.PortMax)
+		"port_min", cfg.PortMin, "port_max", cfg.PortMax, "closed", len(m.closedAddrs))
 	return m, nil
 }
 
@@ -230,7 +259,11 @@ func (m *Media) create(flows []media.Flow) error {
 			}
 		}
 	}
+	if err := m.addPinSets(); err != nil {
+		return err
+	}
 	m.queueElements(flows, true)
+	m.queuePins(m.installedPins(), true)
 	m.addChains()
 	if err := m.conn.Flush(); err != nil {
 		return fmt.Errorf("media offload: create chains and sets in inet %s: %w", TableName, err)
@@ -244,6 +277,31 @@ func (m *Media) tableExists() bool {
 	return err == nil
 }
 
+// present reports whether the media objects are in the table: the table
+// alone says little, as the guard recreates it after a flush too.
+func (m *Media) present() bool {
+	if _, err := m.conn.ListChain(m.obj.table, chainPin); err != nil {
+		return false
+	}
+	for _, s := range []*nftables.Set{m.obj.v4.dnat, m.obj.v4.pin} {
+		if _, err := m.conn.GetSetByName(m.obj.table, s.Name); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// ensure rebuilds the media objects when they were removed from outside;
+// the owner goroutine calls it when idle for MediaConfig.CheckEvery.
+func (m *Media) ensure() {
+	if m.present() {
+		return
+	}
+	if err := m.rebuild(); err != nil {
+		m.log.Error("media objects were removed from the table and cannot be rebuilt", "error", err)
+	}
+}
+
 // rebuild recreates the table and everything in it, with every installed
 // flow, after someone removed it (a host firewall reload that flushes the
 // whole ruleset, say). Offloaded calls lose nothing: their conntrack
@@ -254,6 +312,11 @@ func (m *Media) rebuild() error {
 	if err := m.conn.Flush(); err != nil {
 		return fmt.Errorf("media offload: recreate table inet %s: %w", TableName, err)
 	}
+	// Whatever is left of ours (only part may have gone) goes first, so
+	// create starts from nothing.
+	if _, err := m.removeStale(); err != nil {
+		return err
+	}
 	flows := make([]media.Flow, 0, len(m.installed))
 	for f := range m.installed {
 		flows = append(flows, f)
@@ -261,8 +324,65 @@ func (m *Media) rebuild() error {
 	if err := m.create(flows); err != nil {
 		return err
 	}
-	m.log.Warn("table inet edgesbc was removed from outside: rebuilt it", "flows", len(flows))
+	m.log.Warn("media objects were removed from outside: rebuilt them", "table", "inet "+TableName, "flows", len(flows), "pinholes", len(m.pins))
 	return nil
+}
+
+// addPinSets queues the pinhole sets, the closed addresses replacing what
+// the set held. The pinholes themselves are added by the caller.
+func (m *Media) addPinSets() error {
+	for _, fo := range m.obj.families() {
+		var closed []nftables.SetElement
+		for a := range m.closedAddrs {
+			if a.Is4() == (fo.fam == inet4) {
+				closed = append(closed, nftables.SetElement{Key: addrBytes(a)})
+			}
+		}
+		for _, s := range []*nftables.Set{fo.closed, fo.pin} {
+			if err := m.conn.AddSet(s, nil); err != nil {
+				return fmt.Errorf("media offload: add set %s: %w", s.Name, err)
+			}
+			m.conn.FlushSet(s)
+		}
+		if len(closed) > 0 {
+			if err := m.conn.SetAddElements(fo.closed, closed); err != nil {
+				return fmt.Errorf("media offload: add set %s elements: %w", fo.closed.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+func (m *Media) installedPins() []pinhole {
+	out := make([]pinhole, 0, len(m.pins))
+	for p := range m.pins {
+		out = append(out, p)
+	}
+	return out
+}
+
+// queuePins adds to the pending transaction the elements of pins, to add
+// or to delete.
+func (m *Media) queuePins(pins []pinhole, add bool) {
+	do := m.conn.SetAddElements
+	if !add {
+		do = m.conn.SetDeleteElements
+	}
+	for _, fo := range m.obj.families() {
+		var elems []nftables.SetElement
+		for _, p := range pins {
+			if m.obj.ofAddr(p.local.Addr()) == fo {
+				elems = append(elems, nftables.SetElement{Key: pinKey(p.local, p.remote)})
+			}
+		}
+		for len(elems) > 0 {
+			k := min(len(elems), elementsPerMessage)
+			if err := do(fo.pin, elems[:k]); err != nil {
+				m.log.Error("encode media pinhole elements", "set", fo.pin.Name, "pinholes", len(pins), "error", err)
+			}
+			elems = elems[k:]
+		}
+	}
 }
 
 // addChains queues the chains and their rules.
@@ -278,6 +398,7 @@ func (m *Media) addChains() {
 		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.dnatChain, Exprs: fo.natRule(fo.dnat, expr.NATTypeDestNAT)})
 		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.countC, Exprs: fo.countRule()})
 		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.snatChain, Exprs: fo.natRule(fo.snat, expr.NATTypeSourceNAT)})
+		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.pinChain, Exprs: fo.pinRule(lo, hi)})
 	}
 }
 
@@ -320,6 +441,11 @@ func (m *Media) keepFlows() error {
 		if err := m.conn.SetAddElements(fo.local, localElements(m.cfg.Addrs, fo.fam == inet4)); err != nil {
 			return fmt.Errorf("add set %s elements: %w", fo.local.Name, err)
 		}
+	}
+	// Pinholes start empty: the relay opens them again as it restores
+	// each call (media.Relay.Restore), before its sockets read.
+	if err := m.addPinSets(); err != nil {
+		return err
 	}
 	m.addChains()
 	if err := m.conn.Flush(); err != nil {
@@ -402,6 +528,32 @@ func (m *Media) Withdraw(f media.Flow, done func(fwd, rev media.Counter)) {
 	}
 }
 
+// OpenPinhole queues a pinhole: datagrams from remote to local pass the
+// media_pin chain. Nothing is kept for a local address that is not closed
+// (MediaConfig.Closed). See media.Pinholer.
+func (m *Media) OpenPinhole(local netip.AddrPort, remote netip.Addr, done func()) {
+	if !m.pinOp(op{kind: opPinOpen, pinned: done}, local, remote) && done != nil {
+		done()
+	}
+}
+
+// ClosePinhole queues the removal of a pinhole. See media.Pinholer.
+func (m *Media) ClosePinhole(local netip.AddrPort, remote netip.Addr) {
+	m.pinOp(op{kind: opPinClose}, local, remote)
+}
+
+// pinOp queues o for the pinhole (local, remote) and reports whether it
+// did: not for an address that is not closed, nor after Close.
+func (m *Media) pinOp(o op, local netip.AddrPort, remote netip.Addr) bool {
+	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+	remote = remote.Unmap()
+	if !m.closedAddrs[local.Addr()] || !remote.IsValid() || remote.Is4() != local.Addr().Is4() {
+		return false
+	}
+	o.pin = pinhole{local: local, remote: remote}
+	return m.enqueue(o)
+}
+
 // Counters returns the kernel counters of every offloaded flow.
 func (m *Media) Counters() (map[media.Flow]media.Counter, error) {
 	ch := make(chan countersResult, 1)
@@ -476,7 +628,7 @@ func (m *Media) Close(keep bool) error {
 	for _, c := range o.chains() {
 		m.conn.DelChain(c)
 	}
-	for _, s := range o.sets() {
+	for _, s := range append(o.sets(), o.pinSets()...) {
 		m.conn.DelSet(s)
 	}
 	if err := m.conn.Flush(); err != nil {
@@ -492,7 +644,15 @@ func (m *Media) Close(keep bool) error {
 // run is the owner goroutine: it applies queued work in order, in batches.
 func (m *Media) run() {
 	defer close(m.stopped)
-	for range m.wake {
+	check := time.NewTicker(m.cfg.CheckEvery)
+	defer check.Stop()
+	for {
+		select {
+		case <-m.wake:
+		case <-check.C:
+			m.ensure()
+			continue
+		}
 		m.mu.Lock()
 		work, closed := m.pending, m.closed
 		m.pending = nil
@@ -530,7 +690,7 @@ func (m *Media) apply(batch []op) {
 	switch batch[0].kind {
 	case opCounters:
 		c, err := m.readCounters()
-		if err != nil && !m.tableExists() {
+		if err != nil && !m.present() {
 			if err = m.rebuild(); err == nil {
 				c, err = m.readCounters()
 			}
@@ -561,11 +721,15 @@ func (m *Media) apply(batch []op) {
 	inKernel := make(map[media.Flow]bool)
 	var touched []media.Flow
 	for _, o := range batch {
+		if o.kind != opOffload && o.kind != opWithdraw {
+			continue
+		}
 		if _, seen := inKernel[o.flow]; !seen {
 			touched = append(touched, o.flow)
 		}
 		inKernel[o.flow] = o.kind == opOffload
 	}
+	pinAdds, pinDels := m.pinChanges(batch)
 	var adds, dels []media.Flow
 	for _, f := range touched {
 		switch want := inKernel[f]; {
@@ -577,20 +741,48 @@ func (m *Media) apply(batch []op) {
 	}
 	// Deletions go first: a withdrawn flow and its replacement (a side
 	// that moved) may share a key.
-	m.queueElements(dels, false)
-	m.queueElements(adds, true)
+	queue := func() {
+		m.queueElements(dels, false)
+		m.queueElements(adds, true)
+		m.queuePins(pinDels, false)
+		m.queuePins(pinAdds, true)
+	}
+	queue()
 	err := m.conn.Flush()
-	if err != nil && !m.tableExists() {
+	if err != nil && !m.present() {
 		// Removed from outside: rebuilt with what is installed, then the
 		// batch again.
 		if err = m.rebuild(); err == nil {
-			m.queueElements(dels, false)
-			m.queueElements(adds, true)
+			queue()
 			err = m.conn.Flush()
 		}
 	}
+	for _, p := range pinDels {
+		delete(m.pins, p) // gone or unusable either way
+	}
 	if err != nil {
-		m.log.Debug("media offload batch failed, retrying flow by flow", "flows", len(adds)+len(dels), "error", err)
+		m.log.Debug("media offload batch failed, retrying one by one", "flows", len(adds)+len(dels),
+			"pinholes", len(pinAdds)+len(pinDels), "error", err)
+		for _, p := range pinDels {
+			m.queuePins([]pinhole{p}, false)
+			if err := m.conn.Flush(); err != nil {
+				m.log.Warn("close media pinhole", "local", p.local, "remote", p.remote, "error", err)
+			}
+		}
+		for _, p := range pinAdds {
+			m.queuePins([]pinhole{p}, true)
+			if err := m.conn.Flush(); err != nil {
+				m.log.Warn("open media pinhole: the relay port stays closed to its remote", "local", p.local, "remote", p.remote, "error", err)
+				continue
+			}
+			m.pins[p] = true
+		}
+	} else {
+		for _, p := range pinAdds {
+			m.pins[p] = true
+		}
+	}
+	if err != nil {
 		failed := make(map[media.Flow]error)
 		for _, f := range dels {
 			m.queueElements([]media.Flow{f}, false)
@@ -634,6 +826,10 @@ func (m *Media) apply(batch []op) {
 	}
 	for i, o := range batch {
 		switch o.kind {
+		case opPinOpen:
+			if o.pinned != nil {
+				o.pinned()
+			}
 		case opOffload:
 			o.done(results[i])
 		case opWithdraw:
@@ -642,6 +838,31 @@ func (m *Media) apply(batch []op) {
 			}
 		}
 	}
+}
+
+// pinChanges is the net effect of a batch on the pinholes: the last
+// change of each wins, and only what differs from the kernel is sent.
+func (m *Media) pinChanges(batch []op) (adds, dels []pinhole) {
+	want := make(map[pinhole]bool)
+	var order []pinhole
+	for _, o := range batch {
+		if o.kind != opPinOpen && o.kind != opPinClose {
+			continue
+		}
+		if _, seen := want[o.pin]; !seen {
+			order = append(order, o.pin)
+		}
+		want[o.pin] = o.kind == opPinOpen
+	}
+	for _, p := range order {
+		switch {
+		case want[p] && !m.pins[p]:
+			adds = append(adds, p)
+		case !want[p] && m.pins[p]:
+			dels = append(dels, p)
+		}
+	}
+	return adds, dels
 }
 
 // elementsPerMessage keeps each element list under the 64 KiB a netlink
@@ -837,8 +1058,11 @@ func (m *Media) deleteConntrack(f ctFilter) (uint, error) {
 	return total, nil
 }
 
-// Ensure Media satisfies the seam it exists for.
-var _ media.Offloader = (*Media)(nil)
+// Ensure Media satisfies the seams it exists for.
+var (
+	_ media.Offloader = (*Media)(nil)
+	_ media.Pinholer  = (*Media)(nil)
+)
 
 // oneFamily reports whether every address of f is of the same family: the
 // kernel translates within one family only.

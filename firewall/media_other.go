@@ -4,6 +4,7 @@ package firewall
 
 import (
 	"fmt"
+	"net/netip"
 
 	"github.com/edgesbc/edgesbc/media"
 	"github.com/hashicorp/go-hclog"
@@ -41,3 +42,13 @@ func (m *Media) Adopt(f media.Flow) bool { return false }
 
 // Prune is never reached: NewMedia fails.
 func (m *Media) Prune() error { return ErrUnsupported }
+
+// OpenPinhole is never reached: NewMedia fails.
+func (m *Media) OpenPinhole(local netip.AddrPort, remote netip.Addr, done func()) {
+	if done != nil {
+		done()
+	}
+}
+
+// ClosePinhole is never reached: NewMedia fails.
+func (m *Media) ClosePinhole(local netip.AddrPort, remote netip.Addr) {}

@@ -24,6 +24,7 @@ const (
 	chainDNAT       = "media_dnat"
 	chainSNAT       = "media_snat"
 	chainCount      = "media_count"
+	chainPin        = "media_pin"
 )
 
 // Registers. A concatenated key is loaded into consecutive 32-bit registers
@@ -69,6 +70,9 @@ func (fam family) portReg() uint32 { return reg32_00 + fam.addrLen/4 }
 type famObjects struct {
 	fam                      family
 	local, dnat, snat, count *nftables.Set
+	// closed holds the relay addresses whose media ports only pinholes
+	// open; pin holds the pinholes (relay address . port . remote IP).
+	closed, pin *nftables.Set
 }
 
 // mediaObjects are the sets and chains of media offload, built for table t.
@@ -77,6 +81,7 @@ type mediaObjects struct {
 	v4, v6                       famObjects
 	notrackIn, notrackOut        *nftables.Chain
 	dnatChain, snatChain, countC *nftables.Chain
+	pinChain                     *nftables.Chain
 }
 
 func newFamObjects(t *nftables.Table, fam family) famObjects {
@@ -91,6 +96,9 @@ func newFamObjects(t *nftables.Table, fam family) famObjects {
 			KeyType: tuple, DataType: target},
 		count: &nftables.Set{Table: t, Name: "media_count" + fam.suffix, Concatenation: true, Counter: true,
 			KeyType: tuple},
+		closed: &nftables.Set{Table: t, Name: "media_closed" + fam.suffix, KeyType: fam.addrType},
+		pin: &nftables.Set{Table: t, Name: "media_pin" + fam.suffix, Concatenation: true,
+			KeyType: nftables.MustConcatSetType(fam.addrType, nftables.TypeInetService, fam.addrType)},
 	}
 }
 
@@ -109,6 +117,12 @@ func newMediaObjects(t *nftables.Table) *mediaObjects {
 			Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter},
 		snatChain: &nftables.Chain{Table: t, Name: chainSNAT, Type: nftables.ChainTypeNAT,
 			Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource},
+		// Input, not prerouting: an offloaded flow is DNATed in prerouting
+		// and forwarded, so it never meets this chain, whatever the pinhole
+		// set holds; only packets for the relay's own sockets do, tracked
+		// or not (the chain matches the packet itself, not conntrack).
+		pinChain: &nftables.Chain{Table: t, Name: chainPin, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter},
 	}
 }
 
@@ -120,9 +134,22 @@ func (o *mediaObjects) sets() []*nftables.Set {
 	return []*nftables.Set{o.v4.local, o.v4.dnat, o.v4.snat, o.v4.count, o.v6.local, o.v6.dnat, o.v6.snat, o.v6.count}
 }
 
+// pinSets returns the sets of media pinholes.
+func (o *mediaObjects) pinSets() []*nftables.Set {
+	return []*nftables.Set{o.v4.closed, o.v4.pin, o.v6.closed, o.v6.pin}
+}
+
 // chains returns every chain.
 func (o *mediaObjects) chains() []*nftables.Chain {
-	return []*nftables.Chain{o.notrackIn, o.notrackOut, o.dnatChain, o.countC, o.snatChain}
+	return []*nftables.Chain{o.notrackIn, o.notrackOut, o.dnatChain, o.countC, o.snatChain, o.pinChain}
+}
+
+// ofAddr returns the objects of a's family.
+func (o *mediaObjects) ofAddr(a netip.Addr) *famObjects {
+	if a.Is4() {
+		return &o.v4
+	}
+	return &o.v6
 }
 
 // of returns the objects of f's family.
@@ -226,6 +253,39 @@ func (o *famObjects) countRule() []expr.Any {
 	return cat(o.fam.matchUDP(), o.fam.loadTuple(), []expr.Any{
 		&expr.Lookup{SourceRegister: reg32_00, SetName: o.count.Name, SetID: o.count.ID},
 	})
+}
+
+// pinRule: meta nfproto ipvX meta l4proto udp ipX daddr @media_closedX
+// udp dport LO-HI ipX daddr . udp dport . ipX saddr != @media_pinX counter drop
+//
+// A datagram to a closed relay address in the media port range passes only
+// through a pinhole: the relay port it is sent to expects its source IP.
+func (o *famObjects) pinRule(lo, hi int) []expr.Any {
+	words := o.fam.addrLen / 4
+	return cat(o.fam.matchUDP(),
+		[]expr.Any{
+			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: o.fam.daddrOff, Len: o.fam.addrLen},
+			&expr.Lookup{SourceRegister: reg1, SetName: o.closed.Name, SetID: o.closed.ID},
+		},
+		portRange(2, lo, hi),
+		[]expr.Any{
+			&expr.Payload{DestRegister: reg32_00, Base: expr.PayloadBaseNetworkHeader, Offset: o.fam.daddrOff, Len: o.fam.addrLen},
+			&expr.Payload{DestRegister: reg32_00 + words, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Payload{DestRegister: reg32_00 + words + 1, Base: expr.PayloadBaseNetworkHeader, Offset: o.fam.saddrOff, Len: o.fam.addrLen},
+			&expr.Lookup{SourceRegister: reg32_00, SetName: o.pin.Name, SetID: o.pin.ID, Invert: true},
+			&expr.Counter{},
+			&expr.Verdict{Kind: expr.VerdictDrop},
+		})
+}
+
+// pinKey encodes a pinhole, relay address . relay port . remote IP, as a
+// concatenated key: 12 bytes for IPv4, 36 for IPv6.
+func pinKey(local netip.AddrPort, remote netip.Addr) []byte {
+	k := make([]byte, 0, 36)
+	k = append(k, addrBytes(local.Addr())...)
+	k = binary.BigEndian.AppendUint16(k, local.Port())
+	k = append(k, 0, 0)
+	return append(k, addrBytes(remote)...)
 }
 
 // addrBytes is the address in the family's byte length.

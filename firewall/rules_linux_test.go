@@ -71,6 +71,8 @@ func TestMediaRulesGolden(t *testing.T) {
 				o.countC, fo.countRule()},
 			rule{fmt.Sprintf("add rule inet edgesbc media_snat meta nfproto ipv%s meta l4proto udp snat %s to %s saddr . udp sport . %s daddr . udp dport map @media_snat%s", v, ip, ip, ip, v),
 				o.snatChain, fo.natRule(fo.snat, expr.NATTypeSourceNAT)},
+			rule{fmt.Sprintf("add rule inet edgesbc media_pin meta nfproto ipv%s meta l4proto udp %s daddr @media_closed%s udp dport 20000-29999 %s daddr . udp dport . %s saddr != @media_pin%s counter drop", v, ip, v, ip, ip, v),
+				o.pinChain, fo.pinRule(lo, hi)},
 		)
 	}
 	var got strings.Builder
@@ -109,6 +111,23 @@ func TestMediaRulesGolden(t *testing.T) {
 	fmt.Fprintf(&got, "# add element inet edgesbc media_dnat4 { 10.91.1.2 . 4000 . 10.91.1.1 . 20000 : 203.0.113.2 . 5000, 203.0.113.2 . 5000 . 203.0.113.1 . 20002 : 10.91.1.2 . 4000 }\n")
 	fmt.Fprintf(&got, "# add element inet edgesbc media_snat4 { 10.91.1.2 . 4000 . 203.0.113.2 . 5000 : 203.0.113.1 . 20002, 203.0.113.2 . 5000 . 10.91.1.2 . 4000 : 10.91.1.1 . 20000 }\n")
 	fmt.Fprintf(&got, "# add element inet edgesbc media_count4 { 10.91.1.2 . 4000 . 203.0.113.2 . 5000, 203.0.113.2 . 5000 . 10.91.1.2 . 4000 }\n")
+	for _, m := range *msgs {
+		fmt.Fprintf(&got, "%s\n", hex.EncodeToString(m))
+	}
+
+	// Pinholes of both families.
+	conn, msgs = recordConn(t)
+	if err := conn.SetAddElements(o.v4.pin, []nftables.SetElement{{Key: pinKey(netip.MustParseAddrPort("203.0.113.1:20002"), netip.MustParseAddr("203.0.113.2"))}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.SetAddElements(o.v6.pin, []nftables.SetElement{{Key: pinKey(netip.MustParseAddrPort("[2001:db8:2::1]:20003"), netip.MustParseAddr("2001:db8:2::2"))}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(&got, "# add element inet edgesbc media_pin4 { 203.0.113.1 . 20002 . 203.0.113.2 }\n")
+	fmt.Fprintf(&got, "# add element inet edgesbc media_pin6 { 2001:db8:2::1 . 20003 . 2001:db8:2::2 }\n")
 	for _, m := range *msgs {
 		fmt.Fprintf(&got, "%s\n", hex.EncodeToString(m))
 	}
@@ -189,6 +208,12 @@ func TestFlowElements(t *testing.T) {
 	}
 	if src, dst, ok := parseTupleKey(d6[1].Key); !ok || src != f6.Dst || dst != f6.Out {
 		t.Errorf("IPv6 reverse dnat key decodes to %v . %v, want %v . %v", src, dst, f6.Dst, f6.Out)
+	}
+	if k := pinKey(netip.MustParseAddrPort("[2001:db8:2::1]:20003"), netip.MustParseAddr("2001:db8:2::2")); len(k) != 36 || k[16] != 0x4e || k[17] != 0x23 {
+		t.Errorf("IPv6 pinhole key %x: want 36 bytes with the port at 16", k)
+	}
+	if k := pinKey(netip.MustParseAddrPort("203.0.113.1:20002"), netip.MustParseAddr("203.0.113.2")); len(k) != 12 || k[4] != 0x4e || k[5] != 0x22 || k[8] != 203 {
+		t.Errorf("IPv4 pinhole key %x: want address, padded port, address in 12 bytes", k)
 	}
 	if !oneFamily(f) || !oneFamily(f6) {
 		t.Error("oneFamily refused a single-family flow")

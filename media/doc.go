@@ -37,7 +37,10 @@
 // hands them over (see link). New SDP addresses, hold and the end of the
 // stream withdraw them first; the kernel's counters are polled into the
 // stats and count as media activity. The userspace relay stays the
-// fallback for everything the kernel does not take.
+// fallback for everything the kernel does not take. An Offloader that is
+// also a Pinholer closes the relay's ports of some zones in the kernel to
+// all but the IP each socket's side announced: the relay opens and closes
+// those pinholes as SDP comes and streams end (see Pinholer).
 //
 // Concurrency: Relay.mu guards the session map, each session's mu guards
 // its streams, and the hot path (one reader goroutine per socket) takes

@@ -51,6 +51,8 @@ type Relay struct {
 	klinks map[*link]struct{}
 	// keep is set by Detach: closing sessions leaves their kernel flows.
 	keep atomic.Bool
+	// pins is cfg.Offloader when it also keeps media pinholes, else nil.
+	pins Pinholer
 	// countersFailing is whether the last kernel counter poll failed.
 	// Owned by the janitor.
 	countersFailing bool
@@ -83,6 +85,7 @@ func NewRelay(cfg Config, log hclog.Logger) (*Relay, error) {
 		lanes:       make(chan struct{}, max(1, runtime.GOMAXPROCS(0)-1)),
 		klinks:      make(map[*link]struct{}),
 	}
+	r.pins, _ = cfg.Offloader.(Pinholer)
 	go r.janitor()
 	r.log.Info("relay started", "port_min", cfg.PortMin, "port_max", cfg.PortMax, "pairs", pool.Size(),
 		"io", cfg.batchIO)

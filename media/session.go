@@ -204,6 +204,12 @@ func (s *session) negotiate(from Side, body []byte, offer bool) ([]byte, error) 
 	}
 	held := s.known[A] && s.known[B] && !(s.duplex[A] && s.duplex[B])
 	s.held.Store(held)
+	var pinned []<-chan struct{}
+	expect := func(k *relaySocket, ap netip.AddrPort) {
+		if w := k.expect(ap); w != nil {
+			pinned = append(pinned, w)
+		}
+	}
 	for i, m := range media {
 		if i == len(s.streams) {
 			s.streams = append(s.streams, &stream{index: i})
@@ -215,8 +221,8 @@ func (s *session) negotiate(from Side, body []byte, offer bool) ([]byte, error) 
 			if fresh[i][A] != nil {
 				s.start(st, fresh[i])
 			}
-			st.eps[from].socks[compRTP].expect(ann[i].rtp)
-			st.eps[from].socks[compRTCP].expect(ann[i].rtcp)
+			expect(st.eps[from].socks[compRTP], ann[i].rtp)
+			expect(st.eps[from].socks[compRTCP], ann[i].rtcp)
 			for _, k := range st.eps[A].socks {
 				k.link.setHeld(held)
 			}
@@ -234,6 +240,9 @@ func (s *session) negotiate(from Side, body []byte, offer bool) ([]byte, error) 
 			st.eps[from].socks[compRTCP].expect(netip.AddrPort{})
 		}
 	}
+	// The side may send as soon as it has our answer (or, for an answer
+	// it sent, at once): its pinholes are in place before we go on.
+	waitPins(pinned)
 	s.log.Debug("sdp anchored", "sdp", what, "side", from, "streams", len(media), "version", origin.Version)
 	return out, nil
 }
@@ -365,6 +374,7 @@ func (s *session) retire(st *stream) {
 	for side, ep := range st.eps {
 		for c, k := range ep.socks {
 			st.retired[side][c].add(k.stats())
+			k.unpin()
 		}
 		s.relay.pool.Release(ep.port)
 	}

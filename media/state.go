@@ -131,6 +131,8 @@ func (r *Relay) Restore(st SessionState) error {
 	s.held.Store(held)
 	var errs []error
 	adopter, _ := r.cfg.Offloader.(Adopter)
+	var pinned []<-chan struct{}
+	defer func() { waitPins(pinned) }()
 	for i, ss := range st.Streams {
 		stream := &stream{index: i, kind: ss.Kind}
 		stream.retired = ss.Counted
@@ -151,6 +153,9 @@ func (r *Relay) Restore(st SessionState) error {
 			for c, k := range ep.socks {
 				rm := ss.Remote[side][c]
 				k.remote.Store(&remote{expected: rm.Expected, latched: rm.Latched})
+				if w := k.repin(netip.AddrPort{}, rm.Expected); w != nil {
+					pinned = append(pinned, w)
+				}
 			}
 		}
 		for c, k := range eps[A].socks {

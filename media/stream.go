@@ -156,15 +156,24 @@ func newRelaySocket(s *session, side Side, comp component, index int, conn *net.
 // expect records the address the side announced. An unchanged announcement
 // (a re-INVITE keeping its media, the 200 repeating the 183's answer) keeps
 // the latch; a different one drops it, and the first packet from the new
-// address latches again. The caller holds the session lock.
-func (k *relaySocket) expect(ap netip.AddrPort) {
-	if cur := k.remote.Load(); cur != nil && cur.expected == ap {
-		return
+// address latches again. The caller holds the session lock. The returned
+// channel, when not nil, is closed once the socket's new pinhole is open
+// (see Pinholer).
+func (k *relaySocket) expect(ap netip.AddrPort) <-chan struct{} {
+	cur := k.remote.Load()
+	if cur != nil && cur.expected == ap {
+		return nil
 	}
 	k.remote.Store(&remote{expected: ap})
+	var old netip.AddrPort
+	if cur != nil {
+		old = cur.expected
+	}
+	pinned := k.repin(old, ap)
 	if k.link != nil {
 		k.link.remoteChanged()
 	}
+	return pinned
 }
 
 // stats returns the socket's counters and addresses, including what the

@@ -160,6 +160,11 @@ type Media struct {
 	// their state is written to state_dir, stopping leaves their kernel
 	// flows in place, and the next start takes them over. Default false.
 	KeepOnRestart bool
+	// PinholeZones name the zones whose media ports the kernel closes to
+	// everyone but the remote each call announced (media pinholes; with
+	// KernelOffload only). Default: every zone that has a trunk, the
+	// public side.
+	PinholeZones []string
 }
 
 // SIP configures SIP signalling limits and identity.

@@ -179,6 +179,12 @@ func TestParseErrors(t *testing.T) {
 			wantErr: "holds 1 RTP/RTCP port pair(s)", wantLine: 2, wantCol: 16},
 		{name: "port_range odd start one pair", hcl: "media {\n  port_range = \"20001-20004\"\n}\n",
 			wantErr: "holds 1 RTP/RTCP port pair(s)", wantLine: 2, wantCol: 16},
+		{name: "pinhole_zones unknown zone", hcl: "media {\n  pinhole_zones = [\"public\", \"dmz\"]\n}\n",
+			wantErr: `No zone block is named "dmz"; defined zones: "private", "public"`, wantLine: 2, wantCol: 30},
+		{name: "pinhole_zones duplicate", hcl: "media {\n  pinhole_zones = [\"public\", \"public\"]\n}\n",
+			wantErr: `"public" is already listed at test.hcl:`, wantLine: 2, wantCol: 30},
+		{name: "pinhole_zones not a list", hcl: "media {\n  pinhole_zones = \"public\"\n}\n",
+			wantErr: "Unsuitable value", wantLine: 2, wantCol: 19},
 		{name: "sip port inside media range", hcl: "media {\n  port_range = \"5000-6000\"\n}\n",
 			wantErr: `port_range 5000-6000 contains the SIP port of zone "private" (sip_port 5060), zone "public" (sip_port 5060)`, wantLine: 2, wantCol: 16},
 		{name: "timeout without unit", hcl: "media {\n  timeout = \"60\"\n}\n",
@@ -398,7 +404,7 @@ func TestParseDefaults(t *testing.T) {
 				Refer:          "terminate",
 			},
 		},
-		Media:    Media{PortMin: 20000, PortMax: 29999, Timeout: 60 * time.Second, Quarantine: 5 * time.Second, KernelOffload: true},
+		Media:    Media{PortMin: 20000, PortMax: 29999, Timeout: 60 * time.Second, Quarantine: 5 * time.Second, KernelOffload: true, PinholeZones: []string{"public"}},
 		SIP:      SIP{UserAgent: "edgesbc", MaxMessageSize: 16384, InviteTimeout: 180 * time.Second, MaxCalls: 10000},
 		Log:      Log{Level: "info"},
 		Security: Security{StateDir: DefaultStateDir},
@@ -455,6 +461,7 @@ media {
   timeout    = "2m"
   quarantine = "0s"
   kernel_offload = false
+  pinhole_zones  = ["public6", "private"]
 }
 sip {
   user_agent       = "acme-sbc/1.0"
@@ -541,8 +548,8 @@ log {
 		t.Errorf("Peer(nobody) found a peer")
 	}
 
-	wantMedia := Media{PortMin: 30000, PortMax: 30003, Timeout: 2 * time.Minute, Quarantine: 0}
-	if cfg.Media != wantMedia {
+	wantMedia := Media{PortMin: 30000, PortMax: 30003, Timeout: 2 * time.Minute, Quarantine: 0, PinholeZones: []string{"public6", "private"}}
+	if !reflect.DeepEqual(cfg.Media, wantMedia) {
 		t.Errorf("media = %+v, want %+v", cfg.Media, wantMedia)
 	}
 	wantSIP := SIP{UserAgent: "acme-sbc/1.0", MaxMessageSize: 65535, InviteTimeout: 90 * time.Second, MaxCalls: 250}
@@ -659,4 +666,23 @@ func render(diags hcl.Diagnostics) string {
 		b.WriteString(d.Summary + ": " + d.Detail + "\n")
 	}
 	return b.String()
+}
+
+// TestParsePinholeZones: an empty list closes no zone; without the key
+// every zone with a trunk is closed, and only those.
+func TestParsePinholeZones(t *testing.T) {
+	cfg, diags := Parse("test.hcl", []byte(base+"media {\n  pinhole_zones = []\n}\n"))
+	if diags.HasErrors() {
+		t.Fatalf("Parse: %s", render(diags))
+	}
+	if cfg.Media.PinholeZones == nil || len(cfg.Media.PinholeZones) != 0 {
+		t.Errorf("pinhole_zones = [] gave %#v, want an empty list", cfg.Media.PinholeZones)
+	}
+	cfg, diags = Parse("test.hcl", []byte(base+"zone \"dmz\" {\n  address = \"198.51.100.1\"\n}\ntrunk \"b\" {\n  zone = \"dmz\"\n  address = \"198.51.100.9\"\n}\n"))
+	if diags.HasErrors() {
+		t.Fatalf("Parse: %s", render(diags))
+	}
+	if got := cfg.Media.PinholeZones; !reflect.DeepEqual(got, []string{"public", "dmz"}) {
+		t.Errorf("default pinhole zones %v, want the two zones with trunks in file order", got)
+	}
 }

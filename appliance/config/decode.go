@@ -66,6 +66,7 @@ type rawMedia struct {
 	Quarantine *hcl.Attribute `hcl:"quarantine,optional"`
 	Offload    *hcl.Attribute `hcl:"kernel_offload,optional"`
 	Keep       *hcl.Attribute `hcl:"keep_on_restart,optional"`
+	Pinholes   *hcl.Attribute `hcl:"pinhole_zones,optional"`
 }
 
 type rawSIP struct {

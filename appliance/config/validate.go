@@ -96,6 +96,7 @@ type mediaDef struct {
 	media     Media
 	rangeAttr *hcl.Attribute // nil when port_range is defaulted
 	rangeOK   bool
+	pinAttr   *hcl.Attribute // nil when pinhole_zones is defaulted
 }
 
 // add records diagnostics and reports whether they were free of errors.
@@ -124,6 +125,7 @@ func (b *builder) build(raw *rawFile) *Config {
 	b.checkPeerAddresses(peers, zones)
 	b.checkPeerTransports(peers, zones)
 	b.checkMediaPorts(media, zones)
+	media.media.PinholeZones = b.pinholeZones(media.pinAttr, zones, peers)
 	if b.whole {
 		b.checkComplete(raw)
 	}
@@ -481,7 +483,47 @@ func (b *builder) media(raw *rawMedia) mediaDef {
 			d.media.KeepOnRestart = v
 		}
 	}
+	d.pinAttr = raw.Pinholes
 	return d
+}
+
+// pinholeZones checks media.pinhole_zones against the zone blocks, or
+// names every zone that has a trunk when it is not set.
+func (b *builder) pinholeZones(attr *hcl.Attribute, zones []*zoneDef, peers []*peerDef) []string {
+	var names []string
+	for _, z := range zones {
+		names = append(names, z.zone.Name)
+	}
+	if attr == nil {
+		var out []string
+		for _, z := range zones {
+			for _, p := range peers {
+				if p.peer.Kind == PeerTrunk && p.zoneOK && p.peer.Zone == z.zone.Name {
+					out = append(out, z.zone.Name)
+					break
+				}
+			}
+		}
+		return out
+	}
+	items, diags := decodeStringList(attr)
+	if !b.add(diags) {
+		return nil
+	}
+	out := []string{} // set but empty: no zone is closed
+	seen := map[string]hcl.Range{}
+	for _, it := range items {
+		switch prev, dup := seen[it.s]; {
+		case b.whole && !slices.Contains(names, it.s):
+			b.errorf(it.rng, "Unknown zone", "No zone block is named %q; defined zones: %s.", it.s, zoneList(names))
+		case dup:
+			b.errorf(it.rng, "Duplicate zone name", "%q is already listed at %s:%d:%d.", it.s, prev.Filename, prev.Start.Line, prev.Start.Column)
+		default:
+			seen[it.s] = it.rng
+			out = append(out, it.s)
+		}
+	}
+	return out
 }
 
 func (b *builder) sip(raw *rawSIP) SIP {
