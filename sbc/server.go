@@ -539,6 +539,28 @@ func (s *Server) peerBySource(z *zone, src netip.Addr) *peer {
 	return nil
 }
 
+// peerFor is peerBySource for a request that opens a call: two peers may
+// share an address when their transports differ (RFC 3261 §18 keeps UDP
+// and TCP apart), so the one whose transport the request came on wins.
+func (s *Server) peerFor(z *zone, req *sip.Request) *peer {
+	src, tp := sourceOf(req).Addr().Unmap(), transportOf(req)
+	var first *peer
+	for _, p := range z.peers {
+		for _, pre := range p.sources {
+			if !pre.Contains(src) {
+				continue
+			}
+			if p.cfg.Transport == tp {
+				return p
+			}
+			if first == nil {
+				first = p
+			}
+		}
+	}
+	return first
+}
+
 // route picks the outbound peer of a new call: for now calls from a pbx go
 // to the first trunk and calls from a trunk go to the first pbx.
 func (s *Server) route(from *peer) (*peer, error) {
@@ -594,7 +616,7 @@ func (s *Server) onInvite(z *zone, req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	src := sourceOf(req)
-	from := s.peerBySource(z, src.Addr())
+	from := s.peerFor(z, req)
 	if from == nil {
 		s.counters.unknownSource.Add(1)
 		if z.private {

@@ -716,3 +716,36 @@ func runFraming(t *testing.T, data []byte, piece uint8) {
 		}
 	}
 }
+
+// TestTCPPeerByTransport: two peers on one address, one per transport; a
+// call is from the one whose transport it arrived on.
+func TestTCPPeerByTransport(t *testing.T) {
+	s, err := NewServer(Config{
+		Zones: []ZoneConfig{{Name: "public", Address: netip.MustParseAddr("127.0.0.2"), SIPPort: 5999, Transports: []string{"udp", "tcp"}}},
+		Peers: []PeerConfig{
+			{Name: "udp-trunk", Kind: Trunk, Zone: "public", Address: netip.MustParseAddrPort("127.0.0.4:5060")},
+			{Name: "tcp-trunk", Kind: Trunk, Zone: "public", Address: netip.MustParseAddrPort("127.0.0.4:5060"), Transport: "TCP"},
+		},
+	}, nil, Hooks{}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tp := range []string{"UDP", "TCP"} {
+		req, err := sip.ParseMessage([]byte(options("127.0.0.4:5060", "127.0.0.2:5999", "pt")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.SetTransport(tp)
+		req.SetSource("127.0.0.4:40001")
+		p := s.peerFor(s.zones[0], req.(*sip.Request))
+		if p == nil || p.cfg.Name != strings.ToLower(tp)+"-trunk" {
+			t.Errorf("%s request matched %v", tp, p)
+		}
+	}
+	if _, err := NewServer(Config{
+		Zones: []ZoneConfig{{Name: "public", Address: netip.MustParseAddr("127.0.0.2")}},
+		Peers: []PeerConfig{{Name: "t", Kind: Trunk, Zone: "public", Address: netip.MustParseAddrPort("127.0.0.4:5060"), Transport: "tcp"}},
+	}, nil, Hooks{}, nil, nil); err == nil {
+		t.Error("a tcp peer in a udp-only zone must be refused")
+	}
+}
