@@ -3,11 +3,16 @@
 package main_test
 
 import (
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/edgesbc/edgesbc/internal/testenv"
 )
 
 // This file runs calls whose legs use different transports: the PBX on UDP
@@ -175,4 +180,53 @@ func runTCPFlows(t *testing.T, l *lab, flows []tcpFlow, pbxTCP bool) {
 	})
 
 	t.Run("rtp_relayed_by_sbc", func(t *testing.T) { l.checkRelayedRTP(t, carrierPkts, pbxPkts) })
+}
+
+// churnCalls is the number of calls of TestIntegrationTCPConnectionChurn,
+// each on a TCP connection of its own.
+const churnCalls = 60
+
+// TestIntegrationTCPConnectionChurn: the carrier places churnCalls calls,
+// 10 per second and at most 10 at a time (the lab's 50 media port pairs
+// hold that with quarantine), each on a new TCP connection (-t tn); the
+// PBX on UDP
+// hangs each up. Every call must complete on both sides, and once SIPp has
+// closed its connections the daemon must be back to idle, its goroutine
+// count included: no connection leaves anything behind.
+func TestIntegrationTCPConnectionChurn(t *testing.T) {
+	l := newLabConfig(t, tcpConfig(t, false))
+	base := l.daemon.Status(t)
+	p := scenarioPair{uac: "uac_expect_bye.xml", uas: "uas_bye.xml", service: dialogInboundNumber,
+		uasArgs: []string{"-m", strconv.Itoa(churnCalls)},
+		uacArgs: []string{"-t", "tn", "-max_socket", "1000", "-m", strconv.Itoa(churnCalls), "-r", "10", "-l", "10"}}
+	start := time.Now()
+	uas := startCallee(t, l.pbx, p)
+	uac := startCaller(t, l.carrier, l.sbcPublic, p)
+	for _, s := range []struct {
+		who  string
+		sipp *testenv.SIPp
+	}{{"caller", uac}, {"callee", uas}} {
+		res, err := s.sipp.Wait()
+		if err != nil {
+			t.Fatalf("%s: %v", s.who, err)
+		}
+		if res.Exit != 0 || res.Successful != churnCalls || res.Failed != 0 {
+			t.Errorf("%s: %+v, want %d successful calls", s.who, res, churnCalls)
+		}
+	}
+	t.Logf("%d calls over %d TCP connections in %v", churnCalls, churnCalls, time.Since(start).Round(time.Millisecond))
+	l.assertIdle(t, base)
+	carrierPkts, _ := l.stopCaptures(t)
+	conns := map[netip.AddrPort]bool{}
+	for _, pk := range carrierPkts {
+		if pk.Proto == testenv.ProtoTCP && pk.Dst == l.sbcPublic {
+			conns[pk.Src] = true
+		}
+	}
+	if len(conns) != churnCalls {
+		t.Errorf("%d TCP connections from the carrier, want %d (one per call)", len(conns), churnCalls)
+	}
+	for _, leak := range findLeaks(tcpSIP(carrierPkts, sipPort), l.topo.PBXAddr.Masked(), forbiddenOnCarrier) {
+		t.Error(leak)
+	}
 }
