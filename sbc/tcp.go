@@ -51,11 +51,33 @@ var (
 type tcpZone struct {
 	ln     *net.TCPListener
 	queue  *connQueue
-	dialMu sync.Mutex // one dial at a time per zone, so a destination is dialed once
-	open   atomic.Int64
+	open  atomic.Int64
 
 	mu        sync.Mutex
 	perSource map[netip.Addr]int
+	dialing   map[string]*sync.Mutex // one dial at a time per destination
+}
+
+// dialLock returns the lock that makes one destination dialed once even
+// when several calls want it at the same moment; a dead peer holds up
+// only the calls toward it.
+func (t *tcpZone) dialLock(dest string) *sync.Mutex {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.dialing == nil {
+		t.dialing = map[string]*sync.Mutex{}
+	}
+	m := t.dialing[dest]
+	if m == nil {
+		if len(t.dialing) > 4096 {
+			// destinations are configured peers; anything beyond is
+			// stale, and a fresh map only costs a duplicate dial
+			clear(t.dialing)
+		}
+		m = &sync.Mutex{}
+		t.dialing[dest] = m
+	}
+	return m
 }
 
 // connQueue is the listener sipgo serves: it yields the framed connections
@@ -478,8 +500,9 @@ func (s *Server) ensureTCP(z *zone, dest string) error {
 		return nil
 	}
 	t := z.tcp
-	t.dialMu.Lock()
-	defer t.dialMu.Unlock()
+	mu := t.dialLock(dest)
+	mu.Lock()
+	defer mu.Unlock()
 	if s.hasTCP(z, dest) {
 		return nil
 	}

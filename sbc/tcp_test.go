@@ -749,3 +749,41 @@ func TestTCPPeerByTransport(t *testing.T) {
 		t.Error("a tcp peer in a udp-only zone must be refused")
 	}
 }
+
+// TestTCPDialOnce: calls that want a connection to the same peer at the
+// same moment share one; a destination that refuses fails fast.
+func TestTCPDialOnce(t *testing.T) {
+	r := newTCPRig(t, false, nil)
+	z := r.srv.zones[1]
+	var wg sync.WaitGroup
+	errs := make(chan error, 10)
+	for i := 0; i < 10; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- r.srv.ensureTCP(z, r.tcar.addr.String())
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	r.tcar.mu.Lock()
+	n := r.tcar.accepted
+	r.tcar.mu.Unlock()
+	if n != 1 {
+		t.Errorf("carrier accepted %d connections, want 1", n)
+	}
+	start := time.Now()
+	dead := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.4"), uint16(freePort(t, "127.0.0.4")))
+	if err := r.srv.ensureTCP(z, dead.String()); err == nil {
+		t.Error("dial to a closed port succeeded")
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("refused dial took %v", d)
+	}
+}
