@@ -47,10 +47,10 @@ var (
 )
 
 // tcpZone is the TCP side of a zone. open and perSource count the
-// connections alive; mu guards perSource.
+// connections alive; mu guards perSource and dialing.
 type tcpZone struct {
-	ln     *net.TCPListener
-	queue  *connQueue
+	ln    *net.TCPListener
+	queue *connQueue
 	open  atomic.Int64
 
 	mu        sync.Mutex
