@@ -51,33 +51,42 @@ func TestCDRLine(t *testing.T) {
 	}
 }
 
-func TestUnsupportedTCP(t *testing.T) {
+// TestTCPSupported: a configuration with TCP zones and peers is accepted
+// and reaches the signaling core's Config.
+func TestTCPSupported(t *testing.T) {
 	src := []byte(`zone "private" {
   address    = "10.91.1.1"
   transports = ["udp", "tcp"]
 }
 zone "public" {
-  address = "203.0.113.1"
+  address    = "203.0.113.1"
+  transports = ["tcp"]
 }
 pbx "main" {
   zone    = "private"
   address = "10.91.1.2"
 }
 trunk "carrier" {
-  zone    = "public"
-  address = "203.0.113.2"
+  zone      = "public"
+  address   = "203.0.113.2"
+  transport = "tcp"
 }
 `)
 	cfg, diags := config.Parse("t.hcl", src)
 	if diags.HasErrors() {
 		t.Fatal(diags)
 	}
-	u := Unsupported(cfg)
-	if len(u) != 1 || !strings.Contains(u[0], `zone "private": transport "tcp"`) {
+	if u := Unsupported(cfg); len(u) != 0 {
 		t.Errorf("Unsupported = %q", u)
 	}
-	cfg.Zones[0].Transports = []string{"udp"}
-	if u := Unsupported(cfg); len(u) != 0 {
-		t.Errorf("UDP-only config reported: %q", u)
+	sc := SBCConfig(cfg)
+	if got := sc.Zones[0].Transports; len(got) != 2 || got[1] != "tcp" {
+		t.Errorf("private zone transports %q", got)
+	}
+	if got := sc.Zones[1].Transports; len(got) != 1 || got[0] != "tcp" {
+		t.Errorf("public zone transports %q", got)
+	}
+	if sc.Peers[1].Transport != "tcp" || sc.Peers[0].Transport != "udp" {
+		t.Errorf("peer transports %q %q", sc.Peers[0].Transport, sc.Peers[1].Transport)
 	}
 }

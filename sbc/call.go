@@ -52,7 +52,10 @@ type Leg struct {
 	target     sip.Uri   // remote target: the peer's Contact
 	routes     []sip.Uri // route set (RFC 3261 §12.1)
 	dest       string    // where requests go: the peer, never the Contact host
-	learned    foreignSet
+	// transport is the leg's SIP transport: the one leg A's INVITE came
+	// on; empty for legs the SBC opened, which use their peer's.
+	transport string
+	learned   foreignSet
 	// st is the leg's session timer (RFC 4028), nil when none runs.
 	st *sessionTimer
 	// peerMinSE is the Min-SE the peer asked for in a 422 or a request.
@@ -164,6 +167,7 @@ func newCall(s *Server, from, to *peer, req *sip.Request, tx sip.ServerTransacti
 		localCSeq:  randCSeq(),
 		remoteCSeq: req.CSeq().SeqNo,
 		dest:       sourceOrPeer(req, from),
+		transport:  transportOf(req),
 	}
 	if ct := msgContact(req); ct != nil {
 		a.target = ct.Address
@@ -582,11 +586,24 @@ func tagParams(tag string) sip.HeaderParams {
 	return p
 }
 
-// send runs the leak guard over a message about to leave on leg l.
+// send runs the leak guard over a message about to leave on leg l and, for
+// a request, picks its transport and connection (see Server.direct).
 func (c *Call) send(l *Leg, msg sip.Message) {
 	if touched := c.srv.guard.scrub(msg, c.foreignFor(l)); len(touched) > 0 {
 		c.log.Warn("leak guard removed content", "leg", l.side, "zone", l.zone.cfg.Name, "headers", strings.Join(touched, ","))
 	}
+	if req, ok := msg.(*sip.Request); ok {
+		c.srv.direct(l.zone, l.peer, &l.dest, l.transportName(), req)
+	}
+}
+
+// transportName is the transport of the leg's requests, before the RFC
+// 3261 §18.1.1 size rule.
+func (l *Leg) transportName() string {
+	if l.transport != "" {
+		return l.transport
+	}
+	return l.peer.cfg.Transport
 }
 
 // respondA sends a response on leg A's INVITE transaction, with our To tag

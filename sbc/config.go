@@ -27,6 +27,27 @@ type Config struct {
 	// DrainTimeout bounds graceful shutdown (BYE transactions of calls in
 	// progress).
 	DrainTimeout time.Duration
+	// TCP bounds the SIP-over-TCP connections of every zone that serves
+	// TCP. Zero fields take their defaults.
+	TCP TCPLimits
+}
+
+// TCPLimits bound what a TCP peer or stranger can hold of the SBC.
+type TCPLimits struct {
+	// MessageTimeout is how long one message may take to arrive once its
+	// first byte is in: a client that trickles bytes (slow loris) loses
+	// its connection. Default 10 seconds.
+	MessageTimeout time.Duration
+	// IdleTimeout closes a connection of a configured peer that carried
+	// nothing for this long; the next request opens a new one. Default
+	// 10 minutes. Connections of other sources get MessageTimeout.
+	IdleTimeout time.Duration
+	// MaxConnections bounds the open connections of one zone, accepted
+	// and opened together. Default 1024.
+	MaxConnections int
+	// MaxPerSource bounds the connections from one address that is no
+	// configured peer. Default 4.
+	MaxPerSource int
 }
 
 // ZoneConfig is one network side of the SBC.
@@ -40,7 +61,16 @@ type ZoneConfig struct {
 	// Networks are the zone's own networks. The leak guard makes sure none
 	// of these addresses appear in a message sent into another zone.
 	Networks []netip.Prefix
+	// Transports are the SIP transports served on SIPPort: TransportUDP,
+	// TransportTCP. Empty means UDP only.
+	Transports []string
 }
+
+// SIP transports, lower case as in the configuration.
+const (
+	TransportUDP = "udp"
+	TransportTCP = "tcp"
+)
 
 // PeerKind says what a peer is, which decides routing.
 type PeerKind string
@@ -79,6 +109,11 @@ type PeerConfig struct {
 	// Refer says what happens to a REFER from this peer. Empty means
 	// ReferTerminate.
 	Refer ReferMode
+	// Transport is how requests toward this peer travel: TransportUDP
+	// (the default when empty) or TransportTCP. A UDP peer in a zone that
+	// serves TCP too gets requests larger than 1300 bytes over TCP (RFC
+	// 3261 §18.1.1).
+	Transport string
 }
 
 // ReferMode is how the SBC treats a REFER (call transfer, RFC 3515).

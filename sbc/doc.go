@@ -14,4 +14,8 @@
 // Session timers (RFC 4028) are negotiated and kept per leg too (timer.go).
 // A transfer the SBC performs (REFER, refer.go) replaces one leg of the
 // Call with a new one; the Call and its CallID stay.
+//
+// Each leg has its own transport, UDP or TCP (tcp.go): a call may arrive on
+// one and leave on the other. Every TCP connection, accepted or opened,
+// is framed and filtered by the SBC before sipgo reads a message of it.
 package sbc

@@ -555,6 +555,7 @@ func (c *Call) respondOn(l *Leg, req *sip.Request, tx sip.ServerTransaction, cod
 		res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
 	}
 	res.SetBody(body)
+	setTransport(res, l.zone, "", transportOf(req))
 	c.send(l, res)
 	if err := tx.Respond(res); err != nil {
 		c.log.Debug("respond in dialog", "code", code, "error", err)

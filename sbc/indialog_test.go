@@ -154,6 +154,9 @@ func TestReinviteCancelled(t *testing.T) {
 	if st := r.srv.Status(); st.Calls != 1 {
 		t.Fatalf("call must survive a cancelled re-INVITE: %+v", st)
 	}
+	// sipgo's transaction ACKs the 487 before the call has seen it; a
+	// re-INVITE arriving in between would rightly get 491
+	r.waitNoUpdate()
 	// and a new re-INVITE works afterwards
 	r.pbx.send(r.priv, r.pbxInDialog("INVITE", 51, okA, "rc-1", "", pbxSDP))
 	reinv2, _ := r.car.recv("INVITE", "ACK", "SIP/2.0 200", "SIP/2.0 487")
@@ -193,4 +196,31 @@ func TestReliableProvisional(t *testing.T) {
 	r.car.send(r.pub, answer(inv, 200, "OK", "car-tag", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP))
 	r.car.recv("ACK", "SIP/2.0 200")
 	r.pbx.recv("SIP/2.0 200", "SIP/2.0 183", "SIP/2.0 100")
+}
+
+// waitNoUpdate waits until no call has an offer/answer in progress.
+func (r *rig) waitNoUpdate() {
+	r.t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		// the call lock is never taken under the server's (end takes
+		// them the other way round)
+		r.srv.mu.RLock()
+		calls := make([]*Call, 0, len(r.srv.calls))
+		for _, c := range r.srv.calls {
+			calls = append(calls, c)
+		}
+		r.srv.mu.RUnlock()
+		busy := false
+		for _, c := range calls {
+			c.mu.Lock()
+			busy = busy || c.update != nil
+			c.mu.Unlock()
+		}
+		if !busy {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	r.t.Fatal("offer/answer still in progress")
 }

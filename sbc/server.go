@@ -72,6 +72,7 @@ type zone struct {
 	peers   []*peer
 	foreign []netip.Prefix // networks of every other zone
 	private bool           // answers unknown sources with 403 instead of silence
+	tcp     *tcpZone       // nil when the zone serves UDP only
 }
 
 type peer struct {
@@ -134,6 +135,18 @@ func NewServer(cfg Config, m Media, hooks Hooks, log hclog.Logger, sl *slog.Logg
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = 5 * time.Second
 	}
+	if cfg.TCP.MessageTimeout <= 0 {
+		cfg.TCP.MessageTimeout = 10 * time.Second
+	}
+	if cfg.TCP.IdleTimeout <= 0 {
+		cfg.TCP.IdleTimeout = 10 * time.Minute
+	}
+	if cfg.TCP.MaxConnections <= 0 {
+		cfg.TCP.MaxConnections = 1024
+	}
+	if cfg.TCP.MaxPerSource <= 0 {
+		cfg.TCP.MaxPerSource = 4
+	}
 	s := &Server{
 		cfg:     cfg,
 		log:     log,
@@ -164,6 +177,17 @@ func NewServer(cfg Config, m Media, hooks Hooks, log hclog.Logger, sl *slog.Logg
 			z.host = "[" + adv.String() + "]"
 		}
 		z.laddr = sip.Addr{IP: net.IP(zc.Address.AsSlice()), Port: zc.SIPPort}
+		for _, t := range zc.Transports {
+			if !strings.EqualFold(t, TransportUDP) && !strings.EqualFold(t, TransportTCP) {
+				return nil, fmt.Errorf("zone %q: unknown transport %q", zc.Name, t)
+			}
+		}
+		if zoneServes(zc, TransportTCP) {
+			z.tcp = &tcpZone{
+				perSource: map[netip.Addr]int{},
+				queue:     newConnQueue(&net.TCPAddr{IP: net.IP(zc.Address.AsSlice()), Port: zc.SIPPort}),
+			}
+		}
 		byName[zc.Name] = z
 		s.zones = append(s.zones, z)
 	}
@@ -174,6 +198,17 @@ func NewServer(cfg Config, m Media, hooks Hooks, log hclog.Logger, sl *slog.Logg
 		}
 		if pc.Kind != PBX && pc.Kind != Trunk {
 			return nil, fmt.Errorf("peer %q: unknown kind %q", pc.Name, pc.Kind)
+		}
+		switch strings.ToLower(pc.Transport) {
+		case "", TransportUDP:
+			pc.Transport = TransportUDP
+		case TransportTCP:
+			pc.Transport = TransportTCP
+			if !z.servesTCP() {
+				return nil, fmt.Errorf("peer %q: transport tcp, but zone %q does not serve tcp", pc.Name, pc.Zone)
+			}
+		default:
+			return nil, fmt.Errorf("peer %q: unknown transport %q", pc.Name, pc.Transport)
 		}
 		p := &peer{cfg: pc, zone: z, keep: map[string]bool{}}
 		ip := pc.Address.Addr().Unmap()
@@ -236,6 +271,7 @@ func (s *Server) buildUA(z *zone) error {
 		sipgo.WithUserAgentTransportLayerOptions(
 			sip.WithTransportLayerReadFilter(s.readFilter(z)),
 			sip.WithTransportLayerLogger(s.slog.With("zone", z.cfg.Name)),
+			sip.WithTransportLayerTransports(sip.TransportsConfig{TCP: &sip.TransportTCP{DialerCreate: refuseDial}}),
 		),
 		sipgo.WithUserAgentTransactionLayerOptions(
 			sip.WithTransactionLayerUnhandledResponseHandler(func(r *sip.Response) { s.onStrayResponse(z, r) }),
@@ -273,7 +309,19 @@ func (s *Server) buildUA(z *zone) error {
 // Start opens the listeners of every zone and returns once all of them
 // accept packets. The listeners stop when ctx ends or on Shutdown.
 func (s *Server) Start(ctx context.Context) error {
+	// TCP first: once a UDP listener runs, a call may need any zone's TCP
 	for _, z := range s.zones {
+		if z.servesTCP() {
+			if err := s.listenTCP(z); err != nil {
+				s.closeListeners()
+				return err
+			}
+		}
+	}
+	for _, z := range s.zones {
+		if !zoneServes(z.cfg, TransportUDP) {
+			continue
+		}
 		ua := &net.UDPAddr{IP: net.IP(z.cfg.Address.AsSlice()), Port: z.cfg.SIPPort}
 		conn, err := net.ListenUDP("udp", ua)
 		if err != nil {
@@ -324,6 +372,7 @@ func (s *Server) closeListeners() {
 		if z.conn != nil {
 			_ = z.conn.Close()
 		}
+		z.closeTCP()
 	}
 }
 
@@ -377,47 +426,69 @@ func (s *Server) Status() Status {
 
 // readFilter runs in the listener's read goroutine for every datagram,
 // before sipgo parses it. It must never return an error: that would stop
-// the listener.
+// the listener. TCP data passes: each connection's framedConn has run every
+// message through admit already.
 func (s *Server) readFilter(z *zone) sip.TransportReadFilter {
 	return func(info sip.TransportReadProps, data []byte) ([]byte, error) {
-		src := addrPortOf(info.RemoteAddr)
-		peer := s.peerBySource(z, src.Addr()) != nil
-		if g := s.sec.Load(); !peer && g != nil && !s.guardInbound(g.Guard, z, src, data) {
-			return nil, nil // banned, or banned now
-		}
-		if !z.private && !peer {
-			// The public side never answers strangers: a scanner learns
-			// nothing, and the flood costs no parsing.
-			s.counters.unknownSource.Add(1)
-			s.logUnknownSource(z, src)
-			return nil, nil
-		}
-		res := inspect(s.parser, data, s.cfg.MaxMessageSize)
-		if res.NewCall && s.active.Load() >= int64(s.cfg.MaxCalls) {
-			// admission control: refuse before any call state, timer or
-			// goroutine exists, so the calls already up stay healthy
-			s.counters.overload.Add(1)
-			if reply := statelessResponse(bytes.TrimLeft(data, "\r\n\x00"), 503); reply != nil && z.conn != nil {
-				_, _ = z.conn.WriteToUDPAddrPort(reply, src)
-			}
-			return nil, nil
-		}
-		switch res.Action {
-		case entryPass:
+		if !strings.EqualFold(info.Transport, "udp") {
 			return data, nil
-		case entryRespond:
-			s.counters.entryAnswered.Add(1)
-			if z.conn != nil && src.IsValid() {
-				if _, err := z.conn.WriteToUDPAddrPort(res.Reply, src); err != nil {
-					s.log.Debug("stateless reply failed", "zone", z.cfg.Name, "src", src, "error", err)
-				}
-			}
-		default:
-			s.counters.entryDropped.Add(1)
 		}
-		s.log.Debug("request refused before parsing", "zone", z.cfg.Name, "src", src, "reason", res.Reason, "bytes", len(data))
+		src := addrPortOf(info.RemoteAddr)
+		v := s.admit(z, src, data)
+		if v.reply != nil && z.conn != nil && src.IsValid() {
+			if _, err := z.conn.WriteToUDPAddrPort(v.reply, src); err != nil {
+				s.log.Debug("stateless reply failed", "zone", z.cfg.Name, "src", src, "error", err)
+			}
+		}
+		if v.pass {
+			return data, nil
+		}
 		return nil, nil
 	}
+}
+
+// admission is the entry filter's decision on one message.
+type admission struct {
+	pass    bool   // hand it to sipgo
+	reply   []byte // a stateless answer to send back first
+	garbage bool   // not SIP at all: a stream that carries it is closed
+}
+
+// admit is the entry filter, the same for a UDP datagram and a message
+// framed on a TCP connection: ban policies, the public side's silence
+// toward strangers, admission control, then inspect.
+func (s *Server) admit(z *zone, src netip.AddrPort, data []byte) admission {
+	peer := s.peerBySource(z, src.Addr()) != nil
+	if g := s.sec.Load(); !peer && g != nil && !s.guardInbound(g.Guard, z, src, data) {
+		return admission{} // banned, or banned now
+	}
+	if !z.private && !peer {
+		// The public side never answers strangers: a scanner learns
+		// nothing, and the flood costs no parsing.
+		s.counters.unknownSource.Add(1)
+		s.logUnknownSource(z, src)
+		return admission{}
+	}
+	res := inspect(s.parser, data, s.cfg.MaxMessageSize)
+	if res.NewCall && s.active.Load() >= int64(s.cfg.MaxCalls) {
+		// admission control: refuse before any call state, timer or
+		// goroutine exists, so the calls already up stay healthy
+		s.counters.overload.Add(1)
+		return admission{reply: statelessResponse(bytes.TrimLeft(data, "\r\n\x00"), 503)}
+	}
+	var out admission
+	switch res.Action {
+	case entryPass:
+		return admission{pass: true}
+	case entryRespond:
+		s.counters.entryAnswered.Add(1)
+		out.reply = res.Reply
+	default:
+		s.counters.entryDropped.Add(1)
+	}
+	out.garbage = res.Reason == "not sip"
+	s.log.Debug("request refused before parsing", "zone", z.cfg.Name, "src", src, "reason", res.Reason, "bytes", len(data))
+	return out
 }
 
 // logUnknownSource logs at most one line every 10 seconds, so a scan cannot
@@ -466,6 +537,28 @@ func (s *Server) peerBySource(z *zone, src netip.Addr) *peer {
 		}
 	}
 	return nil
+}
+
+// peerFor is peerBySource for a request that opens a call: two peers may
+// share an address when their transports differ (RFC 3261 §18 keeps UDP
+// and TCP apart), so the one whose transport the request came on wins.
+func (s *Server) peerFor(z *zone, req *sip.Request) *peer {
+	src, tp := sourceOf(req).Addr().Unmap(), transportOf(req)
+	var first *peer
+	for _, p := range z.peers {
+		for _, pre := range p.sources {
+			if !pre.Contains(src) {
+				continue
+			}
+			if p.cfg.Transport == tp {
+				return p
+			}
+			if first == nil {
+				first = p
+			}
+		}
+	}
+	return first
 }
 
 // route picks the outbound peer of a new call: for now calls from a pbx go
@@ -523,7 +616,7 @@ func (s *Server) onInvite(z *zone, req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	src := sourceOf(req)
-	from := s.peerBySource(z, src.Addr())
+	from := s.peerFor(z, req)
 	if from == nil {
 		s.counters.unknownSource.Add(1)
 		if z.private {
@@ -609,6 +702,7 @@ func (s *Server) respond(z *zone, req *sip.Request, tx sip.ServerTransaction, co
 	for _, h := range extra {
 		res.AppendHeader(h)
 	}
+	setTransport(res, z, "", transportOf(req))
 	if err := tx.Respond(res); err != nil {
 		s.log.Debug("respond failed", "zone", z.cfg.Name, "code", code, "error", err)
 	}
@@ -726,8 +820,8 @@ func (s *Server) ackAndByeOrphan(z *zone, res *sip.Response) {
 		r.AppendHeader(&sip.CSeqHeader{SeqNo: seq, MethodName: m})
 		r.AppendHeader(sip.NewHeader("User-Agent", s.cfg.UserAgent))
 		r.SetBody(nil)
-		r.Laddr = z.laddr
-		r.SetDestination(p.dest)
+		dest := p.dest
+		s.direct(z, p, &dest, p.cfg.Transport, r)
 		return r
 	}
 	if err := z.client.WriteRequest(build(sip.ACK, cs.SeqNo), noBuild); err != nil {

@@ -43,6 +43,7 @@ type scenarioPair struct {
 	uac, uas string
 	service  string   // the called number, -s
 	uasArgs  []string // extra callee arguments, such as -rtp_echo
+	uacArgs  []string // extra caller arguments, such as -t t1
 	rtp      bool     // the caller plays g711a.pcap, the callee echoes it
 }
 
@@ -64,7 +65,8 @@ func startCallee(t *testing.T, callee endpoint, p scenarioPair) *testenv.SIPp {
 func startCaller(t *testing.T, caller endpoint, target netip.AddrPort, p scenarioPair) *testenv.SIPp {
 	t.Helper()
 	args := []string{"-sf", p.uac, "-i", caller.addr.String(), "-p", strconv.Itoa(sipPort), "-s", p.service,
-		"-timeout", fmt.Sprintf("%ds", int(callBound/time.Second)), target.String()}
+		"-timeout", fmt.Sprintf("%ds", int(callBound/time.Second))}
+	args = append(append(args, p.uacArgs...), target.String())
 	return testenv.StartSIPp(t, caller.ns, scenarioDir(t), args...)
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net/netip"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -228,3 +229,74 @@ func checkTransactions(msgs []sipMessage, from netip.Addr) []string {
 	}
 	return problems
 }
+
+// tcpSIP reassembles the TCP streams to or from port in pkts (capture
+// order; veth links do not reorder or lose segments) and cuts them into SIP
+// messages by Content-Length. Each message is returned as a Packet of its
+// stream's addresses whose payload is the whole message.
+func tcpSIP(pkts []testenv.Packet, port uint16) []testenv.Packet {
+	type flow struct{ src, dst string }
+	streams := map[flow][]byte{}
+	var order []flow
+	first := map[flow]testenv.Packet{}
+	for _, p := range pkts {
+		if p.Proto != testenv.ProtoTCP || len(p.Payload) == 0 || (p.Src.Port() != port && p.Dst.Port() != port) {
+			continue
+		}
+		f := flow{p.Src.String(), p.Dst.String()}
+		if _, ok := streams[f]; !ok {
+			order = append(order, f)
+			first[f] = p
+		}
+		streams[f] = append(streams[f], p.Payload...)
+	}
+	var out []testenv.Packet
+	for _, f := range order {
+		s := streams[f]
+		for len(s) > 0 {
+			s = bytes.TrimLeft(s, "\r\n")
+			end := bytes.Index(s, []byte("\r\n\r\n"))
+			if end < 0 {
+				break
+			}
+			n := 0
+			if m := contentLengthRe.FindSubmatch(s[:end+2]); m != nil {
+				n, _ = strconv.Atoi(string(m[1]))
+			}
+			total := min(end+4+n, len(s))
+			p := first[f]
+			p.Payload = s[:total]
+			out = append(out, p)
+			s = s[total:]
+		}
+	}
+	return out
+}
+
+// sipMessagesOf parses the messages tcpSIP cut out.
+func sipMessagesOf(msgs []testenv.Packet) []sipMessage {
+	var out []sipMessage
+	for _, p := range msgs {
+		if m, ok := parseSIP(p); ok {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// initialInvites keeps the first INVITE of each Call-ID: re-INVITEs go to
+// the peer's Contact, which checkRouting does not expect.
+func initialInvites(msgs []sipMessage) []sipMessage {
+	seen := map[string]bool{}
+	var out []sipMessage
+	for _, m := range msgs {
+		if m.Method != "INVITE" || seen[m.CallID] {
+			continue
+		}
+		seen[m.CallID] = true
+		out = append(out, m)
+	}
+	return out
+}
+
+var contentLengthRe = regexp.MustCompile(`(?im)^(?:content-length|l)\s*:\s*(\d+)\s*$`)

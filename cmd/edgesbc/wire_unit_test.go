@@ -156,3 +156,36 @@ func TestCheckTransactions(t *testing.T) {
 		}
 	}
 }
+
+// TestTCPSIP: messages are cut out of reassembled streams by
+// Content-Length, per direction, so a string split across segments is
+// found by findLeaks on the result.
+func TestTCPSIP(t *testing.T) {
+	a, b := netip.MustParseAddrPort("203.0.113.1:40000"), netip.MustParseAddrPort("203.0.113.2:5060")
+	seg := func(src, dst netip.AddrPort, s string) testenv.Packet {
+		return testenv.Packet{Proto: testenv.ProtoTCP, Src: src, Dst: dst, Payload: []byte(s)}
+	}
+	inv := "INVITE sip:1@203.0.113.2 SIP/2.0\r\nCall-ID: c1\r\nContact: <sip:x@pbx01.corp.internal>\r\nContent-Length: 4\r\n\r\nbody"
+	ok := "SIP/2.0 200 OK\r\nCall-ID: c1\r\nl: 0\r\n\r\n"
+	cut := strings.Index(inv, "corp.internal") + 2
+	pkts := []testenv.Packet{
+		seg(a, b, inv[:cut]),
+		seg(b, a, ok),
+		seg(a, b, inv[cut:]+"\r\n\r\nBYE sip:1@203.0.113.2 SIP/2.0\r\nCall-ID: c1\r\nContent-Length: 0\r\n\r\n"),
+		{Proto: testenv.ProtoUDP, Src: a, Dst: b, Payload: []byte(ok)},
+	}
+	msgs := sipMessagesOf(tcpSIP(pkts, 5060))
+	var got []string
+	for _, m := range msgs {
+		got = append(got, m.String())
+	}
+	if len(msgs) != 3 || msgs[0].Method != "INVITE" || msgs[0].Body != "body" || msgs[1].Method != "BYE" || msgs[2].Status != 200 {
+		t.Fatalf("messages %q", got)
+	}
+	if findLeaks(pkts[:3], netip.MustParsePrefix("10.91.1.0/24"), []string{"corp.internal"}) != nil {
+		t.Fatal("the split name must not be visible per segment (else this test proves nothing)")
+	}
+	if leaks := findLeaks(tcpSIP(pkts, 5060), netip.MustParsePrefix("10.91.1.0/24"), []string{"corp.internal"}); len(leaks) != 1 {
+		t.Errorf("leaks in reassembled messages: %q, want the Contact", leaks)
+	}
+}

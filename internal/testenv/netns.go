@@ -100,6 +100,24 @@ func (n *Netns) WaitUDPPort(ctx context.Context, port uint16) error {
 	}
 }
 
+// WaitTCPPort waits until some socket in the namespace listens on TCP port
+// port, on any address, or ctx ends.
+func (n *Netns) WaitTCPPort(ctx context.Context, port uint16) error {
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		out, err := n.Command(ctx, "cat", "/proc/net/tcp", "/proc/net/tcp6").Output()
+		if err == nil && tcpPortListening(string(out), port) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("netns %s: wait for tcp port %d: %w", n.Name, port, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
 // Pids returns the processes running inside the namespace.
 func (n *Netns) Pids() ([]int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), ipCommandTimeout)

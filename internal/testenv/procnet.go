@@ -28,3 +28,19 @@ func udpPortBound(procNetUDP string, port uint16) bool {
 	}
 	return false
 }
+
+// tcpPortListening reports whether a /proc/net/tcp or /proc/net/tcp6
+// listing has a socket listening (state 0A) on local port port. The lines
+// have the layout of /proc/net/udp.
+func tcpPortListening(procNetTCP string, port uint16) bool {
+	for line := range strings.Lines(procNetTCP) {
+		fields := strings.Fields(line)
+		if len(fields) < 4 || fields[3] != "0A" {
+			continue
+		}
+		if udpPortBound(line, port) {
+			return true
+		}
+	}
+	return false
+}

@@ -34,3 +34,28 @@ func TestUDPPortBound(t *testing.T) {
 		}
 	}
 }
+
+// Captured from a namespace running sipp -t t1 -p 5060 with one call up.
+const procNetTCP = `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0200710B:13C4 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 31337 1 0000000000000000 100 0 0 10 0
+   1: 0200710B:13C4 010071CB:9C41 01 00000000:00000000 00:00000000 00000000     0        0 31338 1 0000000000000000 20 4 30 10 -1
+   2: 0200710B:A411 010071CB:13C4 01 00000000:00000000 00:00000000 00000000     0        0 31339 1 0000000000000000 20 4 30 10 -1
+`
+
+func TestTCPPortListening(t *testing.T) {
+	for _, tt := range []struct {
+		port uint16
+		want bool
+	}{
+		{5060, true},
+		{0xA411, false}, // connected, not listening
+		{6000, false},
+	} {
+		if got := tcpPortListening(procNetTCP, tt.port); got != tt.want {
+			t.Errorf("tcpPortListening(%d) = %v, want %v", tt.port, got, tt.want)
+		}
+	}
+	if tcpPortListening("garbage\n 1: x 0A\n", 5060) {
+		t.Error("garbage read as a listener")
+	}
+}

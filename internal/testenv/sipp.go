@@ -147,19 +147,25 @@ func StartSIPp(t testing.TB, ns *Netns, dir string, args ...string) *SIPp {
 		s.stdout.Close()
 	})
 
-	var ports []uint16
+	type boundPort struct {
+		port uint16
+		tcp  bool
+	}
+	var ports []boundPort
 	if v := flagValue(args, "-p"); v != "" {
-		ports = append(ports, parsePort(t, s.label, "-p", v))
+		// -t t1 or tn: the SIP port is a TCP listener, and no UDP one
+		tcp := strings.HasPrefix(flagValue(args, "-t"), "t")
+		ports = append(ports, boundPort{parsePort(t, s.label, "-p", v), tcp})
 	}
 	if slices.Contains(args, "-rtp_echo") {
 		mp := uint16(sippDefaultMediaPort)
 		if v := flagValue(args, "-mp"); v != "" {
 			mp = parsePort(t, s.label, "-mp", v)
 		}
-		ports = append(ports, mp)
+		ports = append(ports, boundPort{mp, false})
 	}
 	for _, port := range ports {
-		if err := s.waitPort(ns, port); err != nil {
+		if err := s.waitPort(ns, port.port, port.tcp); err != nil {
 			s.cancel()
 			<-s.done
 			s.logTails()
@@ -225,8 +231,9 @@ func (s *SIPp) collect() (SIPpResult, error) {
 	return res, nil
 }
 
-// waitPort waits for port to be bound in ns, giving up early if sipp exits.
-func (s *SIPp) waitPort(ns *Netns, port uint16) error {
+// waitPort waits for port to be bound (a TCP port: listened on) in ns,
+// giving up early if sipp exits.
+func (s *SIPp) waitPort(ns *Netns, port uint16, tcp bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), sippReadyTimeout)
 	defer cancel()
 	go func() {
@@ -236,10 +243,14 @@ func (s *SIPp) waitPort(ns *Netns, port uint16) error {
 		case <-ctx.Done():
 		}
 	}()
-	if err := ns.WaitUDPPort(ctx, port); err != nil {
+	wait, proto := ns.WaitUDPPort, "udp"
+	if tcp {
+		wait, proto = ns.WaitTCPPort, "tcp"
+	}
+	if err := wait(ctx, port); err != nil {
 		select {
 		case <-s.done:
-			return fmt.Errorf("exited before binding udp port %d: %v", port, s.runErr)
+			return fmt.Errorf("exited before binding %s port %d: %v", proto, port, s.runErr)
 		default:
 			return err
 		}
