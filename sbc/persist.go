@@ -52,6 +52,7 @@ type LegState struct {
 	Target       string         `json:"target"`
 	Routes       []string       `json:"routes,omitempty"`
 	Dest         string         `json:"dest"`
+	Transport    string         `json:"transport,omitempty"`
 	LocalCSeq    uint32         `json:"local_cseq"`
 	RemoteCSeq   uint32         `json:"remote_cseq"`
 	LearnedAddrs []netip.Addr   `json:"learned_addrs,omitempty"`
@@ -107,7 +108,7 @@ func (c *Call) snapshot() (CallState, bool) {
 			CallID: l.callID, LocalTag: l.localTag, RemoteTag: l.remoteTag,
 			Local: l.local.String(), LocalName: l.localName,
 			Remote: l.remote.String(), RemoteName: l.remoteName,
-			Target: l.target.String(), Dest: l.dest,
+			Target: l.target.String(), Dest: l.dest, Transport: l.transport,
 			LocalCSeq: l.localCSeq, RemoteCSeq: l.remoteCSeq,
 			LearnedAddrs: append([]netip.Addr(nil), l.learned.addrs...),
 			LearnedHosts: append([]string(nil), l.learned.hosts...),
@@ -183,7 +184,7 @@ var errDraining = errors.New("sbc: server is stopping")
 func (s *Server) restoreLeg(side media.Side, ls LegState) (*Leg, error) {
 	l := &Leg{
 		side: side, callID: ls.CallID, localTag: ls.LocalTag, remoteTag: ls.RemoteTag,
-		localName: ls.LocalName, remoteName: ls.RemoteName, dest: ls.Dest,
+		localName: ls.LocalName, remoteName: ls.RemoteName, dest: ls.Dest, transport: ls.Transport,
 		localCSeq: ls.LocalCSeq + cseqMargin, remoteCSeq: ls.RemoteCSeq,
 		allowUpdate: ls.AllowUpdate, peerMinSE: ls.PeerMinSE,
 	}
