@@ -124,12 +124,25 @@ func fields(s string) []float64 {
 	return out
 }
 
+// raiseFiles lifts the descriptor limit: 10,000 streams are 40,000 relay
+// sockets. Root may raise the hard limit too, up to fs.nr_open, unless a
+// container forbids it.
 func raiseFiles() {
 	var r unix.Rlimit
-	if unix.Getrlimit(unix.RLIMIT_NOFILE, &r) == nil {
-		r.Cur = r.Max
-		_ = unix.Setrlimit(unix.RLIMIT_NOFILE, &r)
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &r) != nil {
+		return
 	}
+	want := uint64(200000)
+	if b, err := os.ReadFile("/proc/sys/fs/nr_open"); err == nil {
+		if n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil {
+			want = min(want, n)
+		}
+	}
+	if r.Max < want && unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: want, Max: want}) == nil {
+		return
+	}
+	r.Cur = r.Max
+	_ = unix.Setrlimit(unix.RLIMIT_NOFILE, &r)
 }
 
 type lab struct {
