@@ -54,6 +54,7 @@ image-test: image
 bench:
 	bash scripts/deps.sh bench
 	bash bench/run.sh
+	bash bench/media-kernel.sh
 
 lint vet:
 	$(GO) vet ./...

@@ -19,6 +19,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/edgesbc/edgesbc/appliance/config"
+	"github.com/edgesbc/edgesbc/firewall"
 	"github.com/edgesbc/edgesbc/media"
 	"github.com/edgesbc/edgesbc/sbc"
 )
@@ -36,10 +37,11 @@ type Options struct {
 
 // Agent is a running edgesbc.
 type Agent struct {
-	log   hclog.Logger
-	mode  string
-	relay *media.Relay
-	sbc   *sbc.Server
+	log     hclog.Logger
+	mode    string
+	relay   *media.Relay
+	sbc     *sbc.Server
+	offload bool
 }
 
 // Status is what the admin socket reports.
@@ -50,7 +52,11 @@ type Status struct {
 	sbc.Status
 	Sessions   int `json:"sessions"`
 	PortsInUse int `json:"ports_in_use"`
-	Goroutines int `json:"goroutines"`
+	// KernelOffload is whether latched media goes to the kernel;
+	// Offloaded counts the stream components it forwards now.
+	KernelOffload bool `json:"kernel_offload"`
+	Offloaded     int  `json:"offloaded"`
+	Goroutines    int  `json:"goroutines"`
 }
 
 // Run builds the subsystems from cfg, starts them and blocks until ctx ends,
@@ -72,8 +78,23 @@ func Run(ctx context.Context, cfg *config.Config, opts Options, log hclog.Logger
 	sip.SetDefaultLogger(sl)
 
 	a := &Agent{log: log, mode: "running"}
+	var offloader media.Offloader
+	if cfg.Media.KernelOffload {
+		fw, err := startOffload(cfg, log)
+		if err != nil {
+			log.Warn("kernel media offload off: media stays in userspace", "reason", err)
+		} else {
+			offloader, a.offload = fw, true
+			defer func() {
+				if err := fw.Close(false); err != nil {
+					log.Error("stop kernel media offload", "error", err)
+				}
+			}()
+		}
+	}
 	var srv *sbc.Server
 	relay, err := media.NewRelay(media.Config{
+		Offloader:  offloader,
 		PortMin:    cfg.Media.PortMin,
 		PortMax:    cfg.Media.PortMax,
 		Quarantine: cfg.Media.Quarantine,
@@ -167,7 +188,28 @@ func (a *Agent) Status() Status {
 		Sessions:   a.relay.Sessions(),
 		PortsInUse: a.relay.PortsInUse(),
 		Goroutines: runtime.NumGoroutine(),
+
+		KernelOffload: a.offload,
+		Offloaded:     a.relay.OffloadedLinks(),
 	}
+}
+
+// startOffload programs kernel media offload for the zones' addresses. It
+// fails, and media stays in userspace, where the kernel would not forward
+// (ip_forward off) or the daemon may not program nftables.
+func startOffload(cfg *config.Config, log hclog.Logger) (*firewall.Media, error) {
+	if err := firewall.Forwarding(); err != nil {
+		return nil, err
+	}
+	var addrs []netip.Addr
+	for _, z := range cfg.Zones {
+		addrs = append(addrs, z.Address)
+	}
+	return firewall.NewMedia(firewall.MediaConfig{
+		Addrs:   addrs,
+		PortMin: cfg.Media.PortMin,
+		PortMax: cfg.Media.PortMax,
+	}, log.Named("firewall"))
 }
 
 // SBCConfig maps the file's values onto the signaling core's own Config.

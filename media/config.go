@@ -37,6 +37,9 @@ type Config struct {
 	// Username is the SDP o= username of every body the relay writes
 	// (default "edgesbc"). It is one token: no whitespace.
 	Username string
+	// Offloader, when set, moves the flows of latched streams into the
+	// kernel (see Offloader). Nil keeps every packet in userspace.
+	Offloader Offloader
 
 	// batchIO selects the datagram I/O implementation; the zero value is the
 	// platform default. Tests use it to run the portable path on Linux too.

@@ -30,13 +30,14 @@
 //
 // It does not own SIP (package sbc decides when sessions open, which side
 // offered and when calls end), address discovery (package nat provides the
-// advertised addresses as plain data) or the firewall. Kernel fast-path
-// forwarding comes later through an Offloader seam that this package will
-// declare and package firewall will implement with nftables: once both
-// sides of a stream are latched (see relaySocket.admit), its flows are fixed
-// 5-tuples that can be handed over, and the userspace relay stays as the
-// fallback for everything the kernel does not take. Nothing of that seam
-// exists yet.
+// advertised addresses as plain data) or the firewall. Kernel forwarding
+// goes through the Offloader seam (package firewall implements it with
+// nftables): once both sides of a stream component are latched its two
+// directions are fixed 5-tuples, and the first admitted batch after that
+// hands them over (see link). New SDP addresses, hold and the end of the
+// stream withdraw them first; the kernel's counters are polled into the
+// stats and count as media activity. The userspace relay stays the
+// fallback for everything the kernel does not take.
 //
 // Concurrency: Relay.mu guards the session map, each session's mu guards
 // its streams, and the hot path (one reader goroutine per socket) takes

@@ -44,6 +44,11 @@ type Relay struct {
 	// scheduler queue and the SIP goroutines of the same process wait
 	// seconds behind them. With it, signaling always finds a processor.
 	lanes chan struct{}
+
+	// kmu guards klinks, the stream components the kernel forwards now
+	// (see link). Taken after a link's mu, never before.
+	kmu    sync.Mutex
+	klinks map[*link]struct{}
 }
 
 // NewRelay validates cfg, fills in defaults and starts the janitor.
@@ -71,6 +76,7 @@ func NewRelay(cfg Config, log hclog.Logger) (*Relay, error) {
 		stop:        make(chan struct{}),
 		janitorDone: make(chan struct{}),
 		lanes:       make(chan struct{}, max(1, runtime.GOMAXPROCS(0)-1)),
+		klinks:      make(map[*link]struct{}),
 	}
 	go r.janitor()
 	r.log.Info("relay started", "port_min", cfg.PortMin, "port_max", cfg.PortMax, "pairs", pool.Size(),
@@ -219,11 +225,15 @@ func (r *Relay) janitor() {
 	t := time.NewTicker(janitorTick(r.cfg.Timeout))
 	defer t.Stop()
 	var batch []*session
+	var links []*link
 	for {
 		select {
 		case <-r.stop:
 			return
 		case <-t.C:
+		}
+		if r.cfg.Offloader != nil {
+			links = r.pollKernel(links)
 		}
 		batch = batch[:0]
 		r.mu.Lock()

@@ -202,7 +202,8 @@ func (s *session) negotiate(from Side, body []byte, offer bool) ([]byte, error) 
 			s.duplex[from] = true
 		}
 	}
-	s.held.Store(s.known[A] && s.known[B] && !(s.duplex[A] && s.duplex[B]))
+	held := s.known[A] && s.known[B] && !(s.duplex[A] && s.duplex[B])
+	s.held.Store(held)
 	for i, m := range media {
 		if i == len(s.streams) {
 			s.streams = append(s.streams, &stream{index: i})
@@ -216,6 +217,9 @@ func (s *session) negotiate(from Side, body []byte, offer bool) ([]byte, error) 
 			}
 			st.eps[from].socks[compRTP].expect(ann[i].rtp)
 			st.eps[from].socks[compRTCP].expect(ann[i].rtcp)
+			for _, k := range st.eps[A].socks {
+				k.link.setHeld(held)
+			}
 		case !st.active():
 		case offer:
 			// RFC 3264 §8.2: port 0 in an offer disables the stream for
@@ -294,6 +298,7 @@ func (s *session) allocate(index int) ([2]*endpoint, error) {
 	for _, c := range components {
 		eps[A].socks[c].peer = eps[B].socks[c]
 		eps[B].socks[c].peer = eps[A].socks[c]
+		newLink(s, c, index, eps[A].socks[c], eps[B].socks[c])
 	}
 	for _, ep := range eps {
 		for _, k := range ep.socks {
@@ -342,6 +347,7 @@ func (s *session) retire(st *stream) {
 	if !st.active() {
 		return
 	}
+	closeLinks([]*stream{st})
 	for _, ep := range st.eps {
 		for _, k := range ep.socks {
 			k.conn.Close()
@@ -365,6 +371,7 @@ func (s *session) close() Stats {
 	defer s.mu.Unlock()
 	if !s.closed {
 		s.closed = true
+		closeLinks(s.streams)
 		for _, st := range s.streams {
 			for _, ep := range st.eps {
 				if ep == nil {
@@ -404,4 +411,31 @@ func (s *session) statsLocked() Stats {
 		out.Streams[i] = ss
 	}
 	return out
+}
+
+// closeLinks withdraws the offloaded components of streams and waits,
+// bounded by withdrawWait in all, for their final kernel counters. All
+// withdrawals are queued before the first wait, so they share batches.
+func closeLinks(streams []*stream) {
+	var waits []<-chan struct{}
+	for _, st := range streams {
+		if !st.active() {
+			continue
+		}
+		for _, k := range st.eps[A].socks {
+			waits = append(waits, k.link.shut())
+		}
+	}
+	if len(waits) == 0 {
+		return
+	}
+	deadline := time.NewTimer(withdrawWait)
+	defer deadline.Stop()
+	for _, w := range waits {
+		select {
+		case <-w:
+		case <-deadline.C:
+			return
+		}
+	}
 }

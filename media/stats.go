@@ -43,6 +43,7 @@ type FlowStats struct {
 
 	Packets, Bytes            uint64 // all datagrams read, admitted or not
 	Forwarded, ForwardedBytes uint64 // sent on to the other side
+	Offloaded, OffloadedBytes uint64 // of Forwarded: forwarded by the kernel, not the relay socket
 	DroppedStranger           uint64 // not from the side: SDP unknown, other IP, or not the latched address:port
 	DroppedNoDest             uint64 // admitted, but the other side's address is unknown
 	DroppedTruncated          uint64 // longer than the receive buffer
@@ -56,6 +57,8 @@ func (f *FlowStats) add(o FlowStats) {
 	f.Bytes += o.Bytes
 	f.Forwarded += o.Forwarded
 	f.ForwardedBytes += o.ForwardedBytes
+	f.Offloaded += o.Offloaded
+	f.OffloadedBytes += o.OffloadedBytes
 	f.DroppedStranger += o.DroppedStranger
 	f.DroppedNoDest += o.DroppedNoDest
 	f.DroppedTruncated += o.DroppedTruncated

@@ -138,6 +138,7 @@ type relaySocket struct {
 
 	remote atomic.Pointer[remote]
 	c      counters
+	link   *link    // the component across both sides, for offloading
 	fwd    [][]byte // admitted payloads of the current batch
 }
 
@@ -161,11 +162,24 @@ func (k *relaySocket) expect(ap netip.AddrPort) {
 		return
 	}
 	k.remote.Store(&remote{expected: ap})
+	if k.link != nil {
+		k.link.remoteChanged()
+	}
 }
 
-// stats returns the socket's counters and addresses.
+// stats returns the socket's counters and addresses, including what the
+// kernel forwarded for it while its link was offloaded.
 func (k *relaySocket) stats() FlowStats {
 	f := k.c.snapshot()
+	if k.link != nil {
+		kc := k.link.kernel(k.side)
+		f.Packets += kc.Packets
+		f.Bytes += kc.Bytes
+		f.Forwarded += kc.Packets
+		f.ForwardedBytes += kc.Bytes
+		f.Offloaded += kc.Packets
+		f.OffloadedBytes += kc.Bytes
+	}
 	f.Local = k.local
 	if r := k.remote.Load(); r != nil {
 		f.Expected, f.Latched = r.expected, r.latched
@@ -259,6 +273,9 @@ func (k *relaySocket) forward(n int) {
 	if k.comp == compRTP && uint64(n) > stranger {
 		k.sess.touch()
 	}
+	if len(fwd) > 0 && k.link != nil && k.link.eligible.Load() {
+		k.link.try()
+	}
 }
 
 // admit applies admission to one datagram, latching when told to. *r is the
@@ -278,9 +295,8 @@ func (k *relaySocket) admit(r **remote, src netip.AddrPort) bool {
 			*r = next
 			k.sess.log.Debug("remote latched", "side", k.side, "stream", k.index, "component", k.comp,
 				"src", src, "announced", cur.expected)
-			// Once both sides of a stream are latched its flows are fixed
-			// 5-tuples. That is where an Offloader will move them into
-			// the kernel (see the package documentation).
+			// Once both sides are latched the component's flows are
+			// fixed 5-tuples: forward then tries to offload them.
 			return true
 		}
 		*r = k.remote.Load() // new SDP arrived meanwhile: decide again

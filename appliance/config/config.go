@@ -150,6 +150,9 @@ type Media struct {
 	// Quarantine keeps a released port pair out of use this long, so late
 	// packets of an ended call do not reach the next one. Default 5s.
 	Quarantine time.Duration
+	// KernelOffload hands latched streams to the kernel (nftables NAT)
+	// where the daemon may program it. Default true.
+	KernelOffload bool
 }
 
 // SIP configures SIP signalling limits and identity.

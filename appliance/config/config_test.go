@@ -410,7 +410,7 @@ func TestParseDefaults(t *testing.T) {
 				Sources:   []netip.Prefix{netip.MustParsePrefix("203.0.113.2/32")},
 			},
 		},
-		Media: Media{PortMin: 20000, PortMax: 29999, Timeout: 60 * time.Second, Quarantine: 5 * time.Second},
+		Media: Media{PortMin: 20000, PortMax: 29999, Timeout: 60 * time.Second, Quarantine: 5 * time.Second, KernelOffload: true},
 		SIP:   SIP{UserAgent: "edgesbc", MaxMessageSize: 16384, InviteTimeout: 180 * time.Second, MaxCalls: 10000},
 		Log:   Log{Level: "info"},
 	}
@@ -462,6 +462,7 @@ media {
   port_range = "30000-30003"
   timeout    = "2m"
   quarantine = "0s"
+  kernel_offload = false
 }
 sip {
   user_agent       = "acme-sbc/1.0"

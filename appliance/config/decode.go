@@ -59,6 +59,7 @@ type rawMedia struct {
 	PortRange  *hcl.Attribute `hcl:"port_range,optional"`
 	Timeout    *hcl.Attribute `hcl:"timeout,optional"`
 	Quarantine *hcl.Attribute `hcl:"quarantine,optional"`
+	Offload    *hcl.Attribute `hcl:"kernel_offload,optional"`
 }
 
 type rawSIP struct {
@@ -115,6 +116,15 @@ func decodeString(attr *hcl.Attribute) (string, hcl.Diagnostics) {
 		return "", diags
 	}
 	return s, nil
+}
+
+// decodeBool decodes a constant bool attribute.
+func decodeBool(attr *hcl.Attribute) (bool, hcl.Diagnostics) {
+	var v bool
+	if diags := decode(attr.Expr, &v); diags.HasErrors() {
+		return false, diags
+	}
+	return v, nil
 }
 
 // decodeStringList decodes a list of strings. Each item carries the range of

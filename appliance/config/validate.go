@@ -511,10 +511,11 @@ func (b *builder) keepHeaders(attr *hcl.Attribute) []string {
 
 func (b *builder) media(raw *rawMedia) mediaDef {
 	d := mediaDef{media: Media{
-		PortMin:    DefaultMediaPortMin,
-		PortMax:    DefaultMediaPortMax,
-		Timeout:    DefaultMediaTimeout,
-		Quarantine: DefaultQuarantine,
+		PortMin:       DefaultMediaPortMin,
+		PortMax:       DefaultMediaPortMax,
+		Timeout:       DefaultMediaTimeout,
+		Quarantine:    DefaultQuarantine,
+		KernelOffload: true,
 	}, rangeOK: true}
 	if raw == nil {
 		return d
@@ -551,6 +552,11 @@ func (b *builder) media(raw *rawMedia) mediaDef {
 	if raw.Quarantine != nil {
 		if q, diags := decodeDuration(raw.Quarantine, true); b.add(diags) {
 			d.media.Quarantine = q
+		}
+	}
+	if raw.Offload != nil {
+		if v, diags := decodeBool(raw.Offload); b.add(diags) {
+			d.media.KernelOffload = v
 		}
 	}
 	return d

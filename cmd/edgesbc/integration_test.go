@@ -78,6 +78,13 @@ type lab struct {
 // daemon with testdata/integration.hcl.
 func newLab(t *testing.T) *lab {
 	t.Helper()
+	return newLabWith(t, nil)
+}
+
+// newLabWith is newLab with a hook that prepares the topology before the
+// daemon starts.
+func newLabWith(t *testing.T, before func(*testenv.Topology)) *lab {
+	t.Helper()
 	testenv.Integration(t)
 	testenv.RequireTool(t, "sipp")
 	testenv.RequireTool(t, "tcpdump")
@@ -96,6 +103,9 @@ func newLab(t *testing.T) *lab {
 	}
 	l.carrierCapture = testenv.StartCapture(t, topo.Carrier, topo.CarrierIf, "")
 	l.pbxCapture = testenv.StartCapture(t, topo.PBX, topo.PBXIf, "")
+	if before != nil {
+		before(topo)
+	}
 	l.daemon = testenv.StartDaemon(t, topo.SBC, string(cfg))
 	return l
 }

@@ -111,6 +111,10 @@ type Status struct {
 	PortsInUse int `json:"ports_in_use"` // media port pairs allocated or quarantined
 	Goroutines int `json:"goroutines"`
 	Dialogs    int `json:"dialogs"` // SIP dialogs tracked
+	// KernelOffload is whether latched media goes to the kernel, and
+	// Offloaded how many stream components the kernel forwards now.
+	KernelOffload bool `json:"kernel_offload"`
+	Offloaded     int  `json:"offloaded"`
 }
 
 // statusKeys are the keys Status needs; a reply lacking one is an error
