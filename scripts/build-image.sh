@@ -210,6 +210,9 @@ say "base ready after $(($(date +%s) - start))s"
 # --- appliance layer ---------------------------------------------------------
 
 cp -a images/rootfs/. "$rootfs/"
+# A checkout's file times are the time of the checkout: the overlay gets
+# SOURCE_DATE_EPOCH instead.
+(cd images/rootfs && find . -print0) | (cd "$rootfs" && xargs -0 touch -h -d "@$SOURCE_DATE_EPOCH")
 install -m 755 "$work/edgesbc" "$rootfs/usr/sbin/edgesbc"
 install -d -m 750 "$rootfs/etc/edgesbc"
 if [ -n "$CONFIG" ]; then
@@ -300,6 +303,13 @@ used_mib=$(($(du -sxm "$rootfs" | cut -f1) + 64))
 root=$work/root.img
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -F -L edgesbc-root -U "$ROOT_FSUUID" \
 	-E "hash_seed=$ROOT_FSUUID,root_owner=0:0" -d "$rootfs" "$root" "${root_mib}M" >/dev/null
+# mkfs.ext4 -d copies atime and ctime from the build machine's files, and
+# ctime cannot be set there: set both to SOURCE_DATE_EPOCH in the image.
+(cd "$rootfs" && find . -printf '%P\n') | awk -v t="@$SOURCE_DATE_EPOCH" '
+	/"/ { next }
+	{ p = "/" $0; printf "sif \"%s\" ctime %s\nsif \"%s\" atime %s\n", p, t, p, t }' >"$work/times.cmd"
+E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH debugfs -w -f "$work/times.cmd" "$root" >"$work/times.log" 2>&1 ||
+	{ tail -5 "$work/times.log" >&2; die "debugfs could not set file times"; }
 
 # --- disk --------------------------------------------------------------------
 
