@@ -4,7 +4,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 BIN      := bin/edgesbc
 
-.PHONY: all deps build demo test test-unit test-integration fuzz bench bench-security lint vet clean
+.PHONY: all deps build demo test test-unit test-integration fuzz bench bench-security image image-test lint vet clean
 
 all: build
 
@@ -17,11 +17,13 @@ demo: deps build
 	bash scripts/demo.sh
 
 # The whole suite: unit tests, short fuzz runs and, as root, the integration
-# tests with real sipp and network namespaces.
+# tests with real sipp and network namespaces, then the appliance image
+# booted in qemu (make image-test).
 test: deps
 	$(GO) vet ./...
 	GOOS=darwin $(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 15m ./...
+	@if [ "$$(id -u)" -eq 0 ]; then $(MAKE) image-test; else echo "image-test skipped: needs root (sudo make image-test)"; fi
 
 test-unit:
 	$(GO) test -race -short ./...
@@ -41,6 +43,17 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzRewrite$$' -fuzztime $(FUZZTIME) ./media/sdp
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./appliance/config
 	$(GO) test -run '^$$' -fuzz '^FuzzReadBans$$' -fuzztime $(FUZZTIME) ./appliance
+
+# Bootable UEFI disk image of the appliance in images/out/ (needs root).
+# Options: IMAGE_FLAGS='--config FILE --size 2G ...', see scripts/build-image.sh --help.
+image:
+	bash scripts/deps.sh image
+	VERSION=$(VERSION) bash scripts/build-image.sh $(IMAGE_FLAGS)
+
+# Boots the image in qemu inside a private network namespace and checks that
+# it reports ready and answers SIP on both zones (needs root).
+image-test: image
+	bash scripts/boot-test.sh
 
 bench:
 	bash scripts/deps.sh bench

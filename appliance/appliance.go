@@ -35,11 +35,15 @@ type Options struct {
 	// (on SIGHUP). Only the security policies are swapped: allow list,
 	// rate limits and ban policies; bans and calls stay.
 	Reload <-chan *config.Config
+	// Network tunes the interface setup done for zones that name a
+	// device.
+	Network NetworkOptions
 }
 
 // Agent is a running edgesbc.
 type Agent struct {
 	log     hclog.Logger
+	mode    string
 	relay   *media.Relay
 	sbc     *sbc.Server
 	guard   *defender
@@ -48,6 +52,9 @@ type Agent struct {
 
 // Status is what the admin socket reports.
 type Status struct {
+	// Mode is "running", or "safe" when no configuration file exists and
+	// SIP is not served.
+	Mode string `json:"mode"`
 	sbc.Status
 	Sessions   int `json:"sessions"`
 	PortsInUse int `json:"ports_in_use"`
@@ -69,12 +76,18 @@ func Run(ctx context.Context, cfg *config.Config, opts Options, log hclog.Logger
 	if u := Unsupported(cfg); len(u) > 0 {
 		return fmt.Errorf("configuration uses what this version cannot do: %s", strings.Join(u, "; "))
 	}
+	if plan, ok := PlanNetwork(cfg); ok {
+		log.Info("configuring network", "interfaces", len(plan.Links))
+		if err := SetupNetwork(ctx, plan, opts.Network, log.Named("net")); err != nil {
+			return fmt.Errorf("set up network: %w", err)
+		}
+	}
 	raiseFileLimit(log)
 	tuneGC(log)
 	sl := NewSlogLogger(log.Named("sip"))
 	sip.SetDefaultLogger(sl)
 
-	a := &Agent{log: log}
+	a := &Agent{log: log, mode: "running"}
 	var offloader media.Offloader
 	var fwMedia *firewall.Media
 	if cfg.Media.KernelOffload {
@@ -159,6 +172,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options, log hclog.Logger
 		keeper = startKeeper(calls, relay, srv, log.Named("keep"))
 	}
 	log.Info("edgesbc ready", "zones", len(cfg.Zones), "peers", len(cfg.Peers))
+	sdNotify(log, fmt.Sprintf("READY=1\nSTATUS=serving SIP in %d zones", len(cfg.Zones)))
 	if opts.Ready != nil {
 		opts.Ready()
 	}
@@ -172,6 +186,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options, log hclog.Logger
 			}
 		}
 	}
+	sdNotify(log, "STOPPING=1")
 	if keeper != nil {
 		// Calls stay up: their state is on disk and their kernel flows
 		// stay for the next start.
@@ -193,9 +208,46 @@ func Run(ctx context.Context, cfg *config.Config, opts Options, log hclog.Logger
 	return nil
 }
 
+// RunSafe is what runs when there is no configuration file yet (first boot
+// of an appliance): only the admin socket is served, never SIP, and the log
+// says how to configure the appliance. It blocks until ctx ends.
+func RunSafe(ctx context.Context, configPath string, opts Options, log hclog.Logger) error {
+	a := &Agent{log: log, mode: "safe"}
+	if opts.AdminSocket != "" {
+		stop, err := serveAdmin(opts.AdminSocket, a, log.Named("admin"))
+		if err != nil {
+			return fmt.Errorf("start admin socket: %w", err)
+		}
+		defer stop()
+	}
+	log.Warn("no configuration file: safe mode, SIP is not served", "config", configPath, "admin", opts.AdminSocket)
+	log.Info("to configure: write the file (edgesbc example prints a commented one), validate it, restart",
+		"config", configPath, "check", "edgesbc check -config "+configPath, "restart", "systemctl restart edgesbc")
+	sdNotify(log, "READY=1\nSTATUS=safe mode: no configuration at "+configPath)
+	if opts.Ready != nil {
+		opts.Ready()
+	}
+	<-ctx.Done()
+	sdNotify(log, "STOPPING=1")
+	log.Info("stopped")
+	return nil
+}
+
+// sdNotify tells the service manager about a state change. Failing to reach
+// it is logged, never fatal: the daemon works without systemd.
+func sdNotify(log hclog.Logger, state string) {
+	if err := notify(state); err != nil {
+		log.Warn("service manager not notified", "state", strings.SplitN(state, "\n", 2)[0], "error", err)
+	}
+}
+
 // Status reports the current state of every subsystem.
 func (a *Agent) Status() Status {
+	if a.sbc == nil {
+		return Status{Mode: a.mode, Goroutines: runtime.NumGoroutine()}
+	}
 	return Status{
+		Mode:          a.mode,
 		Status:        a.sbc.Status(),
 		Sessions:      a.relay.Sessions(),
 		PortsInUse:    a.relay.PortsInUse(),

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the demo and the integration tests use, if any
-# is missing ("bench" adds the baseline Kamailio of make bench). Safe to run
-# repeatedly; needs root only when something is missing.
+# is missing ("bench" adds the baseline Kamailio of make bench, "image" the
+# tools of make image and make image-test). Safe to run repeatedly; needs
+# root only when something is missing.
 set -euo pipefail
 pkgs=(sip-tester nftables iproute2 tcpdump sipvicious)
 [ "${1:-}" = bench ] && pkgs+=(kamailio rtpengine-daemon)
+[ "${1:-}" = image ] && pkgs+=(debootstrap e2fsprogs mtools fdisk dosfstools systemd-boot-efi qemu-utils zstd qemu-system-x86 ovmf)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

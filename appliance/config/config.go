@@ -11,6 +11,7 @@ package config
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"time"
@@ -36,6 +37,8 @@ const (
 	DefaultSessionExpires = 1800 * time.Second
 	DefaultMinSE          = 90 * time.Second
 	DefaultRefer          = ReferTerminate
+	DefaultPrefixLength4  = 24
+	DefaultPrefixLength6  = 64
 )
 
 // Limits enforced by validation.
@@ -52,6 +55,9 @@ const (
 	maxMaxMessageSize = 65535
 	// maxUserAgentLength bounds a header value we put on every message.
 	maxUserAgentLength = 256
+	// maxDeviceName is the longest interface name Linux accepts
+	// (IFNAMSIZ - 1).
+	maxDeviceName = 15
 )
 
 // Config is one validated configuration file.
@@ -88,6 +94,21 @@ type Zone struct {
 	// Transports are the SIP transports the SBC listens on in this zone,
 	// lowercase. Default ["udp"].
 	Transports []string
+	// Device, when set, is the network interface the appliance configures
+	// for this zone at start: renamed (see MAC), brought up, Address/
+	// PrefixLength assigned and, with Gateway, the default route set.
+	// Default "": the interfaces are configured by someone else.
+	Device string
+	// MAC, when set, picks the interface by hardware address and renames it
+	// to Device. Only with Device. Default: the interface is found by name.
+	MAC net.HardwareAddr
+	// PrefixLength is the length of Address's on-link prefix, with Device.
+	// Default 24 for IPv4 and 64 for IPv6.
+	PrefixLength int
+	// Gateway, when valid, is the next hop of the default route, set on
+	// Device. At most one zone has a gateway per address family. Default
+	// none.
+	Gateway netip.Addr
 }
 
 // PeerKind says which side of the routing a peer is on.
@@ -191,6 +212,17 @@ type Log struct {
 	// Level is one of trace, debug, info, warn, error (lowercase). Default
 	// info.
 	Level string
+}
+
+// Devices reports whether any zone names a network interface, that is
+// whether the appliance configures the network itself.
+func (c *Config) Devices() bool {
+	for _, z := range c.Zones {
+		if z.Device != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // Zone returns the zone with the given name.

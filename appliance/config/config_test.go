@@ -112,6 +112,34 @@ func TestParseErrors(t *testing.T) {
 		{name: "two zones on one address and explicit port", hcl: "zone \"dmz\" {\n  address  = \"203.0.113.1\"\n  sip_port = 5060\n}\n",
 			wantErr: `Zone "public" (test.hcl:4) already listens on 203.0.113.1:5060`, wantLine: 2, wantCol: 14},
 
+		// Zone network interfaces.
+		{name: "mac without device", hcl: "zone \"dmz\" {\n  address = \"10.91.1.9\"\n  mac = \"52:54:00:00:00:01\"\n}\n",
+			wantErr: "Argument needs device: mac configures the zone's network interface", wantLine: 3, wantCol: 3},
+		{name: "gateway without device", hcl: "zone \"dmz\" {\n  address = \"10.91.1.9\"\n  gateway = \"10.91.1.254\"\n}\n",
+			wantErr: "Argument needs device: gateway", wantLine: 3, wantCol: 3},
+		{name: "device name too long", hcl: "zone \"dmz\" {\n  address = \"10.91.1.9\"\n  device = \"averyverylongname0\"\n}\n",
+			wantErr: "Invalid device name: device: \"averyverylongname0\" is longer than 15 bytes", wantLine: 3, wantCol: 12},
+		{name: "device name with slash", hcl: "zone \"dmz\" {\n  address = \"10.91.1.9\"\n  device = \"eth/0\"\n}\n",
+			wantErr: "Invalid device name", wantLine: 3, wantCol: 12},
+		{name: "mac syntax", hcl: "zone \"dmz\" {\n  address = \"10.91.1.9\"\n  device = \"dmz0\"\n  mac = \"52:54:00:00:01\"\n}\n",
+			wantErr: "Invalid MAC address", wantLine: 4, wantCol: 9},
+		{name: "mac multicast", hcl: "zone \"dmz\" {\n  address = \"10.91.1.9\"\n  device = \"dmz0\"\n  mac = \"01:00:5e:00:00:01\"\n}\n",
+			wantErr: "multicast address; no interface has it", wantLine: 4, wantCol: 9},
+		{name: "prefix length too long for IPv4", hcl: "zone \"dmz\" {\n  address = \"10.91.1.9\"\n  device = \"dmz0\"\n  prefix_length = 33\n}\n",
+			wantErr: "prefix_length must be between 1 and 32, got 33", wantLine: 4, wantCol: 19},
+		{name: "gateway family", hcl: "zone \"dmz\" {\n  address = \"10.91.1.9\"\n  device = \"dmz0\"\n  gateway = \"2001:db8::1\"\n}\n",
+			wantErr: "Address family mismatch: gateway", wantLine: 4, wantCol: 13},
+		{name: "gateway off link", hcl: "zone \"dmz\" {\n  address = \"10.91.1.9\"\n  device = \"dmz0\"\n  prefix_length = 28\n  gateway = \"10.91.1.30\"\n}\n",
+			wantErr: "gateway 10.91.1.30 is outside 10.91.1.9/28", wantLine: 5, wantCol: 13},
+		{name: "gateway is own address", hcl: "zone \"dmz\" {\n  address = \"10.91.1.9\"\n  device = \"dmz0\"\n  gateway = \"10.91.1.9\"\n}\n",
+			wantErr: "zone's own address", wantLine: 4, wantCol: 13},
+		{name: "two default gateways", hcl: "zone \"a\" {\n  address = \"10.92.1.9\"\n  device = \"a0\"\n  gateway = \"10.92.1.1\"\n}\nzone \"b\" {\n  address = \"10.93.1.9\"\n  device = \"b0\"\n  gateway = \"10.93.1.1\"\n}\n",
+			wantErr: `Second default route: Zone "a" (test.hcl:15) already sets the default gateway 10.92.1.1`, wantLine: 9, wantCol: 13},
+		{name: "one mac two devices", hcl: "zone \"a\" {\n  address = \"10.92.1.9\"\n  device = \"a0\"\n  mac = \"52:54:00:00:00:01\"\n}\nzone \"b\" {\n  address = \"10.93.1.9\"\n  device = \"b0\"\n  mac = \"52:54:00:00:00:01\"\n}\n",
+			wantErr: "MAC address used twice", wantLine: 9, wantCol: 9},
+		{name: "one device two macs", hcl: "zone \"a\" {\n  address = \"10.92.1.9\"\n  device = \"a0\"\n  mac = \"52:54:00:00:00:01\"\n}\nzone \"b\" {\n  address = \"10.93.1.9\"\n  device = \"a0\"\n  mac = \"52:54:00:00:00:02\"\n}\n",
+			wantErr: "Conflicting MAC addresses", wantLine: 9, wantCol: 9},
+
 		// Peers.
 		{name: "duplicate peer name same kind", hcl: "pbx \"main\" {\n  zone    = \"private\"\n  address = \"10.91.1.3\"\n}\n",
 			wantErr: `A pbx named "main" is already defined at test.hcl:7`, wantLine: 1, wantCol: 5},
@@ -684,5 +712,46 @@ func TestParsePinholeZones(t *testing.T) {
 	}
 	if got := cfg.Media.PinholeZones; !reflect.DeepEqual(got, []string{"public", "dmz"}) {
 		t.Errorf("default pinhole zones %v, want the two zones with trunks in file order", got)
+	}
+}
+
+func TestZoneDevice(t *testing.T) {
+	src := strings.Replace(base, "zone \"public\" {\n  address = \"203.0.113.1\"\n",
+		"zone \"public\" {\n  address = \"203.0.113.1\"\n  device = \"wan0\"\n  mac = \"52:54:00:AB:00:02\"\n  prefix_length = 24\n  gateway = \"203.0.113.254\"\n", 1)
+	src = strings.Replace(src, "zone \"private\" {\n  address = \"10.91.1.1\"\n",
+		"zone \"private\" {\n  address = \"10.91.1.1\"\n  device = \"lan0\"\n", 1)
+	cfg, diags := Parse("test.hcl", []byte(src))
+	if diags.HasErrors() {
+		t.Fatalf("parse: %v", diags)
+	}
+	priv, _ := cfg.Zone("private")
+	pub, _ := cfg.Zone("public")
+	if priv.Device != "lan0" || priv.MAC != nil || priv.PrefixLength != DefaultPrefixLength4 || priv.Gateway.IsValid() {
+		t.Errorf("private zone device settings = %q %v /%d gw %v, want lan0, no mac, /24, no gateway",
+			priv.Device, priv.MAC, priv.PrefixLength, priv.Gateway)
+	}
+	if pub.Device != "wan0" || pub.MAC.String() != "52:54:00:ab:00:02" || pub.PrefixLength != 24 || pub.Gateway != netip.MustParseAddr("203.0.113.254") {
+		t.Errorf("public zone device settings = %q %v /%d gw %v", pub.Device, pub.MAC, pub.PrefixLength, pub.Gateway)
+	}
+	if !cfg.Devices() {
+		t.Error("Devices() = false with two zones naming devices")
+	}
+	plain, diags := Parse("test.hcl", []byte(base))
+	if diags.HasErrors() {
+		t.Fatalf("parse base: %v", diags)
+	}
+	if plain.Devices() {
+		t.Error("Devices() = true without any device")
+	}
+	if z, _ := plain.Zone("public"); z.PrefixLength != 0 {
+		t.Errorf("prefix_length without device = %d, want 0 (unused)", z.PrefixLength)
+	}
+	v6, diags := Parse("test.hcl", []byte(strings.Replace(base, "zone \"private\" {\n  address = \"10.91.1.1\"\n",
+		"zone \"private\" {\n  address = \"10.91.1.1\"\n}\nzone \"v6\" {\n  address = \"2001:db8::5\"\n  device = \"v6net\"\n", 1)))
+	if diags.HasErrors() {
+		t.Fatalf("parse v6: %v", diags)
+	}
+	if z, _ := v6.Zone("v6"); z.PrefixLength != DefaultPrefixLength6 {
+		t.Errorf("IPv6 default prefix_length = %d, want %d", z.PrefixLength, DefaultPrefixLength6)
 	}
 }

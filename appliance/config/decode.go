@@ -40,6 +40,10 @@ type rawZone struct {
 	Advertise  *hcl.Attribute `hcl:"advertise,optional"`
 	Networks   *hcl.Attribute `hcl:"networks,optional"`
 	Transports *hcl.Attribute `hcl:"transports,optional"`
+	Device     *hcl.Attribute `hcl:"device,optional"`
+	MAC        *hcl.Attribute `hcl:"mac,optional"`
+	PrefixLen  *hcl.Attribute `hcl:"prefix_length,optional"`
+	Gateway    *hcl.Attribute `hcl:"gateway,optional"`
 }
 
 type rawPeer struct {

@@ -23,6 +23,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("zone \"\xff\" { address = [for x in [1]: x] }\nsip { user_agent = \"\\u0000\" }\n"))
 	f.Add([]byte("log {\n  level = <<EOT\ninfo\nEOT\n}\n"))
 	f.Add([]byte("\xef\xbb\xbfzone"))
+	f.Add([]byte("zone \"a\" {\n  address = \"10.0.0.1\"\n  device = \"lan0\"\n  mac = \"52:54:00:00:00:01\"\n  prefix_length = 30\n  gateway = \"10.0.0.2\"\n}\nzone \"b\" {\n  address = \"2001:db8::1\"\n  device = \"lan0\"\n  gateway = \"2001:db8::fe\"\n}\npbx \"p\" {\n  zone = \"a\"\n  address = \"10.0.0.3\"\n}\ntrunk \"t\" {\n  zone = \"b\"\n  address = \"[2001:db8::2]:5060\"\n}\n"))
 
 	f.Fuzz(func(t *testing.T, src []byte) {
 		const name = "fuzz.hcl"
@@ -96,6 +97,16 @@ func checkInvariants(t *testing.T, cfg *Config) {
 		if z.SIPPort >= cfg.Media.PortMin && z.SIPPort <= cfg.Media.PortMax {
 			t.Fatalf("zone %q sip port inside media range", z.Name)
 		}
+		checkZoneDevice(t, z)
+	}
+	gateways := map[bool]int{}
+	for _, z := range cfg.Zones {
+		if z.Gateway.IsValid() {
+			gateways[z.Gateway.Is4()]++
+		}
+	}
+	if gateways[true] > 1 || gateways[false] > 1 {
+		t.Fatalf("more than one default gateway per family: %v", gateways)
 	}
 	var pbx, trunk bool
 	names := map[string]bool{}
@@ -141,5 +152,32 @@ func checkInvariants(t *testing.T, cfg *Config) {
 	}
 	if !slices.Contains(logLevels, cfg.Log.Level) {
 		t.Fatalf("log level %q", cfg.Log.Level)
+	}
+}
+
+// checkZoneDevice asserts what the network setup relies on: a valid
+// interface name, a unicast Ethernet MAC, a prefix length that fits the
+// address, and an on-link gateway of the same family; none of it without a
+// device.
+func checkZoneDevice(t *testing.T, z Zone) {
+	t.Helper()
+	if z.Device == "" {
+		if z.MAC != nil || z.PrefixLength != 0 || z.Gateway.IsValid() {
+			t.Fatalf("zone %q has network settings without a device", z.Name)
+		}
+		return
+	}
+	if checkDeviceName(z.Device) != nil {
+		t.Fatalf("zone %q device %q", z.Name, z.Device)
+	}
+	if z.MAC != nil && (len(z.MAC) != 6 || z.MAC[0]&1 == 1) {
+		t.Fatalf("zone %q mac %v", z.Name, z.MAC)
+	}
+	if z.PrefixLength < 1 || z.PrefixLength > z.Address.BitLen() {
+		t.Fatalf("zone %q prefix length %d for %v", z.Name, z.PrefixLength, z.Address)
+	}
+	if z.Gateway.IsValid() && (z.Gateway.Is4() != z.Address.Is4() || z.Gateway == z.Address ||
+		!netip.PrefixFrom(z.Address, z.PrefixLength).Masked().Contains(z.Gateway)) {
+		t.Fatalf("zone %q gateway %v for %v/%d", z.Name, z.Gateway, z.Address, z.PrefixLength)
 	}
 }

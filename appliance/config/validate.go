@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"sort"
@@ -79,6 +80,7 @@ type zoneDef struct {
 	addrOK       bool
 	portOK       bool
 	transportsOK bool
+	deviceOK     bool
 }
 
 // peerDef is a pbx or trunk block being validated.
@@ -126,6 +128,7 @@ func (b *builder) build(raw *rawFile) *Config {
 	b.checkPeerTransports(peers, zones)
 	b.checkMediaPorts(media, zones)
 	media.media.PinholeZones = b.pinholeZones(media.pinAttr, zones, peers)
+	b.checkDevices(zones)
 	if b.whole {
 		b.checkComplete(raw)
 	}
@@ -206,8 +209,144 @@ func (b *builder) zones(raws []*rawZone) []*zoneDef {
 			ts, ok := b.transportList(rz.Transports)
 			d.zone.Transports, d.transportsOK = ts, ok
 		}
+		b.zoneDevice(d)
 	}
 	return defs
+}
+
+// zoneDevice checks the keys that let the appliance configure the zone's
+// network interface: device, mac, prefix_length and gateway. The last three
+// mean nothing without device.
+func (b *builder) zoneDevice(d *zoneDef) {
+	rz := d.raw
+	if rz.Device == nil {
+		for _, attr := range []*hcl.Attribute{rz.MAC, rz.PrefixLen, rz.Gateway} {
+			if attr != nil {
+				b.errorf(attr.NameRange, "Argument needs device",
+					"%s configures the zone's network interface; name that interface with device = \"<name>\" in zone %q.", attr.Name, rz.Name)
+			}
+		}
+		return
+	}
+	if s, diags := decodeString(rz.Device); b.add(diags) {
+		if err := checkDeviceName(s); err != nil {
+			b.errorf(rz.Device.Expr.Range(), "Invalid device name", "device: %v.", err)
+		} else {
+			d.zone.Device, d.deviceOK = s, true
+		}
+	}
+	if rz.MAC != nil {
+		if s, diags := decodeString(rz.MAC); b.add(diags) {
+			mac, err := net.ParseMAC(strings.TrimSpace(s))
+			switch {
+			case err != nil:
+				b.errorf(rz.MAC.Expr.Range(), "Invalid MAC address",
+					"mac: %q is not a MAC address; write six hex bytes such as \"52:54:00:12:34:56\".", s)
+			case len(mac) != 6:
+				b.errorf(rz.MAC.Expr.Range(), "Invalid MAC address",
+					"mac: %q is not an Ethernet (6-byte) MAC address.", s)
+			case mac[0]&1 == 1:
+				b.errorf(rz.MAC.Expr.Range(), "Invalid MAC address",
+					"mac: %s is a multicast address; no interface has it.", mac)
+			default:
+				d.zone.MAC = mac
+			}
+		}
+	}
+	if rz.PrefixLen != nil {
+		hi := 128
+		if d.addrOK && d.zone.Address.Is4() {
+			hi = 32
+		}
+		if n, diags := decodeInt(rz.PrefixLen, 1, hi, "Prefix length out of range"); b.add(diags) {
+			d.zone.PrefixLength = n
+		}
+	} else if d.addrOK {
+		d.zone.PrefixLength = DefaultPrefixLength6
+		if d.zone.Address.Is4() {
+			d.zone.PrefixLength = DefaultPrefixLength4
+		}
+	}
+	if rz.Gateway != nil {
+		if a, diags := decodeAddr(rz.Gateway); b.add(diags) {
+			switch {
+			case !d.addrOK:
+			case a.Is4() != d.zone.Address.Is4():
+				b.errorf(rz.Gateway.Expr.Range(), "Address family mismatch",
+					"gateway %v and address %v must both be IPv4 or both IPv6.", a, d.zone.Address)
+			case a == d.zone.Address:
+				b.errorf(rz.Gateway.Expr.Range(), "Invalid gateway",
+					"gateway %v is the zone's own address; give the next-hop router.", a)
+			case d.zone.PrefixLength > 0 && !netip.PrefixFrom(d.zone.Address, d.zone.PrefixLength).Masked().Contains(a):
+				b.errorf(rz.Gateway.Expr.Range(), "Gateway not on link",
+					"gateway %v is outside %v/%d, the zone's on-link network; the next hop must be reachable on device %q.",
+					a, d.zone.Address, d.zone.PrefixLength, d.zone.Device)
+			default:
+				d.zone.Gateway = a
+			}
+		}
+	}
+}
+
+// checkDeviceName applies the kernel's rules for interface names
+// (dev_valid_name): 1 to 15 bytes, not "." or "..", no '/', ':' or white
+// space.
+func checkDeviceName(s string) error {
+	switch {
+	case s == "":
+		return fmt.Errorf("the name is empty")
+	case len(s) > maxDeviceName:
+		return fmt.Errorf("%q is longer than %d bytes", s, maxDeviceName)
+	case s == "." || s == "..":
+		return fmt.Errorf("%q is not a usable name", s)
+	}
+	for _, r := range s {
+		if r == '/' || r == ':' || r <= ' ' || r == 0x7f || r > 0x7e {
+			return fmt.Errorf("%q contains %q; use letters, digits, '-', '_' or '.'", s, r)
+		}
+	}
+	return nil
+}
+
+// checkDevices rejects network setups that cannot all hold at once: one MAC
+// for two device names, two MACs for one device name, and more than one
+// default route per address family.
+func (b *builder) checkDevices(zones []*zoneDef) {
+	macOf := map[string]*zoneDef{} // device → first zone naming it with a mac
+	devOf := map[string]*zoneDef{} // mac → first zone using it
+	gateway := map[bool]*zoneDef{} // Is4 → first zone with a gateway
+	for _, z := range zones {
+		if !z.deviceOK {
+			continue
+		}
+		if z.zone.MAC != nil {
+			mac := z.zone.MAC.String()
+			if f, ok := devOf[mac]; ok && f.zone.Device != z.zone.Device {
+				b.errorf(z.raw.MAC.Expr.Range(), "MAC address used twice",
+					"Zone %q (%s) already gives mac %s to device %q; one interface cannot have two names.",
+					f.raw.Name, at(f.raw.DefRange), mac, f.zone.Device)
+			} else if !ok {
+				devOf[mac] = z
+			}
+			if f, ok := macOf[z.zone.Device]; ok && f.zone.MAC.String() != mac {
+				b.errorf(z.raw.MAC.Expr.Range(), "Conflicting MAC addresses",
+					"Zone %q (%s) names device %q with mac %s; one device name cannot stand for two interfaces.",
+					f.raw.Name, at(f.raw.DefRange), z.zone.Device, f.zone.MAC)
+			} else if !ok {
+				macOf[z.zone.Device] = z
+			}
+		}
+		if z.zone.Gateway.IsValid() {
+			is4 := z.zone.Gateway.Is4()
+			if f, ok := gateway[is4]; ok {
+				b.errorf(z.raw.Gateway.Expr.Range(), "Second default route",
+					"Zone %q (%s) already sets the default gateway %v; only one zone may set gateway per address family.",
+					f.raw.Name, at(f.raw.DefRange), f.zone.Gateway)
+			} else {
+				gateway[is4] = z
+			}
+		}
+	}
 }
 
 // transportList decodes and checks a zone's transports.

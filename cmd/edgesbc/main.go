@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"os/signal"
@@ -125,6 +126,9 @@ func cmdCheck(path string, stdout, stderr io.Writer) int {
 }
 
 func cmdRun(path, admin string, stderr io.Writer) int {
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return cmdSafe(path, admin, stderr)
+	}
 	cfg := load(path, stderr)
 	if cfg == nil {
 		fmt.Fprintln(stderr, "edgesbc: configuration has errors, not starting")
@@ -158,6 +162,25 @@ func cmdRun(path, admin string, stderr io.Writer) int {
 	}
 	reload := reloadOnHangup(ctx, path, stderr, log)
 	if err := appliance.Run(ctx, cfg, appliance.Options{AdminSocket: admin, Reload: reload}, log); err != nil {
+		log.Error("edgesbc stopped with error", "error", err)
+		return 1
+	}
+	return 0
+}
+
+// cmdSafe runs the daemon without a configuration file: admin socket only,
+// no SIP (first boot of an appliance image).
+func cmdSafe(path, admin string, stderr io.Writer) int {
+	log := hclog.New(&hclog.LoggerOptions{Name: "edgesbc", Level: hclog.Info, Output: stderr})
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if admin != "" {
+		if err := os.MkdirAll(dirOf(admin), 0o750); err != nil {
+			log.Error("create admin socket directory", "path", admin, "error", err)
+			return 1
+		}
+	}
+	if err := appliance.RunSafe(ctx, path, appliance.Options{AdminSocket: admin}, log); err != nil {
 		log.Error("edgesbc stopped with error", "error", err)
 		return 1
 	}
