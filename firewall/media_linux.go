@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
 	"github.com/hashicorp/go-hclog"
 	mnl "github.com/mdlayher/netlink"
 	"github.com/vishvananda/netlink"
@@ -393,6 +394,11 @@ func (m *Media) addChains() {
 		m.conn.AddChain(c)
 	}
 	for _, fo := range o.families() {
+		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.notrackIn, Exprs: fo.offloadedReturn(),
+			// nft does not print a map lookup whose result no expression
+			// uses: say what the rule matches.
+			UserData: userdata.AppendString(nil, userdata.TypeComment,
+				"offloaded flows: saddr . sport . daddr . dport in @"+fo.dnat.Name)})
 		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.notrackIn, Exprs: fo.notrackInRule(lo, hi)})
 		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.notrackOut, Exprs: fo.notrackOutRule(lo, hi)})
 		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.dnatChain, Exprs: fo.natRule(fo.dnat, expr.NATTypeDestNAT)})

@@ -200,11 +200,25 @@ func cat(parts ...[]expr.Any) []expr.Any {
 	return out
 }
 
-// notrackInRule: meta nfproto ipvX meta l4proto udp ipX daddr @media_localX
-// udp dport LO-HI ipX saddr . udp sport . ipX daddr . udp dport != @media_dnatX notrack
+// offloadedReturn: meta nfproto ipvX meta l4proto udp
+// ipX saddr . udp sport . ipX daddr . udp dport map @media_dnatX return
 //
-// Packets to the relay's ports that no offloaded flow claims go to the
-// relay socket untracked.
+// A packet of an offloaded flow leaves the chain before notrackInRule: it
+// must be tracked, since its conntrack entry carries the NAT. The map is
+// looked up with a destination register, as the NAT rule does; a lookup of
+// a map as a set (no destination) is refused by older kernels (6.1).
+func (o *famObjects) offloadedReturn() []expr.Any {
+	return cat(o.fam.matchUDP(), o.fam.loadTuple(), []expr.Any{
+		&expr.Lookup{SourceRegister: reg32_00, DestRegister: reg1, IsDestRegSet: true, SetName: o.dnat.Name, SetID: o.dnat.ID},
+		&expr.Verdict{Kind: expr.VerdictReturn},
+	})
+}
+
+// notrackInRule: meta nfproto ipvX meta l4proto udp ipX daddr @media_localX
+// udp dport LO-HI notrack
+//
+// Packets to the relay's ports that no offloaded flow claims (those
+// returned before this rule) go to the relay socket untracked.
 func (o *famObjects) notrackInRule(lo, hi int) []expr.Any {
 	return cat(o.fam.matchUDP(),
 		[]expr.Any{
@@ -212,11 +226,7 @@ func (o *famObjects) notrackInRule(lo, hi int) []expr.Any {
 			&expr.Lookup{SourceRegister: reg1, SetName: o.local.Name, SetID: o.local.ID},
 		},
 		portRange(2, lo, hi),
-		o.fam.loadTuple(),
-		[]expr.Any{
-			&expr.Lookup{SourceRegister: reg32_00, SetName: o.dnat.Name, SetID: o.dnat.ID, Invert: true},
-			&expr.Notrack{},
-		})
+		[]expr.Any{&expr.Notrack{}})
 }
 
 // notrackOutRule: meta nfproto ipvX meta l4proto udp ipX saddr @media_localX

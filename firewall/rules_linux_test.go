@@ -61,7 +61,9 @@ func TestMediaRulesGolden(t *testing.T) {
 			ip = "ip6"
 		}
 		cases = append(cases,
-			rule{fmt.Sprintf("add rule inet edgesbc media_notrack_in meta nfproto ipv%s meta l4proto udp %s daddr @media_local%s udp dport 20000-29999 %s saddr . udp sport . %s daddr . udp dport != @media_dnat%s notrack", v, ip, v, ip, ip, v),
+			rule{fmt.Sprintf("add rule inet edgesbc media_notrack_in meta nfproto ipv%s meta l4proto udp %s saddr . udp sport . %s daddr . udp dport map @media_dnat%s return", v, ip, ip, v),
+				o.notrackIn, fo.offloadedReturn()},
+			rule{fmt.Sprintf("add rule inet edgesbc media_notrack_in meta nfproto ipv%s meta l4proto udp %s daddr @media_local%s udp dport 20000-29999 notrack", v, ip, v),
 				o.notrackIn, fo.notrackInRule(lo, hi)},
 			rule{fmt.Sprintf("add rule inet edgesbc media_notrack_out meta nfproto ipv%s meta l4proto udp %s saddr @media_local%s udp sport 20000-29999 notrack", v, ip, v),
 				o.notrackOut, fo.notrackOutRule(lo, hi)},

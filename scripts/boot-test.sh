@@ -215,6 +215,7 @@ check "lan0 (by MAC $LAN_MAC) has $SBC_LAN/24" has "^addr lan0 +UP +$SBC_LAN/24"
 check "wan0 (by MAC $WAN_MAC) has $SBC_WAN/24" has "^addr wan0 +UP +$SBC_WAN/24"
 check "default route via 203.0.113.254 on wan0" has '^route default via 203\.0\.113\.254 dev wan0'
 check "nftables table inet edgesbc is loaded" has '^nft table inet edgesbc$'
+check "kernel media offload is on (the image's kernel takes the rules)" has '^status .*"kernel_offload":true'
 
 # --- SIP ------------------------------------------------------------------------
 
