@@ -1000,12 +1000,20 @@ func (c *Call) cancelFor(l *Leg, inv *sip.Request) *sip.Request {
 
 // runTx sends a non-INVITE request and waits for its outcome in the
 // background, bounded by Timer F. The server waits for these on shutdown.
-func (c *Call) runTx(l *Leg, req *sip.Request) {
+func (c *Call) runTx(l *Leg, req *sip.Request) { c.runTxThen(l, req, nil) }
+
+// runTxThen is runTx with a function to run after the final response (or
+// the transaction's end); nil for none. Caller holds mu; then runs without
+// it.
+func (c *Call) runTxThen(l *Leg, req *sip.Request, then func()) {
 	c.send(l, req)
 	s := c.srv
 	s.callWG.Add(1)
 	go func() {
 		defer s.callWG.Done()
+		if then != nil {
+			defer then()
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 64*sip.T1+time.Second)
 		defer cancel()
 		tx, err := l.zone.client.TransactionRequest(ctx, req, noBuild)

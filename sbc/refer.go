@@ -698,38 +698,3 @@ func (s *Server) mapReplaces(escaped string, from, to *zone) string {
 	}
 	return ""
 }
-
-// runTxThen is runTx with a function to run after the final response (or
-// the transaction's end). Caller holds mu; then runs without it.
-func (c *Call) runTxThen(l *Leg, req *sip.Request, then func()) {
-	if then == nil {
-		c.runTx(l, req)
-		return
-	}
-	c.send(l, req)
-	s := c.srv
-	s.callWG.Add(1)
-	go func() {
-		defer s.callWG.Done()
-		defer then()
-		ctx, cancel := context.WithTimeout(context.Background(), 64*sip.T1+time.Second)
-		defer cancel()
-		tx, err := l.zone.client.TransactionRequest(ctx, req, noBuild)
-		if err != nil {
-			return
-		}
-		defer tx.Terminate()
-		for {
-			select {
-			case res := <-tx.Responses():
-				if res.StatusCode >= 200 {
-					return
-				}
-			case <-tx.Done():
-				return
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-}
