@@ -13,7 +13,8 @@
 #      their addresses, the default route, the inet edgesbc nftables table;
 #   5. sends SIP OPTIONS from the carrier and from the PBX with sipp and
 #      expects 200 from both zones;
-#   6. prints the boot-to-ready time.
+#   6. places a call from the PBX to the carrier with RTP echoed back;
+#   7. prints the boot-to-ready time.
 #
 # Everything it creates (namespace, qemu, temporary files) is removed on any
 # exit. Options (environment):
@@ -52,8 +53,8 @@ say() { echo "boot-test: $*"; }
 
 [ "$(id -u)" -eq 0 ] || die "needs root (network namespace, tap devices); run: sudo make image-test"
 export PATH="$PATH:/usr/sbin:/sbin"
-for tool in qemu-system-x86_64 debugfs sfdisk ip sipp; do
-	command -v "$tool" >/dev/null || die "$tool not found; on Debian: apt-get install qemu-system-x86 ovmf e2fsprogs fdisk iproute2 sip-tester"
+for tool in qemu-system-x86_64 debugfs sfdisk ip sipp tcpdump; do
+	command -v "$tool" >/dev/null || die "$tool not found; on Debian: apt-get install qemu-system-x86 ovmf e2fsprogs fdisk iproute2 sip-tester tcpdump"
 done
 [ -f "$OVMF_CODE" ] && [ -f "$OVMF_VARS" ] || die "OVMF firmware not found ($OVMF_CODE); on Debian: apt-get install ovmf"
 [ -c /dev/net/tun ] || die "/dev/net/tun is missing"
@@ -228,6 +229,38 @@ options() { # local address, SBC address
 }
 check "OPTIONS from the carrier ($CARRIER_ADDR) to the public zone: 200" options "$CARRIER_ADDR" "$SBC_WAN"
 check "OPTIONS from the PBX ($PBX_ADDR) to the private zone: 200" options "$PBX_ADDR" "$SBC_LAN"
+
+# call: the PBX calls the carrier through the appliance: INVITE with SDP,
+# 200, ACK, 100 RTP packets (3 s of G.711) echoed back by the carrier, BYE.
+# Passes when both sipp ends complete the call and the PBX's tap saw RTP
+# come back from the appliance's private address (the echo went PBX ->
+# appliance -> carrier -> appliance -> PBX).
+call() {
+	local dir=$work/call sipp_dir=$repo/cmd/edgesbc/testdata/sipp
+	mkdir -p "$dir"
+	cp "$sipp_dir/uac.xml" "$sipp_dir/uas.xml" "$sipp_dir/g711a.pcap" "$dir/"
+	(cd "$dir" && timeout 40 ip netns exec "$ns" sipp -sf uas.xml -i "$CARRIER_ADDR" -p 5060 -rtp_echo \
+		-m 1 -timeout 35s -timeout_error -trace_err >uas.out 2>&1) &
+	local uas=$!
+	timeout 40 ip netns exec "$ns" tcpdump -n -i tap-lan -c 40 -w "$dir/rtp.pcap" \
+		"udp and src host $SBC_LAN and dst host $PBX_ADDR and dst port 6000" >"$dir/tcpdump.out" 2>&1 &
+	local dump=$!
+	sleep 1
+	local rc=0
+	(cd "$dir" && timeout 40 ip netns exec "$ns" sipp -sf uac.xml -i "$PBX_ADDR" -p 5060 -mi "$PBX_ADDR" -mp 6000 \
+		-s 15551234567 -m 1 -timeout 35s -timeout_error -trace_err "$SBC_LAN:5060" >uac.out 2>&1) || rc=1
+	wait "$uas" || rc=1
+	sleep 1
+	kill "$dump" 2>/dev/null || true
+	wait "$dump" 2>/dev/null || true
+	local echoed
+	echoed=$(tcpdump -n -r "$dir/rtp.pcap" 2>/dev/null | wc -l)
+	say "call: RTP packets echoed back to the PBX through the appliance: $echoed (of 100 sent; the capture stops at 40)"
+	[ "$echoed" -ge 20 ] || rc=1
+	[ $rc -eq 0 ] || cat "$dir"/*.out "$dir"/*errors.log 2>/dev/null | tail -30 >&2
+	return $rc
+}
+check "a call from the PBX to the carrier with RTP both ways" call
 
 uptime_ms=$(awk '/^uptime_ms/ { print $2 }' "$work/report")
 say "boot-to-ready: $((ready_ms / 1000)).$(((ready_ms % 1000) / 100))s from qemu start (-accel $accel), guest uptime at ready $((uptime_ms / 1000)).$(((uptime_ms % 1000) / 100))s"
