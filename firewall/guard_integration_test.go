@@ -194,6 +194,7 @@ func TestIntegrationGuardKernel(t *testing.T) {
 		{"-n", l.src.Name, "addr", "add", "2001:db8:5::2/64", "dev", "eth-fw", "nodad"},
 		{"-n", l.src.Name, "addr", "add", "2001:db8:5::3/64", "dev", "eth-fw", "nodad"},
 		{"-n", l.src.Name, "addr", "add", "2001:db8:6::4/64", "dev", "eth-fw", "nodad"},
+		{"-n", l.src.Name, "addr", "add", "2001:db8:6::5/64", "dev", "eth-fw", "nodad"},
 	} {
 		if b, err := exec.Command("ip", cmd...).CombinedOutput(); err != nil {
 			t.Fatalf("ip %v: %v %s", cmd, err, b)
@@ -217,8 +218,11 @@ func TestIntegrationGuardKernel(t *testing.T) {
 	t.Cleanup(func() { _ = g.Close() })
 
 	cfg := GuardConfig{
-		Allow:      []netip.Prefix{netip.MustParsePrefix("192.0.2.3/32"), netip.MustParsePrefix("2001:db8::/64")},
-		RateLimits: []RateLimit{{Name: "sip-public", Dest: netip.MustParseAddrPort("192.0.2.1:5060"), Rate: 10, Per: time.Second, Burst: 5}},
+		Allow: []netip.Prefix{netip.MustParsePrefix("192.0.2.3/32"), netip.MustParsePrefix("2001:db8::/64")},
+		RateLimits: []RateLimit{
+			{Name: "sip-public", Dest: netip.MustParseAddrPort("192.0.2.1:5060"), Rate: 10, Per: time.Second, Burst: 5},
+			{Name: "sip-v6", Dest: netip.MustParseAddrPort("[2001:db8:5::1]:5060"), Rate: 1, Per: time.Minute, Burst: 5},
+		},
 	}
 	if err := g.Apply(cfg); err != nil {
 		t.Fatal(err)
@@ -293,6 +297,13 @@ func TestIntegrationGuardKernel(t *testing.T) {
 		if strings.Contains(e, "192.0.2.4") {
 			t.Fatalf("ban of 192.0.2.4 still in the set after its timeout: %s", e)
 		}
+	}
+
+	// An IPv6 meter counts the source's /64: two addresses of one /64
+	// share one burst of 5 (1/minute refills nothing meanwhile).
+	got = l.deliver("[2001:db8:5::1]:5060", 20, 200*time.Millisecond, "2001:db8:6::4", "2001:db8:6::5")
+	if n := got["2001:db8:6::4"] + got["2001:db8:6::5"]; n != 5 {
+		t.Errorf("two addresses of one /64 against a burst of 5: received %v, want 5 in all", got)
 	}
 
 	// IPv6 bans go to ban6, one element for the source's /64: every
