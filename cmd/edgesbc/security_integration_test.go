@@ -105,6 +105,13 @@ func newSecLab(t *testing.T) *secLab {
 // newSecLabWith is newSecLab with the configuration passed through edit.
 func newSecLabWith(t *testing.T, edit func(string) string) *secLab {
 	t.Helper()
+	return newSecLabSetup(t, nil, edit)
+}
+
+// newSecLabSetup is newSecLabWith with setup run on the namespaces before
+// the daemon starts.
+func newSecLabSetup(t *testing.T, setup func(*secLab), edit func(string) string) *secLab {
+	t.Helper()
 	testenv.Integration(t)
 	for _, tool := range []string{"sipp", "nft", "svmap", "svwar"} {
 		testenv.RequireTool(t, tool)
@@ -122,6 +129,9 @@ func newSecLabWith(t *testing.T, edit func(string) string) *secLab {
 			t.Fatalf("ip %v: %v %s", args, err, out)
 		}
 	}
+	if setup != nil {
+		setup(l)
+	}
 	cfg := securityConfig(t, l.stateDir)
 	if edit != nil {
 		cfg = edit(cfg)
@@ -133,6 +143,7 @@ func newSecLabWith(t *testing.T, edit func(string) string) *secLab {
 // banView is the part of a ban the tests read from edgesbc bans --json.
 type banView struct {
 	Addr      string         `json:"addr"`
+	Prefix    string         `json:"prefix"`
 	Policy    string         `json:"policy"`
 	Reason    string         `json:"reason"`
 	Counters  map[string]int `json:"counters"`
@@ -619,11 +630,22 @@ func startUserspaceDaemon(t *testing.T, topo *testenv.Topology, cfg string) *use
 	return u
 }
 
-func (u *userspaceDaemon) status(t *testing.T) (st guardStatus) {
+func (u *userspaceDaemon) status(t *testing.T) guardStatus {
+	t.Helper()
+	return readGuardStatus(t, u.bin, u.admin)
+}
+
+func (l *secLab) guardStatus(t *testing.T) guardStatus {
+	t.Helper()
+	return readGuardStatus(t, l.daemon.Bin, l.daemon.Admin)
+}
+
+// readGuardStatus runs edgesbc status against the daemon at admin.
+func readGuardStatus(t *testing.T, bin, admin string) (st guardStatus) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, u.bin, "status", "-admin", u.admin).Output()
+	out, err := exec.CommandContext(ctx, bin, "status", "-admin", admin).Output()
 	if err != nil {
 		t.Fatalf("status: %v", err)
 	}
@@ -793,5 +815,57 @@ func TestIntegrationSecurityEnumeration(t *testing.T) {
 	t.Logf("sweep of 30 extensions: banned by %s with %v, first %q; %d later REGISTERs dropped in the kernel", b.Policy, b.Counters, b.First.Request, drops)
 	if ok, failed := l.calls(t, 3); ok != 3 || failed != 0 {
 		t.Errorf("calls after the sweep: %d completed, %d failed", ok, failed)
+	}
+}
+
+// TestIntegrationSecurityIPv6Prefix gives the SBC a third, IPv6 zone and
+// the attacker two addresses of one /64: a scanner's probe from the first
+// bans the /64, and a flood from the second address never reaches the
+// daemon, dropped by the kernel's masked lookup in ban6.
+//
+//	[ SBC ] 2001:db8:66::1 ── 2001:db8:77::66, 2001:db8:77::67 attacker
+func TestIntegrationSecurityIPv6Prefix(t *testing.T) {
+	sbc6 := netip.MustParseAddr("2001:db8:66::1")
+	first, second := netip.MustParseAddr("2001:db8:77::66"), netip.MustParseAddr("2001:db8:77::67")
+	l := newSecLabSetup(t, func(l *secLab) {
+		for _, args := range [][]string{
+			{"-n", l.topo.SBC.Name, "addr", "add", sbc6.String() + "/64", "dev", "eth-att", "nodad"},
+			{"-n", l.topo.SBC.Name, "-6", "route", "add", "2001:db8:77::/64", "dev", "eth-att"},
+			{"-n", l.attacker.Name, "addr", "add", first.String() + "/64", "dev", "eth-sbc", "nodad"},
+			{"-n", l.attacker.Name, "addr", "add", second.String() + "/64", "dev", "eth-sbc", "nodad"},
+			{"-n", l.attacker.Name, "-6", "route", "add", "2001:db8:66::/64", "dev", "eth-sbc"},
+		} {
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				t.Fatalf("ip %v: %v %s", args, err, out)
+			}
+		}
+	}, func(c string) string {
+		return c + "zone \"public6\" {\n  address = \"" + sbc6.String() + "\"\n}\n"
+	})
+	// the scanner's probe from the first address bans its /64
+	if _, err := testenv.RunSIPp(t, l.attacker, attackDir(t), "-sf", "options_flood.xml", "-i", first.String(), "-p", "5070",
+		"-s", "100", "-m", "1", "-timeout", "5s", "["+sbc6.String()+"]:5060"); err != nil {
+		t.Fatalf("probe: %v", err)
+	}
+	b := l.waitBanned(t, second) // shown by any address of the prefix
+	if b.Policy != "scanners" || b.Addr != first.String() || b.Prefix != "2001:db8:77::/64" {
+		t.Errorf("ban of the /64: %+v", b)
+	}
+	if set := l.nftJSON(t, "list", "set", "inet", "edgesbc", "ban6"); !strings.Contains(set, `"2001:db8:77::"`) {
+		t.Errorf("ban6 does not hold the /64's element: %s", set)
+	}
+	before, seen := l.ruleCounter(t, "@ban6"), l.guardStatus(t)
+	// a flood with an ordinary User-Agent from the second address
+	if _, err := testenv.RunSIPp(t, l.attacker, attackDir(t), "-sf", "invite_flood.xml", "-i", second.String(), "-p", "5070",
+		"-s", "100", "-m", "50", "-r", "100", "-timeout", "10s", "["+sbc6.String()+"]:5060"); err != nil {
+		t.Errorf("flood: %v", err)
+	}
+	after := l.ruleCounter(t, "@ban6")
+	t.Logf("flood of 50 INVITEs from another address of the banned /64: %d packets dropped by the ban6 rule", after-before)
+	if after-before < 50 {
+		t.Errorf("the kernel dropped %d of 50 packets from %v", after-before, second)
+	}
+	if st := l.guardStatus(t); st.Guard.Dropped != seen.Guard.Dropped {
+		t.Errorf("packets from the banned /64 reached the daemon: dropped in userspace %d -> %d", seen.Guard.Dropped, st.Guard.Dropped)
 	}
 }
