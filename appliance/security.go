@@ -40,9 +40,12 @@ type defender struct {
 	log   hclog.Logger
 	g     *guard.Guard
 	store *BanStore
-	queue chan banJob
-	stop  chan struct{}
-	done  chan struct{}
+	// ipv6Prefix is the IPv6 source prefix the bans in force are keyed
+	// by, fixed at start.
+	ipv6Prefix int
+	queue      chan banJob
+	stop       chan struct{}
+	done       chan struct{}
 
 	// mu guards kernel: set at start, dropped when the firewall fails.
 	mu     sync.Mutex
@@ -56,9 +59,17 @@ type banJob struct {
 }
 
 // guardConfig maps the file's allow list, peers and ban policies onto the
-// guard's Config. Every peer's sources are allowed implicitly.
-func guardConfig(cfg *config.Config) guard.Config {
-	out := guard.Config{Allow: allowList(cfg)}
+// guard's Config. Every peer's sources are allowed implicitly. The rate
+// limits go to the guard only when the kernel cannot enforce them
+// (userspace).
+func guardConfig(cfg *config.Config, userspace bool) guard.Config {
+	out := guard.Config{Allow: allowList(cfg), IPv6Prefix: cfg.Security.IPv6Prefix}
+	if userspace {
+		for _, rl := range cfg.Security.RateLimits {
+			out.RateLimits = append(out.RateLimits, guard.RateLimit{
+				Name: rl.Name, Zone: rl.Zone, Rate: rl.Rate, Per: rl.Per, Burst: rl.Burst})
+		}
+	}
 	for _, p := range cfg.Security.BanPolicies {
 		mode := guard.Enforce
 		if p.Mode == config.BanLog {
@@ -91,7 +102,7 @@ func allowList(cfg *config.Config) []netip.Prefix {
 // firewallConfig is the kernel side of the same policies: the allow list
 // and each zone's rate limit on its SIP port.
 func firewallConfig(cfg *config.Config) firewall.GuardConfig {
-	out := firewall.GuardConfig{Allow: allowList(cfg)}
+	out := firewall.GuardConfig{Allow: allowList(cfg), IPv6Prefix: cfg.Security.IPv6Prefix}
 	for _, rl := range cfg.Security.RateLimits {
 		z, ok := cfg.Zone(rl.Zone)
 		if !ok {
@@ -110,12 +121,12 @@ func firewallConfig(cfg *config.Config) firewall.GuardConfig {
 // and is logged once.
 func newDefender(cfg *config.Config, kernel kernelGuard, kernelErr error, log hclog.Logger) *defender {
 	d := &defender{
-		log:   log,
-		g:     guard.New(guardConfig(cfg)),
-		store: NewBanStore(cfg.Security.StateDir),
-		queue: make(chan banJob, banQueueLen),
-		stop:  make(chan struct{}),
-		done:  make(chan struct{}),
+		log:        log,
+		store:      NewBanStore(cfg.Security.StateDir),
+		queue:      make(chan banJob, banQueueLen),
+		stop:       make(chan struct{}),
+		done:       make(chan struct{}),
+		ipv6Prefix: cfg.Security.IPv6Prefix,
 	}
 	if kernel != nil {
 		if err := kernel.Apply(firewallConfig(cfg)); err != nil {
@@ -124,12 +135,15 @@ func newDefender(cfg *config.Config, kernel kernelGuard, kernelErr error, log hc
 		}
 	}
 	d.kernel = kernel
+	d.g = guard.New(guardConfig(cfg, kernel == nil))
 	if kernel == nil {
 		log.Warn("bans and rate limits are enforced in userspace only: nftables is not available",
-			"reason", errString(kernelErr), "rate_limits_skipped", len(cfg.Security.RateLimits))
+			"reason", errString(kernelErr), "rate_limits", len(cfg.Security.RateLimits), "policies", len(cfg.Security.BanPolicies),
+			"ipv6_prefix", cfg.Security.IPv6Prefix)
 	} else {
 		log.Info("bans enforced in nftables", "table", "inet "+firewall.TableName,
-			"allow", len(cfg.Security.Allow), "rate_limits", len(cfg.Security.RateLimits), "policies", len(cfg.Security.BanPolicies))
+			"allow", len(cfg.Security.Allow), "rate_limits", len(cfg.Security.RateLimits), "policies", len(cfg.Security.BanPolicies),
+			"ipv6_prefix", cfg.Security.IPv6Prefix)
 	}
 	d.restore()
 	go d.run()
@@ -192,7 +206,7 @@ func (d *defender) act(v guard.Verdict) {
 		return
 	}
 	b := v.Ban
-	d.log.Warn("source banned", "src", b.Addr, "policy", b.Policy, "reason", b.Reason, "counters", b.Counters,
+	d.log.Warn("source banned", "src", b.Addr, "prefix", b.Prefix, "policy", b.Policy, "reason", b.Reason, "counters", b.Counters,
 		"ban_for", b.Expires.Sub(b.Start).String(), "repeat", b.Repeat, "first_request", b.First.Request, "last_request", b.Last.Request)
 	d.enqueue(banJob{addr: b.Addr, d: b.Expires.Sub(b.Start)})
 }
@@ -288,7 +302,16 @@ func (d *defender) kernelUnban(a netip.Addr) {
 // Reload swaps in the policies of cfg. Bans stay; bans of sources that are
 // now allow-listed are lifted. The kernel rules are replaced in one batch.
 func (d *defender) Reload(cfg *config.Config) error {
-	for _, b := range d.g.Reload(guardConfig(cfg)) {
+	if cfg.Security.IPv6Prefix != d.ipv6Prefix {
+		d.log.Warn("ipv6_prefix changes take effect at the next start", "ipv6_prefix", d.ipv6Prefix, "new_ipv6_prefix", cfg.Security.IPv6Prefix)
+		c := *cfg
+		c.Security.IPv6Prefix = d.ipv6Prefix
+		cfg = &c
+	}
+	d.mu.Lock()
+	userspace := d.kernel == nil
+	d.mu.Unlock()
+	for _, b := range d.g.Reload(guardConfig(cfg, userspace)) {
 		d.log.Info("ban lifted: source is allow-listed now", "src", b.Addr, "policy", b.Policy)
 		d.enqueue(banJob{addr: b.Addr})
 	}
@@ -316,7 +339,10 @@ func (d *defender) BanNow(src netip.Addr, dur time.Duration, reason string) (gua
 	if err := d.g.Add(b); err != nil {
 		return guard.Ban{}, err
 	}
-	d.log.Warn("source banned", "src", b.Addr, "policy", b.Policy, "reason", reason, "ban_for", dur.String())
+	if got, ok := d.g.Get(now, b.Addr); ok {
+		b = got // with the prefix it covers
+	}
+	d.log.Warn("source banned", "src", b.Addr, "prefix", b.Prefix, "policy", b.Policy, "reason", reason, "ban_for", dur.String())
 	d.enqueue(banJob{addr: b.Addr, d: dur})
 	return b, nil
 }

@@ -110,9 +110,21 @@ func TestFirewallConfig(t *testing.T) {
 		fc.RateLimits[0].Rate != 30 || fc.RateLimits[0].Per != time.Second || fc.RateLimits[0].Burst != 60 {
 		t.Errorf("rate limits %+v", fc.RateLimits)
 	}
-	gc := guardConfig(cfg)
+	if fc.IPv6Prefix != 64 {
+		t.Errorf("firewall ipv6 prefix %d, want the default 64", fc.IPv6Prefix)
+	}
+	gc := guardConfig(cfg, false)
 	if len(gc.Policies) != 2 || gc.Policies[1].Mode != guard.LogOnly || gc.Policies[0].BanFor != 24*time.Hour {
 		t.Errorf("policies %+v", gc.Policies)
+	}
+	if len(gc.RateLimits) != 0 || gc.IPv6Prefix != 64 {
+		t.Errorf("with the kernel: guard rate limits %+v, ipv6 prefix %d", gc.RateLimits, gc.IPv6Prefix)
+	}
+	if gc := guardConfig(cfg, true); len(gc.RateLimits) != 1 || gc.RateLimits[0] != (guard.RateLimit{Name: "sip-public", Zone: "public", Rate: 30, Per: time.Second, Burst: 60}) {
+		t.Errorf("userspace rate limits %+v", gc.RateLimits)
+	}
+	if fc := firewallConfig(securityConfig(t, "ipv6_prefix = 56\n")); fc.IPv6Prefix != 56 {
+		t.Errorf("ipv6_prefix = 56 gave %d", fc.IPv6Prefix)
 	}
 }
 
@@ -247,5 +259,49 @@ func TestDefenderUserspaceOnly(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "operation not permitted") {
 		t.Errorf("reason missing from the log:\n%s", logs.String())
+	}
+}
+
+// Without the kernel the rate limits hold in userspace: 30/second with a
+// burst of 60 on the public side, per source; peers and the allow list
+// are exempt, and with the kernel the guard leaves the limits to it.
+func TestDefenderUserspaceRateLimit(t *testing.T) {
+	cfg := securityConfig(t, "")
+	for _, withKernel := range []bool{false, true} {
+		kernel := firewall.NewGuardFake()
+		if !withKernel {
+			kernel.ApplyErr = errors.New("operation not permitted")
+		}
+		d := newDefender(cfg, kernel, nil, hclog.NewNullLogger())
+		flood := func(src netip.Addr, zone string) (passed int) {
+			for range 200 {
+				if d.Inbound(src, guard.Request{Zone: zone, Datagram: true}) {
+					passed++
+				}
+			}
+			return passed
+		}
+		stranger := netip.MustParseAddr("198.51.100.66")
+		got := flood(stranger, "public")
+		switch {
+		case withKernel && got != 200:
+			t.Errorf("with the kernel: %d of 200 passed in userspace, want all", got)
+		case !withKernel && (got < 60 || got > 62):
+			t.Errorf("userspace: %d of 200 passed, want the burst of 60 (and what refilled meanwhile)", got)
+		}
+		if !withKernel {
+			if n := d.Stats().RateLimited["sip-public"]; n != uint64(200-got) {
+				t.Errorf("rate_limited counter %d, want %d", n, 200-got)
+			}
+			for _, exempt := range []netip.Addr{netip.MustParseAddr("192.0.2.9"), netip.MustParseAddr("203.0.113.70")} {
+				if n := flood(exempt, "public"); n != 200 {
+					t.Errorf("exempt %v: %d of 200 passed", exempt, n)
+				}
+			}
+			if n := flood(stranger, "private"); n != 200 {
+				t.Errorf("zone without a limit: %d of 200 passed", n)
+			}
+		}
+		d.Close()
 	}
 }

@@ -189,6 +189,12 @@ func TestIntegrationGuardKernel(t *testing.T) {
 	for _, cmd := range [][]string{
 		{"-n", l.src.Name, "addr", "add", "192.0.2.3/24", "dev", "eth-fw"},
 		{"-n", l.src.Name, "addr", "add", "192.0.2.4/24", "dev", "eth-fw"},
+		{"-n", l.fw.Name, "addr", "add", "2001:db8:5::1/64", "dev", "eth-src", "nodad"},
+		{"-n", l.fw.Name, "addr", "add", "2001:db8:6::1/64", "dev", "eth-src", "nodad"},
+		{"-n", l.src.Name, "addr", "add", "2001:db8:5::2/64", "dev", "eth-fw", "nodad"},
+		{"-n", l.src.Name, "addr", "add", "2001:db8:5::3/64", "dev", "eth-fw", "nodad"},
+		{"-n", l.src.Name, "addr", "add", "2001:db8:6::4/64", "dev", "eth-fw", "nodad"},
+		{"-n", l.src.Name, "addr", "add", "2001:db8:6::5/64", "dev", "eth-fw", "nodad"},
 	} {
 		if b, err := exec.Command("ip", cmd...).CombinedOutput(); err != nil {
 			t.Fatalf("ip %v: %v %s", cmd, err, b)
@@ -212,8 +218,11 @@ func TestIntegrationGuardKernel(t *testing.T) {
 	t.Cleanup(func() { _ = g.Close() })
 
 	cfg := GuardConfig{
-		Allow:      []netip.Prefix{netip.MustParsePrefix("192.0.2.3/32"), netip.MustParsePrefix("2001:db8::/64")},
-		RateLimits: []RateLimit{{Name: "sip-public", Dest: netip.MustParseAddrPort("192.0.2.1:5060"), Rate: 10, Per: time.Second, Burst: 5}},
+		Allow: []netip.Prefix{netip.MustParsePrefix("192.0.2.3/32"), netip.MustParsePrefix("2001:db8::/64")},
+		RateLimits: []RateLimit{
+			{Name: "sip-public", Dest: netip.MustParseAddrPort("192.0.2.1:5060"), Rate: 10, Per: time.Second, Burst: 5},
+			{Name: "sip-v6", Dest: netip.MustParseAddrPort("[2001:db8:5::1]:5060"), Rate: 1, Per: time.Minute, Burst: 5},
+		},
 	}
 	if err := g.Apply(cfg); err != nil {
 		t.Fatal(err)
@@ -290,12 +299,27 @@ func TestIntegrationGuardKernel(t *testing.T) {
 		}
 	}
 
-	// IPv6 bans go to ban6.
-	if err := g.Ban(netip.MustParseAddr("2001:db8:1::9"), time.Minute); err != nil {
+	// An IPv6 meter counts the source's /64: two addresses of one /64
+	// share one burst of 5 (1/minute refills nothing meanwhile).
+	got = l.deliver("[2001:db8:5::1]:5060", 20, 200*time.Millisecond, "2001:db8:6::4", "2001:db8:6::5")
+	if n := got["2001:db8:6::4"] + got["2001:db8:6::5"]; n != 5 {
+		t.Errorf("two addresses of one /64 against a burst of 5: received %v, want 5 in all", got)
+	}
+
+	// IPv6 bans go to ban6, one element for the source's /64: every
+	// address of it is dropped, the next /64 passes.
+	if err := g.Ban(netip.MustParseAddr("2001:db8:5::2"), time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	if els := l.setElements(ban6Set); len(els) != 1 || !strings.Contains(els[0], "2001:db8:1::9") {
+	if els := l.setElements(ban6Set); len(els) != 1 || !strings.Contains(els[0], `"2001:db8:5::"`) {
 		t.Fatalf("ban6: %v", els)
+	}
+	// (the unbanned source sends first: the banned ones' neighbour
+	// solicitations are dropped too, so they could not resolve the
+	// SBC's link-layer address themselves)
+	got = l.deliver("[2001:db8:5::1]:5070", 20, 200*time.Millisecond, "2001:db8:6::4", "2001:db8:5::2", "2001:db8:5::3")
+	if got["2001:db8:5::2"] != 0 || got["2001:db8:5::3"] != 0 || got["2001:db8:6::4"] != 20 {
+		t.Fatalf("with a /64 banned: received %v, want nothing from 2001:db8:5::/64 and 20 from 2001:db8:6::4", got)
 	}
 
 	// The golden rendering is valid nft syntax.
@@ -413,7 +437,7 @@ func TestIntegrationGuardRebuild(t *testing.T) {
 	if left > 3600 || left < 3500 {
 		t.Errorf("rebuilt ban of 192.0.2.2 expires in %ds, want its remaining time (just under 3600s)", left)
 	}
-	if _, ok := l.banTimeLeft(ban6Set, "2001:db8::9"); !ok {
+	if _, ok := l.banTimeLeft(ban6Set, "2001:db8::"); !ok { // masked to its /64
 		t.Errorf("IPv6 ban not rebuilt: %v", l.setElements(ban6Set))
 	}
 	if _, ok := l.banTimeLeft(ban4Set, "192.0.2.4"); ok {

@@ -176,7 +176,7 @@ func (g *Guard) run(conn *nftables.Conn) {
 			g.ensure(conn)
 			err := g.unban(conn, *op.ban)
 			if err == nil {
-				delete(g.bans, op.ban.Unmap())
+				delete(g.bans, MaskSource(*op.ban, g.ipv6Bits()))
 			}
 			op.reply <- err
 		default:
@@ -199,7 +199,7 @@ func (g *Guard) run(conn *nftables.Conn) {
 			if err == nil {
 				now := time.Now()
 				for _, b := range batch {
-					g.bans[b.ban.Unmap()] = now.Add(banTimeout(b.d))
+					g.bans[MaskSource(*b.ban, g.ipv6Bits())] = now.Add(banTimeout(b.d))
 				}
 			}
 			for _, b := range batch {
@@ -207,6 +207,14 @@ func (g *Guard) run(conn *nftables.Conn) {
 			}
 		}
 	}
+}
+
+// ipv6Bits is the IPv6 prefix of the applied configuration. Owned by run.
+func (g *Guard) ipv6Bits() int {
+	if g.cfg == nil {
+		return DefaultIPv6Prefix
+	}
+	return g.cfg.ipv6Bits()
 }
 
 // present reports whether the guard's chain and ban sets are in the
@@ -314,7 +322,7 @@ func (g *Guard) addBans(conn *nftables.Conn, ops []guardOp) error {
 	t := edgesbcTable()
 	bySet := map[string][]nftables.SetElement{}
 	for _, op := range ops {
-		set, el := banElement(*op.ban, op.d)
+		set, el := banElement(*op.ban, op.d, g.ipv6Bits())
 		bySet[set] = append(bySet[set], el)
 	}
 	sets := map[string]*nftables.Set{}
@@ -353,7 +361,7 @@ func (g *Guard) deleteElement(conn *nftables.Conn, s *nftables.Set, el nftables.
 }
 
 func (g *Guard) unban(conn *nftables.Conn, a netip.Addr) error {
-	name, el := banElement(a, time.Second)
+	name, el := banElement(a, time.Second, g.ipv6Bits())
 	s := &nftables.Set{Table: edgesbcTable(), Name: name, KeyType: nftables.TypeIPAddr, HasTimeout: true}
 	if name == ban6Set {
 		s.KeyType = nftables.TypeIP6Addr

@@ -52,11 +52,15 @@ func edgesbcTable() *nftables.Table {
 //	ip saddr @allow4 accept
 //	ip6 saddr @allow6 accept
 //	ip saddr @ban4 counter drop
-//	ip6 saddr @ban6 counter drop
+//	ip6 saddr & MASK @ban6 counter drop
 //	ip daddr D udp dport P update @rl_NAME { ip saddr limit rate over R/U burst B packets } counter drop
 //
 // in a filter chain on prerouting at priority raw, so that neither
 // conntrack nor the daemon spends anything on a banned or flooding source.
+// IPv6 sources are masked to cfg.IPv6Prefix before the ban lookup and the
+// meter update (MASK, unless it is 128), so one element stands for the
+// whole prefix: an attacker cannot escape a ban or a meter by moving
+// through the addresses of its /64.
 func buildGuard(cfg GuardConfig) (*guardRuleset, error) {
 	t := edgesbcTable()
 	policy := nftables.ChainPolicyAccept
@@ -84,14 +88,15 @@ func buildGuard(cfg GuardConfig) (*guardRuleset, error) {
 		guardSet{set: a4, elems: intervalElements(allow4), flush: true},
 		guardSet{set: a6, elems: intervalElements(allow6), flush: true},
 		guardSet{set: b4}, guardSet{set: b6})
+	bits := cfg.ipv6Bits()
 	rs.rules = append(rs.rules,
-		saddrRule(false, a4, expr.VerdictAccept, false),
-		saddrRule(true, a6, expr.VerdictAccept, false),
-		saddrRule(false, b4, expr.VerdictDrop, true),
-		saddrRule(true, b6, expr.VerdictDrop, true))
+		saddrRule(false, a4, expr.VerdictAccept, false, 0),
+		saddrRule(true, a6, expr.VerdictAccept, false, 128),
+		saddrRule(false, b4, expr.VerdictDrop, true, 0),
+		saddrRule(true, b6, expr.VerdictDrop, true, bits))
 	names := map[string]bool{}
 	for _, rl := range cfg.RateLimits {
-		r, err := meterRule(t, rl, meterName(rl.Name, names))
+		r, err := meterRule(t, rl, meterName(rl.Name, names), bits)
 		if err != nil {
 			return nil, err
 		}
@@ -136,10 +141,26 @@ func loadAddr(v6, dst bool) expr.Any {
 	return &expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n}
 }
 
-// saddrRule is "ip[6] saddr @set [counter] verdict".
-func saddrRule(v6 bool, set *nftables.Set, v expr.VerdictKind, counter bool) []expr.Any {
+// maskSource masks the IPv6 source address in register 1 to its first
+// bits bits; nothing for IPv4 or a full-length prefix.
+func maskSource(v6 bool, bits int) []expr.Any {
+	if !v6 || bits <= 0 || bits >= 128 {
+		return nil
+	}
+	mask := make([]byte, 16)
+	for i := range bits {
+		mask[i/8] |= 0x80 >> (i % 8)
+	}
+	return []expr.Any{&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 16, Mask: mask, Xor: make([]byte, 16)}}
+}
+
+// saddrRule is "ip[6] saddr [& MASK] @set [counter] verdict", the source
+// masked to an IPv6 prefix of bits.
+func saddrRule(v6 bool, set *nftables.Set, v expr.VerdictKind, counter bool, bits int) []expr.Any {
 	e := matchFamily(v6)
-	e = append(e, loadAddr(v6, false), &expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID})
+	e = append(e, loadAddr(v6, false))
+	e = append(e, maskSource(v6, bits)...)
+	e = append(e, &expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID})
 	if counter {
 		e = append(e, &expr.Counter{})
 	}
@@ -151,8 +172,9 @@ type meter struct {
 	rule []expr.Any
 }
 
-// meterRule builds the meter set and rule of one rate limit.
-func meterRule(t *nftables.Table, rl RateLimit, name string) (meter, error) {
+// meterRule builds the meter set and rule of one rate limit; IPv6 sources
+// are metered per prefix of bits.
+func meterRule(t *nftables.Table, rl RateLimit, name string, bits int) (meter, error) {
 	unit, err := limitUnit(rl.Per)
 	if err != nil {
 		return meter{}, fmt.Errorf("rate limit %s: %w", rl.Name, err)
@@ -178,7 +200,9 @@ func meterRule(t *nftables.Table, rl RateLimit, name string) (meter, error) {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: port},
-		loadAddr(v6, false),
+		loadAddr(v6, false))
+	e = append(e, maskSource(v6, bits)...)
+	e = append(e,
 		&expr.Dynset{SrcRegKey: 1, SetName: set.Name, SetID: set.ID, Operation: unix.NFT_DYNSET_OP_UPDATE,
 			Exprs: []expr.Any{&expr.Limit{Type: expr.LimitTypePkts, Rate: rl.Rate, Over: true, Unit: unit, Burst: rl.Burst}}},
 		&expr.Counter{},
@@ -259,9 +283,10 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	return a
 }
 
-// banElement is the set element of one ban, in the set of its family.
-func banElement(a netip.Addr, d time.Duration) (string, nftables.SetElement) {
-	a = a.Unmap()
+// banElement is the set element of one ban, in the set of its family: an
+// IPv6 address is masked to its prefix of bits, as the lookup masks it.
+func banElement(a netip.Addr, d time.Duration, bits int) (string, nftables.SetElement) {
+	a = MaskSource(a, bits)
 	set := ban4Set
 	if a.Is6() {
 		set = ban6Set

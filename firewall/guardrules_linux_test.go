@@ -115,6 +115,9 @@ func renderRule(r []expr.Any) string {
 				}
 			}
 			out = append(out, fmt.Sprintf("%s @%s { %s %s }", op, e.SetName, field, strings.Join(inner, " ")))
+		case *expr.Bitwise:
+			m, _ := netip.AddrFromSlice(e.Mask)
+			field += " & " + m.String()
 		case *expr.Counter:
 			out = append(out, "counter")
 		case *expr.Verdict:
@@ -179,6 +182,12 @@ func TestGuardRulesGolden(t *testing.T) {
 				{Name: "sip-v6", Dest: netip.MustParseAddrPort("[2001:db8::1]:5070"), Rate: 600, Per: time.Minute, Burst: 100},
 			},
 		}},
+		{name: "ipv6-per-address", cfg: GuardConfig{IPv6Prefix: 128, RateLimits: []RateLimit{
+			{Name: "v6", Dest: netip.MustParseAddrPort("[2001:db8::1]:5060"), Rate: 10, Per: time.Second, Burst: 20},
+		}}},
+		{name: "ipv6-prefix-48", cfg: GuardConfig{IPv6Prefix: 48, RateLimits: []RateLimit{
+			{Name: "v6", Dest: netip.MustParseAddrPort("[2001:db8::1]:5060"), Rate: 10, Per: time.Second, Burst: 20},
+		}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -217,15 +226,21 @@ func TestGuardRulesRejects(t *testing.T) {
 }
 
 func TestBanElement(t *testing.T) {
-	set, el := banElement(netip.MustParseAddr("::ffff:198.51.100.7"), 90*time.Minute+123456*time.Nanosecond)
+	set, el := banElement(netip.MustParseAddr("::ffff:198.51.100.7"), 90*time.Minute+123456*time.Nanosecond, 64)
 	if set != ban4Set || len(el.Key) != 4 || el.Timeout != 90*time.Minute {
 		t.Errorf("mapped v4: %s %+v", set, el)
 	}
-	set, el = banElement(netip.MustParseAddr("2001:db8::7"), 0)
-	if set != ban6Set || len(el.Key) != 16 || el.Timeout != time.Second {
-		t.Errorf("v6 with zero duration: %s %+v", set, el)
+	set, el = banElement(netip.MustParseAddr("2001:db8::7"), 0, 128)
+	if set != ban6Set || len(el.Key) != 16 || el.Timeout != time.Second || netip.AddrFrom16([16]byte(el.Key)) != netip.MustParseAddr("2001:db8::7") {
+		t.Errorf("v6 per address with zero duration: %s %+v", set, el)
 	}
-	if _, el = banElement(netip.MustParseAddr("192.0.2.1"), 10*365*24*time.Hour); el.Timeout != maxBanTimeout {
+	// the element of an IPv6 ban is its prefix's first address, the key
+	// the rule's masked lookup finds
+	set, el = banElement(netip.MustParseAddr("2001:db8:1:2:3:4:5:6"), time.Hour, 64)
+	if set != ban6Set || netip.AddrFrom16([16]byte(el.Key)) != netip.MustParseAddr("2001:db8:1:2::") {
+		t.Errorf("v6 per /64: %s %x", set, el.Key)
+	}
+	if _, el = banElement(netip.MustParseAddr("192.0.2.1"), 10*365*24*time.Hour, 64); el.Timeout != maxBanTimeout {
 		t.Errorf("ten-year ban: timeout %v", el.Timeout)
 	}
 }

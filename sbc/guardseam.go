@@ -17,10 +17,12 @@ import (
 // Both methods run on the listener's read goroutine or a request handler,
 // so they must not block.
 type Guard interface {
-	// Inbound is called for every datagram from a source that is no peer,
-	// before the SBC does anything else with it: before the public side's
-	// unknown-source drop and before parsing. r.Method is empty when the
-	// datagram is not a request. Returning false drops the datagram.
+	// Inbound is called for every datagram (and every message framed on
+	// a TCP connection, and every TCP connection accepted) from a source
+	// that is no peer, before the SBC does anything else with it: before
+	// the public side's unknown-source drop and before parsing. r.Method
+	// is empty when the datagram is not a request, r.Datagram is set for
+	// UDP and r.Zone names the zone. Returning false drops it.
 	Inbound(src netip.Addr, r guard.Request) bool
 	// Outcome is called for each final response the SBC sends to a source
 	// that is no peer, with the request it answers.
@@ -41,10 +43,11 @@ func (s *Server) SetGuard(g Guard) {
 	s.sec.Store(&guardBox{g})
 }
 
-// guardInbound runs the guard on a datagram from a non-peer source and
+// guardInbound runs the guard on a message from a non-peer source and
 // reports whether it may go on.
-func (s *Server) guardInbound(g Guard, z *zone, src netip.AddrPort, data []byte) bool {
+func (s *Server) guardInbound(g Guard, z *zone, src netip.AddrPort, data []byte, datagram bool) bool {
 	r, inDialog := summarize(data)
+	r.Zone, r.Datagram, r.InDialog = z.cfg.Name, datagram, inDialog
 	r.Unsolicited = r.Method != "" && r.Method != "ACK" && !inDialog && !z.private
 	return g.Inbound(src.Addr(), r)
 }
@@ -61,7 +64,13 @@ func (s *Server) guardOutcome(g Guard, z *zone, req *sip.Request, code int) {
 	if s.peerBySource(z, src.Addr()) != nil {
 		return
 	}
-	r := guard.Request{Method: string(req.Method), User: req.Recipient.User}
+	r := guard.Request{Method: string(req.Method), User: req.Recipient.User, Zone: z.cfg.Name}
+	if to := req.To(); r.User == "" && to != nil {
+		r.User = to.Address.User
+	}
+	if len(r.User) > maxSummaryUser {
+		r.User = r.User[:maxSummaryUser]
+	}
 	if h := req.GetHeader("User-Agent"); h != nil {
 		r.UserAgent = h.Value()
 	}
@@ -76,7 +85,8 @@ const (
 )
 
 // summarize extracts from a raw datagram what the ban policies look at: the
-// method and Request-URI user of a request, its User-Agent, and whether the
+// method and Request-URI user of a request (the To user when the
+// Request-URI has none, as in a REGISTER), its User-Agent, and whether the
 // To header carries a tag (an in-dialog request). It reads at most the
 // header section, allocates only the strings it returns and never fails:
 // a datagram it cannot read yields an empty Request. It runs before any
@@ -95,6 +105,7 @@ func summarize(data []byte) (r guard.Request, inDialog bool) {
 	r.Method = string(method)
 	uri, _, _ := bytes.Cut(after, []byte(" "))
 	r.User = uriUser(uri)
+	var toUser string
 	for len(rest) > 0 {
 		var h []byte
 		h, rest, _ = bytes.Cut(rest, []byte("\n"))
@@ -113,9 +124,27 @@ func summarize(data []byte) (r guard.Request, inDialog bool) {
 			r.UserAgent = string(value)
 		case bytes.EqualFold(name, []byte("To")) || bytes.EqualFold(name, []byte("t")):
 			inDialog = hasTag(value)
+			toUser = uriUser(headerURI(value))
 		}
 	}
+	if r.User == "" {
+		r.User = toUser
+	}
 	return r, inDialog
+}
+
+// headerURI is the URI of a name-addr or addr-spec header value: inside
+// the angle brackets if there are any, else up to the first ';'.
+func headerURI(v []byte) []byte {
+	if i := bytes.IndexByte(v, '<'); i >= 0 {
+		v = v[i+1:]
+		if j := bytes.IndexByte(v, '>'); j >= 0 {
+			v = v[:j]
+		}
+		return v
+	}
+	v, _, _ = bytes.Cut(v, []byte(";"))
+	return v
 }
 
 // uriUser is the user part of a SIP URI ("sip:100@host" → "100"), bounded.

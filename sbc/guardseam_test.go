@@ -23,7 +23,7 @@ func TestSummarize(t *testing.T) {
 			want: guard.Request{Method: "OPTIONS", User: "100", UserAgent: "friendly-scanner"}},
 		{name: "in dialog, compact To, lowercase header",
 			msg:      "BYE sip:host SIP/2.0\r\nt: <sip:a@b;tag=uri-param>;tag=abc\r\nuser-agent:  Phone 1.0 \r\n\r\n",
-			want:     guard.Request{Method: "BYE", UserAgent: "Phone 1.0"},
+			want:     guard.Request{Method: "BYE", User: "a", UserAgent: "Phone 1.0"},
 			inDialog: true},
 		{name: "tag only inside the URI",
 			msg:  "INVITE sip:200;user=phone@host SIP/2.0\nTo: <sip:a@b;tag=x>\n\n",
@@ -31,6 +31,12 @@ func TestSummarize(t *testing.T) {
 		{name: "User-Agent in the body is not read",
 			msg:  "MESSAGE sip:1@h SIP/2.0\r\nTo: <sip:1@h>\r\n\r\nUser-Agent: friendly-scanner\r\n",
 			want: guard.Request{Method: "MESSAGE", User: "1"}},
+		{name: "REGISTER: the To user",
+			msg:  "REGISTER sip:198.51.100.1 SIP/2.0\r\nFrom: <sip:100@h>;tag=1\r\nTo: \"a:b\" <sip:1234@198.51.100.1>\r\nUser-Agent: x\r\n\r\n",
+			want: guard.Request{Method: "REGISTER", User: "1234", UserAgent: "x"}},
+		{name: "bare To URI",
+			msg:  "OPTIONS sip:h SIP/2.0\r\nTo: sip:77@h;tag=9\r\n\r\n",
+			want: guard.Request{Method: "OPTIONS", User: "77"}, inDialog: true},
 		{name: "response", msg: "SIP/2.0 200 OK\r\nUser-Agent: x\r\n\r\n"},
 		{name: "keepalive", msg: "\r\n\r\n"},
 		{name: "garbage", msg: "\x00\xff\xfe binary"},
@@ -151,4 +157,52 @@ func waitBanned(g *guard.Guard, src netip.Addr) bool {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return false
+}
+
+// TestGuardSeamUserspaceLimits drives the two checks the entry path makes
+// for the guard before parsing, over real sockets: the per-zone rate limit
+// on datagrams (a stranger on the private side gets its burst answered,
+// then nothing), and the enumeration of users by a stranger with a neutral
+// User-Agent on the public side, which is never answered but banned.
+func TestGuardSeamUserspaceLimits(t *testing.T) {
+	r := newRig(t, nil)
+	g := guard.New(guard.Config{
+		RateLimits: []guard.RateLimit{{Name: "sip-private", Zone: "private", Rate: 1, Per: time.Hour, Burst: 3}},
+		Policies:   []guard.Policy{{Name: "enumeration", DistinctUnknownUsers: 5, Within: time.Minute, BanFor: time.Hour}},
+	})
+	r.srv.SetGuard(&policyGuard{g: g})
+
+	stranger := newPhone(t, "127.0.0.7")
+	options := func(to netip.AddrPort, src *phone, user, id string) string {
+		return fmt.Sprintf("OPTIONS sip:%s SIP/2.0\nVia: SIP/2.0/UDP %s;branch=z9hG4bK-%s;rport\nMax-Forwards: 70\nFrom: <sip:x@x>;tag=1\nTo: <sip:%s@%s>\nCall-ID: %s\nCSeq: 1 OPTIONS\nUser-Agent: Phone/1.0\nContent-Length: 0\n\n",
+			to.Addr(), src.addr, id, user, to.Addr(), id)
+	}
+	for i := range 3 {
+		stranger.send(r.priv, options(r.priv, stranger, "100", fmt.Sprintf("rl%d", i)))
+		stranger.recv("SIP/2.0 403")
+	}
+	for i := 3; i < 6; i++ {
+		stranger.send(r.priv, options(r.priv, stranger, "100", fmt.Sprintf("rl%d", i)))
+	}
+	stranger.expectNothing(500 * time.Millisecond)
+	if st := g.Stats(); st.RateLimited["sip-private"] != 3 || st.Bans != 0 {
+		t.Errorf("after 6 datagrams against a burst of 3: %+v", st)
+	}
+
+	// Five users asked for, To users of Request-URIs without one, as a
+	// REGISTER sweep sends them: banned by the enumeration policy.
+	prober := newPhone(t, "127.0.0.8")
+	for i := range 5 {
+		prober.send(r.pub, options(r.pub, prober, fmt.Sprint(200+i), fmt.Sprintf("en%d", i)))
+	}
+	if !waitBanned(g, prober.addr.Addr()) {
+		t.Fatalf("five distinct users did not ban %v", prober.addr.Addr())
+	}
+	b, _ := g.Get(time.Now(), prober.addr.Addr())
+	if b.Policy != "enumeration" || b.Counters["distinct_unknown_users"] != 5 || !strings.Contains(b.First.Request, `user="200"`) {
+		t.Errorf("enumeration ban: %+v", b)
+	}
+	prober.expectNothing(200 * time.Millisecond)
+	r.srv.SetGuard(nil)
+	r.waitIdle()
 }

@@ -434,7 +434,7 @@ func (s *Server) readFilter(z *zone) sip.TransportReadFilter {
 			return data, nil
 		}
 		src := addrPortOf(info.RemoteAddr)
-		v := s.admit(z, src, data)
+		v := s.admit(z, src, data, true)
 		if v.reply != nil && z.conn != nil && src.IsValid() {
 			if _, err := z.conn.WriteToUDPAddrPort(v.reply, src); err != nil {
 				s.log.Debug("stateless reply failed", "zone", z.cfg.Name, "src", src, "error", err)
@@ -455,12 +455,13 @@ type admission struct {
 }
 
 // admit is the entry filter, the same for a UDP datagram and a message
-// framed on a TCP connection: ban policies, the public side's silence
-// toward strangers, admission control, then inspect.
-func (s *Server) admit(z *zone, src netip.AddrPort, data []byte) admission {
+// framed on a TCP connection: ban policies (and, for a datagram, the rate
+// limits the kernel could not take), the public side's silence toward
+// strangers, admission control, then inspect.
+func (s *Server) admit(z *zone, src netip.AddrPort, data []byte, datagram bool) admission {
 	peer := s.peerBySource(z, src.Addr()) != nil
-	if g := s.sec.Load(); !peer && g != nil && !s.guardInbound(g.Guard, z, src, data) {
-		return admission{} // banned, or banned now
+	if g := s.sec.Load(); !peer && g != nil && !s.guardInbound(g.Guard, z, src, data, datagram) {
+		return admission{} // banned, rate limited, or banned now
 	}
 	if !z.private && !peer {
 		// The public side never answers strangers: a scanner learns

@@ -185,7 +185,7 @@ func (s *Server) acceptTCP(z *zone) {
 		src := addrPortOf(raw.RemoteAddr())
 		p := s.peerBySource(z, src.Addr())
 		if p == nil {
-			if g := s.sec.Load(); g != nil && !g.Inbound(src.Addr(), guard.Request{}) {
+			if g := s.sec.Load(); g != nil && !g.Inbound(src.Addr(), guard.Request{Zone: z.cfg.Name}) {
 				_ = raw.Close()
 				continue
 			}
@@ -437,7 +437,7 @@ func (c *framedConn) refuse(head []byte, code int) {
 // admit runs one framed message through the entry filter: pass reports
 // whether sipgo gets it; an error ends the connection.
 func (c *framedConn) admit(msg []byte) (bool, error) {
-	v := c.srv.admit(c.z, c.src, msg)
+	v := c.srv.admit(c.z, c.src, msg, false)
 	if v.reply != nil {
 		if _, err := c.Write(v.reply); err != nil {
 			return false, err

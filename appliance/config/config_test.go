@@ -435,7 +435,7 @@ func TestParseDefaults(t *testing.T) {
 		Media:    Media{PortMin: 20000, PortMax: 29999, Timeout: 60 * time.Second, Quarantine: 5 * time.Second, KernelOffload: true, PinholeZones: []string{"public"}},
 		SIP:      SIP{UserAgent: "edgesbc", MaxMessageSize: 16384, InviteTimeout: 180 * time.Second, MaxCalls: 10000},
 		Log:      Log{Level: "info"},
-		Security: Security{StateDir: DefaultStateDir},
+		Security: Security{StateDir: DefaultStateDir, IPv6Prefix: DefaultIPv6Prefix},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("Parse(base) =\n%+v\nwant\n%+v", cfg, want)

@@ -29,6 +29,7 @@ type rawFile struct {
 	RateLimits  []*rawRateLimit `hcl:"rate_limit,block"`
 	BanPolicies []*rawBanPolicy `hcl:"ban_policy,block"`
 	StateDir    *hcl.Attribute  `hcl:"state_dir,optional"`
+	IPv6Prefix  *hcl.Attribute  `hcl:"ipv6_prefix,optional"`
 }
 
 type rawZone struct {

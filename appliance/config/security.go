@@ -20,6 +20,7 @@ const (
 	DefaultRepeatMultiplier = 1
 	DefaultMaxBan           = 7 * 24 * time.Hour
 	DefaultBanMode          = BanEnforce
+	DefaultIPv6Prefix       = 64
 )
 
 // Limits of the security keys.
@@ -28,6 +29,7 @@ const (
 	maxRepeatMultiplier = 1000
 	maxRatePerSecond    = 10_000_000
 	maxUserAgentPattern = 256
+	minIPv6Prefix       = 32
 )
 
 // BanMode says whether a ban policy acts or only reports.
@@ -58,11 +60,15 @@ type Security struct {
 	// StateDir is where bans are persisted across restarts. Default
 	// /var/lib/edgesbc.
 	StateDir string
+	// IPv6Prefix is the prefix length by which IPv6 sources are counted,
+	// rate limited and banned: every address of one prefix is one source.
+	// Default 64; 128 treats each address alone.
+	IPv6Prefix int
 }
 
 // RateLimit is a rate_limit block: packets per source to the SIP port of a
 // zone above Rate per Per (with Burst packets of slack) are dropped in the
-// kernel.
+// kernel, or in userspace without nftables.
 type RateLimit struct {
 	Name string
 	Zone string
@@ -84,8 +90,9 @@ type BanPolicy struct {
 	// FailedAuth counts 401, 403 and 407 outcomes to one source within
 	// Within. Default 0 (off).
 	FailedAuth int
-	// DistinctUnknownUsers counts distinct request users answered 404 or
-	// 484 to one source within Within. Default 0 (off).
+	// DistinctUnknownUsers counts distinct users asked for by one source
+	// within Within: users of out-of-dialog requests from non-peers, and
+	// users answered 404 or 484. Default 0 (off).
 	DistinctUnknownUsers int
 	// UnknownSourceRequests counts requests out of dialog from a source
 	// that is no peer, on the public side, within Within. Default 0 (off).
@@ -410,4 +417,16 @@ func (b *builder) stateDir(attr *hcl.Attribute) string {
 		return DefaultStateDir
 	}
 	return s
+}
+
+// ipv6Prefix decodes the top-level ipv6_prefix.
+func (b *builder) ipv6Prefix(attr *hcl.Attribute) int {
+	if attr == nil {
+		return DefaultIPv6Prefix
+	}
+	n, diags := decodeInt(attr, minIPv6Prefix, 128, "Prefix length out of range")
+	if !b.add(diags) {
+		return DefaultIPv6Prefix
+	}
+	return n
 }

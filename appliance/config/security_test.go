@@ -11,6 +11,7 @@ import (
 func TestParseSecurity(t *testing.T) {
 	src := base + `
 state_dir = "/var/lib/edgesbc-test"
+ipv6_prefix = 56
 allow {
   addresses = ["203.0.113.0/28", "2001:db8::1"]
 }
@@ -47,8 +48,9 @@ ban_policy "enumeration" {
 		t.Fatalf("Parse: %s", render(diags))
 	}
 	want := Security{
-		StateDir: "/var/lib/edgesbc-test",
-		Allow:    []netip.Prefix{netip.MustParsePrefix("203.0.113.0/28"), netip.MustParsePrefix("2001:db8::1/128")},
+		StateDir:   "/var/lib/edgesbc-test",
+		IPv6Prefix: 56,
+		Allow:      []netip.Prefix{netip.MustParsePrefix("203.0.113.0/28"), netip.MustParsePrefix("2001:db8::1/128")},
 		RateLimits: []RateLimit{
 			{Name: "sip-public", Zone: "public", Rate: 30, Per: time.Second, Burst: 60},
 			{Name: "sip-private", Zone: "private", Rate: 600, Per: time.Minute, Burst: 1200},
@@ -117,6 +119,8 @@ func TestParseSecurityErrors(t *testing.T) {
 			wantErr: "must not be empty", wantLine: 2, wantCol: 28},
 		{name: "ban policy unknown key", hcl: "ban_policy \"a\" {\n  failed_auth = 3\n  ban_forever = true\n}\n",
 			wantErr: `argument named "ban_forever" is not expected`, wantLine: 3, wantCol: 3},
+		{name: "ipv6 prefix too short", hcl: "ipv6_prefix = 16\n",
+			wantErr: "ipv6_prefix must be between 32 and 128, got 16", wantLine: 1, wantCol: 15},
 		{name: "relative state dir", hcl: "state_dir = \"var/lib\"\n",
 			wantErr: "state_dir must be an absolute path", wantLine: 1, wantCol: 13},
 	}

@@ -138,6 +138,7 @@ func (b *builder) build(raw *rawFile) *Config {
 		RateLimits:  b.rateLimits(raw.RateLimits, zones),
 		BanPolicies: b.banPolicies(raw.BanPolicies),
 		StateDir:    b.stateDir(raw.StateDir),
+		IPv6Prefix:  b.ipv6Prefix(raw.IPv6Prefix),
 	}}
 	for _, p := range peers {
 		cfg.Peers = append(cfg.Peers, p.finish())

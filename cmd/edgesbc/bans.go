@@ -155,17 +155,21 @@ func printBans(w io.Writer, verb string, bans []appliance.BanView) {
 	switch verb {
 	case "add":
 		for _, b := range bans {
-			fmt.Fprintf(w, "banned %v until %s\n", b.Addr, b.Expires.Local().Format(time.RFC3339))
+			fmt.Fprintf(w, "banned %s until %s\n", banned(b), b.Expires.Local().Format(time.RFC3339))
 		}
 		return
 	case "remove":
 		for _, b := range bans {
-			fmt.Fprintf(w, "ban of %v lifted (policy %s)\n", b.Addr, b.Policy)
+			fmt.Fprintf(w, "ban of %s lifted (policy %s)\n", banned(b), b.Policy)
 		}
 		return
 	case "show":
 		for _, b := range bans {
-			fmt.Fprintf(w, "address:   %v\npolicy:    %s\nreason:    %s\n", b.Addr, b.Policy, b.Reason)
+			fmt.Fprintf(w, "address:   %v\n", b.Addr)
+			if b.Prefix.IsValid() {
+				fmt.Fprintf(w, "prefix:    %v (every address in it is banned)\n", b.Prefix)
+			}
+			fmt.Fprintf(w, "policy:    %s\nreason:    %s\n", b.Policy, b.Reason)
 			if len(b.Counters) > 0 {
 				fmt.Fprintf(w, "counters:  %v\n", b.Counters)
 			}
@@ -184,9 +188,17 @@ func printBans(w io.Writer, verb string, bans []appliance.BanView) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ADDRESS\tPOLICY\tREMAINING\tREASON")
 	for _, b := range bans {
-		fmt.Fprintf(tw, "%v\t%s\t%v\t%s\n", b.Addr, b.Policy, time.Duration(b.RemainingSeconds)*time.Second, b.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\n", banned(b), b.Policy, time.Duration(b.RemainingSeconds)*time.Second, b.Reason)
 	}
 	_ = tw.Flush()
+}
+
+// banned is what a ban covers: its IPv6 prefix, else its address.
+func banned(b appliance.BanView) string {
+	if b.Prefix.IsValid() {
+		return b.Prefix.String()
+	}
+	return b.Addr.String()
 }
 
 // offence renders one offending request, with the response it got.

@@ -67,6 +67,11 @@ ban_policy "unsolicited" {
   within                  = "60s"
   ban_for                 = "1h"
 }
+ban_policy "enumeration" {
+  distinct_unknown_users = 10
+  within                 = "60s"
+  ban_for                = "6h"
+}
 state_dir = "%s"
 `, attackerAllow, stateDir)
 }
@@ -100,6 +105,13 @@ func newSecLab(t *testing.T) *secLab {
 // newSecLabWith is newSecLab with the configuration passed through edit.
 func newSecLabWith(t *testing.T, edit func(string) string) *secLab {
 	t.Helper()
+	return newSecLabSetup(t, nil, edit)
+}
+
+// newSecLabSetup is newSecLabWith with setup run on the namespaces before
+// the daemon starts.
+func newSecLabSetup(t *testing.T, setup func(*secLab), edit func(string) string) *secLab {
+	t.Helper()
 	testenv.Integration(t)
 	for _, tool := range []string{"sipp", "nft", "svmap", "svwar"} {
 		testenv.RequireTool(t, tool)
@@ -117,6 +129,9 @@ func newSecLabWith(t *testing.T, edit func(string) string) *secLab {
 			t.Fatalf("ip %v: %v %s", args, err, out)
 		}
 	}
+	if setup != nil {
+		setup(l)
+	}
 	cfg := securityConfig(t, l.stateDir)
 	if edit != nil {
 		cfg = edit(cfg)
@@ -128,6 +143,7 @@ func newSecLabWith(t *testing.T, edit func(string) string) *secLab {
 // banView is the part of a ban the tests read from edgesbc bans --json.
 type banView struct {
 	Addr      string         `json:"addr"`
+	Prefix    string         `json:"prefix"`
 	Policy    string         `json:"policy"`
 	Reason    string         `json:"reason"`
 	Counters  map[string]int `json:"counters"`
@@ -548,6 +564,97 @@ func (w *lockedBuffer) String() string {
 	return string(w.b)
 }
 
+// userspaceDaemon is the daemon run without CAP_NET_ADMIN (setpriv drops
+// it from the bounding set), so nftables is out of reach.
+type userspaceDaemon struct {
+	bin, admin string
+	log        *lockedBuffer
+	waitFor    func(what string)
+}
+
+// guardStatus is the part of edgesbc status the security tests read.
+type guardStatus struct {
+	Guard struct {
+		Bans        int            `json:"bans"`
+		Dropped     int            `json:"dropped"`
+		RateLimited map[string]int `json:"rate_limited"`
+	} `json:"guard"`
+	Kernel bool `json:"bans_in_kernel"`
+}
+
+// startUserspaceDaemon starts the daemon in the SBC namespace of topo
+// without CAP_NET_ADMIN and waits until it is ready and has said, once,
+// that it enforces in userspace only.
+func startUserspaceDaemon(t *testing.T, topo *testenv.Topology, cfg string) *userspaceDaemon {
+	t.Helper()
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "edgesbc.hcl")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sockDir, err := os.MkdirTemp("", "esbc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(sockDir) })
+	u := &userspaceDaemon{bin: testenv.BuildBinary(t), admin: filepath.Join(sockDir, "admin.sock"), log: &lockedBuffer{}}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	cmd := topo.SBC.Command(ctx, "setpriv", "--bounding-set", "-net_admin", "--", u.bin, "run", "-config", cfgPath, "-admin", u.admin)
+	cmd.Stdout, cmd.Stderr = u.log, u.log
+	cmd.WaitDelay = 2 * time.Second
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", u.log.String())
+		}
+	})
+	u.waitFor = func(what string) {
+		t.Helper()
+		for range 200 {
+			if strings.Contains(u.log.String(), what) {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Fatalf("daemon never logged %q", what)
+	}
+	u.waitFor(testenv.ReadyLine)
+	if n := strings.Count(u.log.String(), "enforced in userspace only"); n != 1 {
+		t.Fatalf("userspace-only line logged %d times, want once", n)
+	}
+	return u
+}
+
+func (u *userspaceDaemon) status(t *testing.T) guardStatus {
+	t.Helper()
+	return readGuardStatus(t, u.bin, u.admin)
+}
+
+func (l *secLab) guardStatus(t *testing.T) guardStatus {
+	t.Helper()
+	return readGuardStatus(t, l.daemon.Bin, l.daemon.Admin)
+}
+
+// readGuardStatus runs edgesbc status against the daemon at admin.
+func readGuardStatus(t *testing.T, bin, admin string) (st guardStatus) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, "status", "-admin", admin).Output()
+	if err != nil {
+		t.Fatalf("status: %v", err)
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
 // TestIntegrationSecurityUserspaceOnly runs the daemon without
 // CAP_NET_ADMIN (setpriv drops it from the bounding set), so nftables is
 // out of reach: the log says so once, nothing is written to the kernel, and
@@ -564,48 +671,8 @@ func TestIntegrationSecurityUserspaceOnly(t *testing.T) {
 	if out, err := exec.Command("ip", "-n", attacker.Name, "route", "add", "203.0.113.0/24", "via", "198.51.100.1").CombinedOutput(); err != nil {
 		t.Fatalf("route: %v %s", err, out)
 	}
-	dir := t.TempDir()
-	cfgPath := filepath.Join(dir, "edgesbc.hcl")
-	if err := os.WriteFile(cfgPath, []byte(securityConfig(t, t.TempDir())), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	sockDir, err := os.MkdirTemp("", "esbc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(sockDir) })
-	admin := filepath.Join(sockDir, "admin.sock")
-	bin := testenv.BuildBinary(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := topo.SBC.Command(ctx, "setpriv", "--bounding-set", "-net_admin", "--", bin, "run", "-config", cfgPath, "-admin", admin)
-	var log lockedBuffer
-	cmd.Stdout, cmd.Stderr = &log, &log
-	cmd.WaitDelay = 2 * time.Second
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("daemon log:\n%s", log.String())
-		}
-	})
-	waitFor := func(what string) {
-		t.Helper()
-		for range 200 {
-			if strings.Contains(log.String(), what) {
-				return
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-		t.Fatalf("daemon never logged %q", what)
-	}
-	waitFor(testenv.ReadyLine)
-	if n := strings.Count(log.String(), "enforced in userspace only"); n != 1 {
-		t.Fatalf("userspace-only line logged %d times, want once", n)
-	}
+	u := startUserspaceDaemon(t, topo, securityConfig(t, t.TempDir()))
+	waitFor := u.waitFor
 	home := t.TempDir()
 	scan := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -616,23 +683,7 @@ func TestIntegrationSecurityUserspaceOnly(t *testing.T) {
 	}
 	scan()
 	waitFor("source banned")
-	status := func() (st struct {
-		Guard struct {
-			Bans    int `json:"bans"`
-			Dropped int `json:"dropped"`
-		} `json:"guard"`
-		Kernel bool `json:"bans_in_kernel"`
-	}) {
-		t.Helper()
-		out, err := exec.Command(bin, "status", "-admin", admin).Output()
-		if err != nil {
-			t.Fatalf("status: %v", err)
-		}
-		if err := json.Unmarshal(out, &st); err != nil {
-			t.Fatal(err)
-		}
-		return st
-	}
+	status := func() guardStatus { return u.status(t) }
 	before := status()
 	if before.Kernel || before.Guard.Bans != 1 {
 		t.Fatalf("status after the scan: %+v", before)
@@ -682,5 +733,139 @@ func TestIntegrationSecurityRateLimit(t *testing.T) {
 	l.waitLog(t, "ban policy in log mode would ban")
 	if !strings.Contains(l.daemon.Log(), "policy=unsolicited") {
 		t.Errorf("would-ban line does not name the policy")
+	}
+}
+
+// TestIntegrationSecurityUserspaceRateLimit floods the public SIP port at
+// 2,000 INVITEs/s from one attacker while the daemon runs without
+// CAP_NET_ADMIN, with the unsolicited policy in log mode so nothing is
+// banned: the daemon itself holds the source to the configured 50/s with a
+// burst of 100, counted in edgesbc status, and calls between the pbx and
+// the carrier (exempt as peers) complete meanwhile.
+func TestIntegrationSecurityUserspaceRateLimit(t *testing.T) {
+	testenv.Integration(t)
+	for _, tool := range []string{"setpriv", "sipp"} {
+		testenv.RequireTool(t, tool)
+	}
+	l := &secLab{topo: testenv.NewTopology(t), attacker: testenv.NewNetns(t, "esbc-att")}
+	testenv.Link(t, l.topo.SBC, "eth-att", netip.MustParsePrefix("198.51.100.1/24"), l.attacker, "eth-sbc", netip.MustParsePrefix(attackerScan.String()+"/24"))
+	if out, err := exec.Command("ip", "-n", l.attacker.Name, "route", "add", "203.0.113.0/24", "via", "198.51.100.1").CombinedOutput(); err != nil {
+		t.Fatalf("route: %v %s", err, out)
+	}
+	cfg := strings.Replace(securityConfig(t, t.TempDir()), `  ban_for                 = "1h"
+}`, `  ban_for                 = "1h"
+  mode                    = "log"
+}`, 1)
+	u := startUserspaceDaemon(t, l.topo, cfg)
+
+	type result struct{ ok, failed int }
+	callsDone := make(chan result, 1)
+	go func() {
+		ok, failed := l.calls(t, 10)
+		callsDone <- result{ok, failed}
+	}()
+	const sent, seconds = 6000, 3
+	start := time.Now()
+	res, err := testenv.RunSIPp(t, l.attacker, attackDir(t), "-sf", "invite_flood.xml", "-i", attackerScan.String(), "-p", "5070",
+		"-s", "100", "-m", fmt.Sprint(sent), "-r", fmt.Sprint(sent/seconds), "-timeout", "20s", "203.0.113.1:5060")
+	if err != nil || res.Successful != sent {
+		t.Errorf("flood: %+v %v", res, err)
+	}
+	elapsed := time.Since(start).Seconds()
+	st := u.status(t)
+	limited := st.Guard.RateLimited["sip-public"]
+	passed := sent - limited
+	t.Logf("flood of %d INVITEs in %.1fs, userspace only: %d dropped by the rate limit, %d passed", sent, elapsed, limited, passed)
+	if st.Kernel || st.Guard.Bans != 0 {
+		t.Errorf("status: %+v", st)
+	}
+	if want := 100 + 50*elapsed; float64(passed) > want+50 || float64(passed) < 100 {
+		t.Errorf("%d datagrams passed the userspace rate limit, want about %.0f", passed, want)
+	}
+	u.waitFor("ban policy in log mode would ban")
+	r := <-callsDone
+	t.Logf("calls during the flood: %d completed, %d failed", r.ok, r.failed)
+	if r.ok != 10 || r.failed != 0 {
+		t.Errorf("calls during the flood: %d completed, %d failed; want 10 and 0", r.ok, r.failed)
+	}
+}
+
+// TestIntegrationSecurityEnumeration sweeps extensions with REGISTER, one
+// per extension as svwar does, but with an ordinary User-Agent, so the
+// scanner policy does not see it and nothing ever answers it: the tenth
+// distinct extension bans the source by the enumeration policy, with the
+// counters in the ban, and the kernel drops the rest of the sweep.
+func TestIntegrationSecurityEnumeration(t *testing.T) {
+	l := newSecLab(t)
+	dir := attackDir(t)
+	res, err := testenv.RunSIPp(t, l.attacker, dir, "-sf", "register_enum.xml", "-inf", filepath.Join(dir, "extensions.csv"),
+		"-i", attackerScan.String(), "-p", "5070", "-m", "30", "-r", "20", "-timeout", "10s", "203.0.113.1:5060")
+	if err != nil || res.Successful != 30 {
+		t.Errorf("sweep: %+v %v", res, err)
+	}
+	b := l.waitBanned(t, attackerScan)
+	if b.Policy != "enumeration" || b.Counters["distinct_unknown_users"] != 10 || b.Reason != "unknown users" ||
+		!strings.Contains(b.First.Request, `REGISTER user="1000"`) || !strings.Contains(b.First.Request, "Softphone") {
+		t.Errorf("sweep ban: %+v", b)
+	}
+	drops := l.banDrops(t)
+	if drops < 15 {
+		t.Errorf("the kernel dropped %d of the sweep's 20 later REGISTERs", drops)
+	}
+	t.Logf("sweep of 30 extensions: banned by %s with %v, first %q; %d later REGISTERs dropped in the kernel", b.Policy, b.Counters, b.First.Request, drops)
+	if ok, failed := l.calls(t, 3); ok != 3 || failed != 0 {
+		t.Errorf("calls after the sweep: %d completed, %d failed", ok, failed)
+	}
+}
+
+// TestIntegrationSecurityIPv6Prefix gives the SBC a third, IPv6 zone and
+// the attacker two addresses of one /64: a scanner's probe from the first
+// bans the /64, and a flood from the second address never reaches the
+// daemon, dropped by the kernel's masked lookup in ban6.
+//
+//	[ SBC ] 2001:db8:66::1 ── 2001:db8:77::66, 2001:db8:77::67 attacker
+func TestIntegrationSecurityIPv6Prefix(t *testing.T) {
+	sbc6 := netip.MustParseAddr("2001:db8:66::1")
+	first, second := netip.MustParseAddr("2001:db8:77::66"), netip.MustParseAddr("2001:db8:77::67")
+	l := newSecLabSetup(t, func(l *secLab) {
+		for _, args := range [][]string{
+			{"-n", l.topo.SBC.Name, "addr", "add", sbc6.String() + "/64", "dev", "eth-att", "nodad"},
+			{"-n", l.topo.SBC.Name, "-6", "route", "add", "2001:db8:77::/64", "dev", "eth-att"},
+			{"-n", l.attacker.Name, "addr", "add", first.String() + "/64", "dev", "eth-sbc", "nodad"},
+			{"-n", l.attacker.Name, "addr", "add", second.String() + "/64", "dev", "eth-sbc", "nodad"},
+			{"-n", l.attacker.Name, "-6", "route", "add", "2001:db8:66::/64", "dev", "eth-sbc"},
+		} {
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				t.Fatalf("ip %v: %v %s", args, err, out)
+			}
+		}
+	}, func(c string) string {
+		return c + "zone \"public6\" {\n  address = \"" + sbc6.String() + "\"\n}\n"
+	})
+	// the scanner's probe from the first address bans its /64
+	if _, err := testenv.RunSIPp(t, l.attacker, attackDir(t), "-sf", "options_flood.xml", "-i", first.String(), "-p", "5070",
+		"-s", "100", "-m", "1", "-timeout", "5s", "["+sbc6.String()+"]:5060"); err != nil {
+		t.Fatalf("probe: %v", err)
+	}
+	b := l.waitBanned(t, second) // shown by any address of the prefix
+	if b.Policy != "scanners" || b.Addr != first.String() || b.Prefix != "2001:db8:77::/64" {
+		t.Errorf("ban of the /64: %+v", b)
+	}
+	if set := l.nftJSON(t, "list", "set", "inet", "edgesbc", "ban6"); !strings.Contains(set, `"2001:db8:77::"`) {
+		t.Errorf("ban6 does not hold the /64's element: %s", set)
+	}
+	before, seen := l.ruleCounter(t, "@ban6"), l.guardStatus(t)
+	// a flood with an ordinary User-Agent from the second address
+	if _, err := testenv.RunSIPp(t, l.attacker, attackDir(t), "-sf", "invite_flood.xml", "-i", second.String(), "-p", "5070",
+		"-s", "100", "-m", "50", "-r", "100", "-timeout", "10s", "["+sbc6.String()+"]:5060"); err != nil {
+		t.Errorf("flood: %v", err)
+	}
+	after := l.ruleCounter(t, "@ban6")
+	t.Logf("flood of 50 INVITEs from another address of the banned /64: %d packets dropped by the ban6 rule", after-before)
+	if after-before < 50 {
+		t.Errorf("the kernel dropped %d of 50 packets from %v", after-before, second)
+	}
+	if st := l.guardStatus(t); st.Guard.Dropped != seen.Guard.Dropped {
+		t.Errorf("packets from the banned /64 reached the daemon: dropped in userspace %d -> %d", seen.Guard.Dropped, st.Guard.Dropped)
 	}
 }

@@ -2,15 +2,22 @@
 // requests and the final responses they get, counts per source what the ban
 // policies look for (scanner user agents, failed authentication, requests for
 // users that do not exist, requests from strangers on the public side), and
-// returns Verdicts. It enforces nothing, does no I/O and keeps no clock: the
-// caller passes the time, acts on the Verdicts and persists the Bans.
+// returns Verdicts. When the kernel cannot, it also holds each source to the
+// per-zone packet rate limits. It enforces nothing, does no I/O and keeps no
+// clock: the caller passes the time, acts on the Verdicts and persists the
+// Bans.
+//
+// A source is an IPv4 address or an IPv6 prefix (a /64 by default): an
+// attacker holding a /64 can send from any of its addresses, so they are
+// counted, rate limited and banned as one.
 //
 // Allow-listed sources (the peers and the configured allow list) are never
-// counted nor banned, whatever a policy says.
+// counted, rate limited nor banned, whatever a policy says.
 package guard
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -46,8 +53,10 @@ type Policy struct {
 	UserAgents []string
 	// FailedAuth is the number of 401/403/407 outcomes within Within.
 	FailedAuth int
-	// DistinctUnknownUsers is the number of distinct request users
-	// answered 404/484 within Within.
+	// DistinctUnknownUsers is the number of distinct request users within
+	// Within that do not exist for the source: each user of an out-of-dialog
+	// request (Check; a guarded source is no peer, so no user exists for
+	// it), and each user answered 404/484 (Outcome).
 	DistinctUnknownUsers int
 	// UnknownSourceRequests is the number of unsolicited requests within
 	// Within.
@@ -67,17 +76,36 @@ type Config struct {
 	// and every peer's sources.
 	Allow    []netip.Prefix
 	Policies []Policy
-	// MaxSources bounds the sources tracked at once; the least recently
-	// seen are forgotten first. 0 means 100000.
+	// MaxSources bounds the sources tracked at once, by the policies and
+	// by the rate limits each. 0 means 100000.
 	MaxSources int
+	// RateLimits are enforced by Check when set: one per zone at most.
+	RateLimits []RateLimit
+	// IPv6Prefix is the prefix length an IPv6 source is counted, rate
+	// limited and banned by; 0 means 64, 128 means each address alone.
+	IPv6Prefix int
 }
+
+// DefaultIPv6Prefix is the prefix length of an IPv6 source by default: a
+// site's /64.
+const DefaultIPv6Prefix = 64
 
 // Request summarises one request from a source, as far as the policies
 // care. The caller extracts it from the message; guard never parses SIP.
 type Request struct {
-	Method    string
-	User      string // user part of the Request-URI
+	Method string
+	// User is the user part of the Request-URI, or of the To URI when the
+	// Request-URI has none (a REGISTER).
+	User      string
 	UserAgent string
+	// Zone is the zone the request arrived on, for the rate limits.
+	Zone string
+	// Datagram is set for a UDP datagram, which the rate limits count
+	// (as the kernel meters do); Method may be empty then, when the
+	// datagram is not a request.
+	Datagram bool
+	// InDialog is set for a request whose To header carries a tag.
+	InDialog bool
 	// Unsolicited is set for a request outside any dialog from a source
 	// that is no peer, arriving on the public side.
 	Unsolicited bool
@@ -103,7 +131,11 @@ type Offence struct {
 // records why, for operators: the policy, the detector, the counters at the
 // time and the first and last offending request.
 type Ban struct {
-	Addr     netip.Addr     `json:"addr"`
+	// Addr is the banned address: the offender, or any address in Prefix.
+	Addr netip.Addr `json:"addr"`
+	// Prefix is the range the ban covers when wider than Addr: the IPv6
+	// prefix of the source (Config.IPv6Prefix).
+	Prefix   netip.Prefix   `json:"prefix,omitzero"`
 	Policy   string         `json:"policy"`
 	Reason   string         `json:"reason"`
 	Counters map[string]int `json:"counters,omitempty"`
@@ -127,7 +159,8 @@ type Action int
 const (
 	// Allow passes the request on.
 	Allow Action = iota
-	// Drop discards it: the source is banned already.
+	// Drop discards it: the source is banned already, or over its rate
+	// limit (Verdict.Limited).
 	Drop
 	// BanSource bans the source (Verdict.Ban) and discards the request.
 	BanSource
@@ -156,6 +189,8 @@ type Verdict struct {
 	// Reports are the bans log-mode policies would have made on this
 	// event; they may accompany any Action but Drop.
 	Reports []Ban
+	// Limited names the rate limit that dropped the request.
+	Limited string
 }
 
 // Guard holds per-source counters and the ban list. It is safe for
@@ -164,8 +199,9 @@ type Guard struct {
 	mu       sync.Mutex
 	cfg      Config
 	policies []policy
-	sources  map[netip.Addr]*source
-	bans     map[netip.Addr]Ban
+	sources  map[netip.Addr]*source // by key
+	bans     map[netip.Addr]Ban     // by key
+	limits   limiter
 	// history remembers earlier bans per source and policy, for
 	// escalation; an entry is forgotten MaxBan after its ban ended.
 	history map[historyKey]history
@@ -177,11 +213,14 @@ type Guard struct {
 
 // Stats are the guard's counters.
 type Stats struct {
-	Bans      uint64            `json:"bans"`
-	Dropped   uint64            `json:"dropped"`
-	WouldBan  map[string]uint64 `json:"would_ban,omitempty"` // per log-mode policy
-	BannedNow int               `json:"banned_now"`
-	Tracked   int               `json:"tracked_sources"`
+	Bans    uint64 `json:"bans"`
+	Dropped uint64 `json:"dropped"`
+	// RateLimited counts the requests dropped in userspace by each rate
+	// limit, by name.
+	RateLimited map[string]uint64 `json:"rate_limited,omitempty"`
+	WouldBan    map[string]uint64 `json:"would_ban,omitempty"` // per log-mode policy
+	BannedNow   int               `json:"banned_now"`
+	Tracked     int               `json:"tracked_sources"`
 }
 
 type policy struct {
@@ -209,7 +248,7 @@ type source struct {
 type counters struct {
 	failed      window
 	unsolicited window
-	users       map[string]event // user → first 404/484 outcome in the window
+	users       map[string]event // user → its first request or 404/484 in the window
 }
 
 // window is a sliding count of events: it keeps the latest events, at most
@@ -260,7 +299,7 @@ func New(cfg Config) *Guard {
 		bans:    map[netip.Addr]Ban{},
 		history: map[historyKey]history{},
 		would:   map[historyKey]time.Time{},
-		stats:   Stats{WouldBan: map[string]uint64{}},
+		stats:   Stats{WouldBan: map[string]uint64{}, RateLimited: map[string]uint64{}},
 	}
 	g.setConfig(cfg)
 	return g
@@ -270,7 +309,11 @@ func (g *Guard) setConfig(cfg Config) {
 	if cfg.MaxSources <= 0 {
 		cfg.MaxSources = 100000
 	}
+	if cfg.IPv6Prefix <= 0 || cfg.IPv6Prefix > 128 {
+		cfg.IPv6Prefix = DefaultIPv6Prefix
+	}
 	g.cfg = cfg
+	g.limits = newLimiter(cfg.RateLimits, cfg.MaxSources)
 	g.policies = g.policies[:0]
 	for _, p := range cfg.Policies {
 		if p.RepeatMultiplier < 1 {
@@ -289,24 +332,49 @@ func (g *Guard) setConfig(cfg Config) {
 	}
 }
 
-// Reload replaces the policies and the allow list. Bans and escalation
-// history stay; the counters start afresh, since their meaning may have
-// changed. Bans of sources that are now allow-listed are lifted and
-// returned, so the caller can withdraw them.
+// Reload replaces the policies, the rate limits and the allow list. Bans
+// and escalation history stay; the counters start afresh, since their
+// meaning may have changed. Bans of sources that are now allow-listed are
+// lifted and returned, so the caller can withdraw them. IPv6Prefix keeps
+// the value the guard was built with: the bans in force are keyed by it.
 func (g *Guard) Reload(cfg Config) []Ban {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	cfg.IPv6Prefix = g.cfg.IPv6Prefix
 	g.setConfig(cfg)
 	g.sources = map[netip.Addr]*source{}
 	g.would = map[historyKey]time.Time{}
 	var lifted []Ban
-	for a, b := range g.bans {
-		if g.allowed(a) {
-			delete(g.bans, a)
+	for k, b := range g.bans {
+		if g.allowed(b.Addr) {
+			delete(g.bans, k)
 			lifted = append(lifted, b)
 		}
 	}
 	return lifted
+}
+
+// Key is the address src is counted and banned by: src itself for IPv4,
+// the first address of its prefix for IPv6.
+func (g *Guard) Key(src netip.Addr) netip.Addr {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.key(src.Unmap())
+}
+
+func (g *Guard) key(src netip.Addr) netip.Addr {
+	if !src.Is6() || g.cfg.IPv6Prefix >= 128 {
+		return src
+	}
+	return netip.PrefixFrom(src.WithZone(""), g.cfg.IPv6Prefix).Masked().Addr()
+}
+
+// prefix is the range a ban of src covers, when wider than src.
+func (g *Guard) prefix(src netip.Addr) netip.Prefix {
+	if !src.Is6() || g.cfg.IPv6Prefix >= 128 {
+		return netip.Prefix{}
+	}
+	return netip.PrefixFrom(src.WithZone(""), g.cfg.IPv6Prefix).Masked()
 }
 
 // Allowed reports whether src is allow-listed.
@@ -334,20 +402,23 @@ func (g *Guard) Banned(now time.Time, src netip.Addr) bool {
 }
 
 func (g *Guard) banned(now time.Time, src netip.Addr) bool {
-	b, ok := g.bans[src]
+	k := g.key(src)
+	b, ok := g.bans[k]
 	if !ok {
 		return false
 	}
 	if !now.Before(b.Expires) {
-		delete(g.bans, src)
+		delete(g.bans, k)
 		return false
 	}
 	g.stats.Dropped++
 	return true
 }
 
-// Check decides about one request from src. Apart from updating its
-// counters it has no side effects; the caller enforces the Verdict.
+// Check decides about one request (or, with an empty Method, one
+// datagram) from src: allow-listed, banned, over its rate limit, or
+// counted by the policies. Apart from updating its counters it has no side
+// effects; the caller enforces the Verdict.
 func (g *Guard) Check(now time.Time, src netip.Addr, r Request) Verdict {
 	src = src.Unmap()
 	g.mu.Lock()
@@ -358,11 +429,21 @@ func (g *Guard) Check(now time.Time, src netip.Addr, r Request) Verdict {
 	if g.banned(now, src) {
 		return Verdict{Action: Drop}
 	}
+	key := g.key(src)
+	if r.Datagram {
+		if name, over := g.limits.over(now, r.Zone, key); over {
+			g.stats.RateLimited[name]++
+			return Verdict{Action: Drop, Limited: name}
+		}
+	}
 	var (
 		s   *source
 		out verdicts
 		off = event{at: now, req: r}
 		ua  = strings.ToLower(r.UserAgent)
+		// a request that names a user, outside a dialog: the user does
+		// not exist for a source that is no peer
+		probe = r.User != "" && !r.InDialog && r.Method != "ACK"
 	)
 	for i := range g.policies {
 		p := &g.policies[i]
@@ -378,15 +459,23 @@ func (g *Guard) Check(now time.Time, src netip.Addr, r Request) Verdict {
 		}
 		if p.UnknownSourceRequests > 0 && r.Unsolicited {
 			if s == nil {
-				s = g.source(now, src)
+				s = g.source(now, key)
 			}
 			c := &s.counters[i]
 			if n := c.unsolicited.add(off, p.Within, p.UnknownSourceRequests); n >= p.UnknownSourceRequests {
 				first := c.unsolicited.first()
-				*c = counters{}
+				c.unsolicited = window{}
 				if out.add(g.trip(now, src, p, "unsolicited requests", map[string]int{"unknown_source_requests": n}, first, off)) {
 					return out.v
 				}
+			}
+		}
+		if p.DistinctUnknownUsers > 0 && probe {
+			if s == nil {
+				s = g.source(now, key)
+			}
+			if out.add(g.unknownUser(now, src, p, &s.counters[i], off)) {
+				return out.v
 			}
 		}
 	}
@@ -414,50 +503,60 @@ func (g *Guard) Outcome(now time.Time, src netip.Addr, r Request, code int) Verd
 		s   *source
 		out verdicts
 		off = event{at: now, req: r, code: code}
+		key = g.key(src)
 	)
 	for i := range g.policies {
 		p := &g.policies[i]
 		switch {
 		case auth && p.FailedAuth > 0:
 			if s == nil {
-				s = g.source(now, src)
+				s = g.source(now, key)
 			}
 			c := &s.counters[i]
 			if n := c.failed.add(off, p.Within, p.FailedAuth); n >= p.FailedAuth {
 				first := c.failed.first()
-				*c = counters{}
+				c.failed = window{}
 				if out.add(g.trip(now, src, p, "failed authentication", map[string]int{"failed_auth": n}, first, off)) {
 					return out.v
 				}
 			}
 		case unknown && p.DistinctUnknownUsers > 0:
 			if s == nil {
-				s = g.source(now, src)
+				s = g.source(now, key)
 			}
-			c := &s.counters[i]
-			if c.users == nil {
-				c.users = map[string]event{}
-			}
-			first := off
-			for u, o := range c.users {
-				if now.Sub(o.at) >= p.Within {
-					delete(c.users, u)
-				} else if o.at.Before(first.at) {
-					first = o
-				}
-			}
-			if _, seen := c.users[r.User]; !seen && len(c.users) < p.DistinctUnknownUsers {
-				c.users[r.User] = off
-			}
-			if n := len(c.users); n >= p.DistinctUnknownUsers {
-				*c = counters{}
-				if out.add(g.trip(now, src, p, "unknown users", map[string]int{"distinct_unknown_users": n}, first, off)) {
-					return out.v
-				}
+			if out.add(g.unknownUser(now, src, p, &s.counters[i], off)) {
+				return out.v
 			}
 		}
 	}
 	return out.v
+}
+
+// unknownUser counts the user of one request for a user that does not
+// exist (an out-of-dialog request from a stranger, or a 404/484) and trips
+// p when the window holds enough distinct users. A user counts once per
+// window, whether it came as a request, an outcome or both.
+func (g *Guard) unknownUser(now time.Time, src netip.Addr, p *policy, c *counters, off event) Verdict {
+	if c.users == nil {
+		c.users = map[string]event{}
+	}
+	first := off
+	for u, o := range c.users {
+		if now.Sub(o.at) >= p.Within {
+			delete(c.users, u)
+		} else if o.at.Before(first.at) {
+			first = o
+		}
+	}
+	if _, seen := c.users[off.req.User]; !seen && len(c.users) < p.DistinctUnknownUsers {
+		c.users[off.req.User] = off
+	}
+	n := len(c.users)
+	if n < p.DistinctUnknownUsers {
+		return Verdict{Action: Allow}
+	}
+	c.users = nil
+	return g.trip(now, src, p, "unknown users", map[string]int{"distinct_unknown_users": n}, first, off)
 }
 
 // verdicts merges the trips of several policies on one event: a ban ends
@@ -484,7 +583,8 @@ func (m *verdicts) add(v Verdict) bool {
 // trip makes the ban p calls for. In log mode the ban is only returned
 // (once per would-be ban length); in enforce mode it is also recorded.
 func (g *Guard) trip(now time.Time, src netip.Addr, p *policy, reason string, cnt map[string]int, firstEvent, lastEvent event) Verdict {
-	key := historyKey{src, p.Name}
+	addr := g.key(src)
+	key := historyKey{addr, p.Name}
 	if until, ok := g.would[key]; ok && p.Mode == LogOnly && now.Before(until) {
 		return Verdict{Action: Allow} // reported already
 	}
@@ -497,7 +597,7 @@ func (g *Guard) trip(now time.Time, src netip.Addr, p *policy, reason string, cn
 	if seen {
 		d = min(time.Duration(float64(h.last)*float64(p.RepeatMultiplier)), p.MaxBan)
 	}
-	b := &Ban{Addr: src, Policy: p.Name, Reason: reason, Counters: cnt, First: first, Last: last,
+	b := &Ban{Addr: src, Prefix: g.prefix(src), Policy: p.Name, Reason: reason, Counters: cnt, First: first, Last: last,
 		Start: now, Expires: now.Add(d), Repeat: h.repeat}
 	if p.Mode == LogOnly {
 		g.would[key] = b.Expires
@@ -505,25 +605,25 @@ func (g *Guard) trip(now time.Time, src netip.Addr, p *policy, reason string, cn
 		return Verdict{Action: WouldBan, Ban: b}
 	}
 	g.history[key] = history{repeat: h.repeat + 1, last: d, until: b.Expires}
-	g.bans[src] = *b
+	g.bans[addr] = *b
 	g.stats.Bans++
-	delete(g.sources, src)
+	delete(g.sources, addr)
 	return Verdict{Action: BanSource, Ban: b}
 }
 
-// source returns the counters of src, creating them. When the table is
+// source returns the counters of the source keyed key, creating them. When the table is
 // full a sixteenth of it is forgotten at once, picked by map order, which
 // is effectively random: finding the least recently seen source would cost
 // a scan of the table per new source, which a flood from spoofed addresses
 // would turn into the bottleneck.
-func (g *Guard) source(now time.Time, src netip.Addr) *source {
-	s, ok := g.sources[src]
+func (g *Guard) source(now time.Time, key netip.Addr) *source {
+	s, ok := g.sources[key]
 	if !ok {
 		if len(g.sources) >= g.cfg.MaxSources {
 			g.evictSome(max(g.cfg.MaxSources/16, 1))
 		}
 		s = &source{counters: make([]counters, len(g.policies))}
-		g.sources[src] = s
+		g.sources[key] = s
 	}
 	s.seen = now
 	return s
@@ -553,6 +653,7 @@ func (g *Guard) Sweep(now time.Time) []Ban {
 			delete(g.sources, a)
 		}
 	}
+	g.limits.sweep(now)
 	var expired []Ban
 	for a, b := range g.bans {
 		if !now.Before(b.Expires) {
@@ -577,8 +678,10 @@ func (g *Guard) Sweep(now time.Time) []Ban {
 	return expired
 }
 
-// Add bans a source by hand (an operator, or a ban restored at start). A
-// ban of an allow-listed source is refused. An existing ban is replaced.
+// Add bans a source by hand (an operator, or a ban restored at start): an
+// IPv6 address bans its prefix. A ban of an allow-listed source is refused;
+// allow-listed addresses inside a banned prefix stay allowed, since the
+// allow list is looked at first. An existing ban is replaced.
 func (g *Guard) Add(b Ban) error {
 	b.Addr = b.Addr.Unmap()
 	if !b.Addr.IsValid() {
@@ -589,9 +692,11 @@ func (g *Guard) Add(b Ban) error {
 	if g.allowed(b.Addr) {
 		return fmt.Errorf("guard: %v is allow-listed and cannot be banned", b.Addr)
 	}
-	g.bans[b.Addr] = b
+	k := g.key(b.Addr)
+	b.Prefix = g.prefix(b.Addr)
+	g.bans[k] = b
 	if b.Policy != "" {
-		key := historyKey{b.Addr, b.Policy}
+		key := historyKey{k, b.Policy}
 		if h := g.history[key]; h.until.Before(b.Expires) {
 			g.history[key] = history{repeat: max(h.repeat, b.Repeat+1), last: b.Expires.Sub(b.Start), until: b.Expires}
 		}
@@ -605,8 +710,9 @@ func (g *Guard) Remove(src netip.Addr) (Ban, bool) {
 	src = src.Unmap()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	b, ok := g.bans[src]
-	delete(g.bans, src)
+	k := g.key(src)
+	b, ok := g.bans[k]
+	delete(g.bans, k)
 	return b, ok
 }
 
@@ -615,7 +721,7 @@ func (g *Guard) Get(now time.Time, src netip.Addr) (Ban, bool) {
 	src = src.Unmap()
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	b, ok := g.bans[src]
+	b, ok := g.bans[g.key(src)]
 	if !ok || !now.Before(b.Expires) {
 		return Ban{}, false
 	}
@@ -641,10 +747,8 @@ func (g *Guard) Stats() Stats {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	st := g.stats
-	st.WouldBan = map[string]uint64{}
-	for k, v := range g.stats.WouldBan {
-		st.WouldBan[k] = v
-	}
+	st.WouldBan = maps.Clone(g.stats.WouldBan)
+	st.RateLimited = maps.Clone(g.stats.RateLimited)
 	st.BannedNow = len(g.bans)
 	st.Tracked = len(g.sources)
 	return st

@@ -3,6 +3,7 @@ package guard
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 )
@@ -176,6 +177,51 @@ func TestDistinctUnknownUsersWindow(t *testing.T) {
 		if v := g.Outcome(at, attacker, invite(fmt.Sprint(i)), 404); v.Action != Allow {
 			t.Fatalf("user %d at %v: %v", i, at.Sub(t0), v.Action)
 		}
+	}
+}
+
+// An SBC drops or refuses strangers before routing, so 404s are rare: the
+// requests themselves count, each for a user that does not exist for a
+// source that is no peer, on either zone.
+func TestDistinctUnknownUsersByRequest(t *testing.T) {
+	g := New(Config{Policies: []Policy{enumeration()}})
+	reg := func(user string) Request {
+		return Request{Method: "REGISTER", User: user, UserAgent: "Phone/1.0", Zone: "public", Datagram: true, Unsolicited: true}
+	}
+	// not counted: in-dialog requests, ACKs, requests without a user,
+	// repeats of one user
+	for i := range 20 {
+		at := t0.Add(time.Duration(i) * time.Millisecond)
+		for _, r := range []Request{
+			{Method: "BYE", User: fmt.Sprint(i), InDialog: true},
+			{Method: "ACK", User: fmt.Sprint(i)},
+			{Method: "OPTIONS"},
+			reg("100"),
+		} {
+			if v := g.Check(at, attacker, r); v.Action != Allow {
+				t.Fatalf("%+v: %v", r, v.Action)
+			}
+		}
+	}
+	// a request and a 404 for the same user count once
+	g.Outcome(t0.Add(time.Second), attacker, invite("100"), 404)
+	for i := 1; i < 9; i++ {
+		if v := g.Check(t0.Add(time.Second), attacker, reg(fmt.Sprint(100+i))); v.Action != Allow {
+			t.Fatalf("user %d: %v", 100+i, v.Action)
+		}
+	}
+	v := g.Check(t0.Add(2*time.Second), attacker, reg("200"))
+	if v.Action != BanSource || v.Ban.Policy != "enumeration" || v.Ban.Counters["distinct_unknown_users"] != 10 ||
+		!strings.Contains(v.Ban.First.Request, `user="100"`) || !strings.Contains(v.Ban.Last.Request, `user="200"`) {
+		t.Fatalf("tenth distinct user: %+v", v)
+	}
+	// a private-side stranger counts the same way
+	g = New(Config{Policies: []Policy{enumeration()}})
+	for i := range 10 {
+		v = g.Check(t0, attacker, Request{Method: "INVITE", User: fmt.Sprint(i), Zone: "private"})
+	}
+	if v.Action != BanSource {
+		t.Fatalf("private side: %v", v.Action)
 	}
 }
 
