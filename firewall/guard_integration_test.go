@@ -5,6 +5,7 @@ package firewall
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -33,6 +35,8 @@ func TestMain(m *testing.M) {
 		os.Exit(helperRecv(os.Args[len(os.Args)-1]))
 	case "send":
 		os.Exit(helperSend(os.Args[len(os.Args)-4:]))
+	case "dial":
+		os.Exit(helperDial(os.Args[len(os.Args)-4:]))
 	}
 	os.Exit(testenv.Main(m))
 }
@@ -82,6 +86,29 @@ func helperSend(args []string) int {
 			time.Sleep(gap)
 		}
 	}
+	return 0
+}
+
+// helperDial opens count TCP connections from src to dst, one after the
+// other, each given timeout to be answered, and prints how many were
+// answered (accepted or refused: either way the SYN reached dst).
+func helperDial(args []string) int {
+	src, dst := netip.MustParseAddr(args[0]), netip.MustParseAddrPort(args[1])
+	n, _ := strconv.Atoi(args[2])
+	timeout, _ := time.ParseDuration(args[3])
+	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), Timeout: timeout}
+	answered := 0
+	for range n {
+		c, err := d.Dial("tcp", dst.String())
+		switch {
+		case err == nil:
+			answered++
+			_ = c.Close()
+		case errors.Is(err, syscall.ECONNREFUSED):
+			answered++
+		}
+	}
+	fmt.Println(answered)
 	return 0
 }
 
@@ -189,6 +216,7 @@ func TestIntegrationGuardKernel(t *testing.T) {
 	for _, cmd := range [][]string{
 		{"-n", l.src.Name, "addr", "add", "192.0.2.3/24", "dev", "eth-fw"},
 		{"-n", l.src.Name, "addr", "add", "192.0.2.4/24", "dev", "eth-fw"},
+		{"-n", l.src.Name, "addr", "add", "192.0.2.5/24", "dev", "eth-fw"},
 		{"-n", l.fw.Name, "addr", "add", "2001:db8:5::1/64", "dev", "eth-src", "nodad"},
 		{"-n", l.fw.Name, "addr", "add", "2001:db8:6::1/64", "dev", "eth-src", "nodad"},
 		{"-n", l.src.Name, "addr", "add", "2001:db8:5::2/64", "dev", "eth-fw", "nodad"},
@@ -284,6 +312,32 @@ func TestIntegrationGuardKernel(t *testing.T) {
 		t.Errorf("allow-listed source: %d of 200 arrived, want all", got["192.0.2.3"])
 	}
 	t.Logf("rate limit 10/s burst 5: %d of 200 packets in 0.4s passed", got["192.0.2.4"])
+
+	// TCP to the SIP port counts against the same meter: of 40 connection
+	// attempts from a fresh source (nothing listens, so a SYN that gets
+	// through is refused at once, one that is dropped times out after
+	// 20 ms), about the burst and one per 100 ms get through; the
+	// allow-listed source is not limited.
+	dial := func(src string) int {
+		t.Helper()
+		b, err := l.helper(l.src, "dial", src, "192.0.2.1:5060", "40", "20ms").Output()
+		if err != nil {
+			t.Fatalf("dial from %s: %v", src, err)
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil {
+			t.Fatalf("dial from %s: %q", src, b)
+		}
+		return n
+	}
+	if n := dial("192.0.2.5"); n < 5 || n > 25 {
+		t.Errorf("TCP from a rate limited source: %d of 40 SYNs answered, want the burst of 5 and about one per 100 ms", n)
+	} else {
+		t.Logf("rate limit 10/s burst 5 on TCP: %d of 40 SYNs answered", n)
+	}
+	if n := dial("192.0.2.3"); n != 40 {
+		t.Errorf("TCP from the allow-listed source: %d of 40 SYNs answered, want all", n)
+	}
 
 	// Per-element timeouts: the kernel ends a ban by itself.
 	if err := g.Ban(netip.MustParseAddr("192.0.2.4"), 2*time.Second); err != nil {

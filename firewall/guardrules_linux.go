@@ -54,6 +54,7 @@ func edgesbcTable() *nftables.Table {
 //	ip saddr @ban4 counter drop
 //	ip6 saddr & MASK @ban6 counter drop
 //	ip daddr D udp dport P update @rl_NAME { ip saddr limit rate over R/U burst B packets } counter drop
+//	ip daddr D tcp dport P update @rl_NAME { ip saddr limit rate over R/U burst B packets } counter drop
 //
 // in a filter chain on prerouting at priority raw, so that neither
 // conntrack nor the daemon spends anything on a banned or flooding source.
@@ -101,7 +102,7 @@ func buildGuard(cfg GuardConfig) (*guardRuleset, error) {
 			return nil, err
 		}
 		rs.sets = append(rs.sets, guardSet{set: r.set})
-		rs.rules = append(rs.rules, r.rule)
+		rs.rules = append(rs.rules, r.rules...)
 	}
 	return rs, nil
 }
@@ -168,12 +169,14 @@ func saddrRule(v6 bool, set *nftables.Set, v expr.VerdictKind, counter bool, bit
 }
 
 type meter struct {
-	set  *nftables.Set
-	rule []expr.Any
+	set   *nftables.Set
+	rules [][]expr.Any
 }
 
-// meterRule builds the meter set and rule of one rate limit; IPv6 sources
-// are metered per prefix of bits.
+// meterRule builds the meter set and rules of one rate limit: one rule for
+// UDP and one for TCP to the SIP port, updating the same meter, so a
+// source's packets count against one budget whichever transport it uses.
+// IPv6 sources are metered per prefix of bits.
 func meterRule(t *nftables.Table, rl RateLimit, name string, bits int) (meter, error) {
 	unit, err := limitUnit(rl.Per)
 	if err != nil {
@@ -192,23 +195,27 @@ func meterRule(t *nftables.Table, rl RateLimit, name string, bits int) (meter, e
 		HasTimeout: true, Timeout: meterTimeout, Size: meterSize}
 	port := make([]byte, 2)
 	binary.BigEndian.PutUint16(port, rl.Dest.Port())
-	e := matchFamily(v6)
-	e = append(e,
-		loadAddr(v6, true),
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: dst.AsSlice()},
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: port},
-		loadAddr(v6, false))
-	e = append(e, maskSource(v6, bits)...)
-	e = append(e,
-		&expr.Dynset{SrcRegKey: 1, SetName: set.Name, SetID: set.ID, Operation: unix.NFT_DYNSET_OP_UPDATE,
-			Exprs: []expr.Any{&expr.Limit{Type: expr.LimitTypePkts, Rate: rl.Rate, Over: true, Unit: unit, Burst: rl.Burst}}},
-		&expr.Counter{},
-		&expr.Verdict{Kind: expr.VerdictDrop},
-	)
-	return meter{set: set, rule: e}, nil
+	m := meter{set: set}
+	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+		e := matchFamily(v6)
+		e = append(e,
+			loadAddr(v6, true),
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: dst.AsSlice()},
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: port},
+			loadAddr(v6, false))
+		e = append(e, maskSource(v6, bits)...)
+		e = append(e,
+			&expr.Dynset{SrcRegKey: 1, SetName: set.Name, SetID: set.ID, Operation: unix.NFT_DYNSET_OP_UPDATE,
+				Exprs: []expr.Any{&expr.Limit{Type: expr.LimitTypePkts, Rate: rl.Rate, Over: true, Unit: unit, Burst: rl.Burst}}},
+			&expr.Counter{},
+			&expr.Verdict{Kind: expr.VerdictDrop},
+		)
+		m.rules = append(m.rules, e)
+	}
+	return m, nil
 }
 
 // meterName is rl_ and the rate limit's name in nft identifier characters
