@@ -229,3 +229,23 @@ func rtpTestPacket() []byte {
 	pkt[11] = 0x42
 	return pkt
 }
+
+// FuzzAnswerFits: any caller answer is judged without a panic, and one
+// judged fitting really shares a payload type with the offer.
+func FuzzAnswerFits(f *testing.F) {
+	offer, err := offerTemplate(nil, netip.MustParseAddr("192.0.2.1"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add([]byte(pbxSDP))
+	f.Add([]byte(strings.ReplaceAll(pbxSDP, "RTP/AVP 8 101", "RTP/AVP 18")))
+	f.Add([]byte("v=0\r\nm=audio 0 RTP/AVP 0\r\n"))
+	f.Fuzz(func(t *testing.T, answer []byte) {
+		if answerFits(offer, answer) != nil {
+			return
+		}
+		if !strings.Contains(string(answer), "m=") {
+			t.Errorf("answer without m= lines judged fitting:\n%q", answer)
+		}
+	})
+}
