@@ -39,6 +39,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzSummarize$$' -fuzztime $(FUZZTIME) ./sbc
 	$(GO) test -run '^$$' -fuzz '^FuzzDialogHeaders$$' -fuzztime $(FUZZTIME) ./sbc
 	$(GO) test -run '^$$' -fuzz '^FuzzTCPFraming$$' -fuzztime $(FUZZTIME) ./sbc
+	$(GO) test -run '^$$' -fuzz '^FuzzAnswerFits$$' -fuzztime $(FUZZTIME) ./sbc
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./media/sdp
 	$(GO) test -run '^$$' -fuzz '^FuzzRewrite$$' -fuzztime $(FUZZTIME) ./media/sdp
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./appliance/config

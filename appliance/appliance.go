@@ -348,6 +348,8 @@ func SBCConfig(cfg *config.Config) sbc.Config {
 			SessionExpires: p.SessionExpires,
 			MinSE:          p.MinSE,
 			Refer:          sbc.ReferMode(p.Refer),
+			Offer:          sbc.OfferMode(p.Offer),
+			Codecs:         append([]string(nil), p.Codecs...),
 			Transport:      p.Transport,
 		})
 	}

@@ -139,7 +139,7 @@ func (r *Relay) Offer(id SessionID, from Side, body []byte) ([]byte, error) {
 	if s == nil {
 		return nil, fmt.Errorf("offer for session %s: %w", id, ErrNoSession)
 	}
-	return s.negotiate(from, body, true)
+	return s.negotiate(from, body, true, received)
 }
 
 // Answer anchors an SDP answer received from side from and returns the body
@@ -154,7 +154,41 @@ func (r *Relay) Answer(id SessionID, from Side, body []byte) ([]byte, error) {
 	if s == nil {
 		return nil, fmt.Errorf("answer for session %s: %w", id, ErrNoSession)
 	}
-	return s.negotiate(from, body, false)
+	return s.negotiate(from, body, false, received)
+}
+
+// OfferFor anchors an offer the SBC makes itself toward side to, for a call
+// whose other side made none (an INVITE without SDP toward a peer that
+// needs an offer in it). tmpl is an SDP offer written as if to.Other() had
+// sent it: its streams and codecs are offered, its addresses are not used
+// (the connection address must still be of the family of to.Other()'s
+// bind address). Nothing is sent toward to.Other() until Settle gives its
+// answer.
+func (r *Relay) OfferFor(id SessionID, to Side, tmpl []byte) ([]byte, error) {
+	if !to.valid() {
+		return nil, fmt.Errorf("own offer for session %s: invalid side %v", id, to)
+	}
+	s := r.session(id)
+	if s == nil {
+		return nil, fmt.Errorf("own offer for session %s: %w", id, ErrNoSession)
+	}
+	return s.negotiate(to.Other(), tmpl, true, template)
+}
+
+// Settle anchors the last answer of an exchange the SBC began with
+// OfferFor: side from answers the offer it got (the other side's answer,
+// relayed), so its media address becomes known. No body goes anywhere, and
+// the o= version toward the other side stays as it was.
+func (r *Relay) Settle(id SessionID, from Side, body []byte) error {
+	if !from.valid() {
+		return fmt.Errorf("settle answer for session %s: invalid side %v", id, from)
+	}
+	s := r.session(id)
+	if s == nil {
+		return fmt.Errorf("settle answer for session %s: %w", id, ErrNoSession)
+	}
+	_, err := s.negotiate(from, body, false, settled)
+	return err
 }
 
 // Close ends a session: its sockets are closed, its reader goroutines have

@@ -798,3 +798,71 @@ func TestRelayHoldSuspendsTimeout(t *testing.T) {
 		t.Fatal("resumed call never timed out")
 	}
 }
+
+// TestRelayOwnOffer: the SBC offers toward B itself (a template from "A"
+// whose address means nothing), B answers, and A's answer to that answer is
+// settled. Nothing goes toward A before it is known; afterwards media flows
+// both ways, and the o= version toward B counts only bodies sent to B.
+func TestRelayOwnOffer(t *testing.T) {
+	r := newTestRelay(t, ioImpls()[0], nil)
+	const id = SessionID("call-own-offer")
+	a, b := newPhone(t, phoneAIP, false), newPhone(t, phoneBIP, true)
+	openCall(t, r, id)
+
+	// the template names the SBC's own side A address and a discard port
+	tmpl := sdpBody(relayA, 1, mline{kind: "audio", port: 9})
+	offer, err := r.OfferFor(id, B, tmpl)
+	if err != nil {
+		t.Fatalf("OfferFor: %v", err)
+	}
+	toB, _ := anchorOf(t, offer, 0)
+	if toB.Addr() != relayB {
+		t.Fatalf("own offer toward B anchors at %v, want %v:\n%s", toB, relayB, offer)
+	}
+	if v := parseOut(t, offer).Origin().Version; v != 1 {
+		t.Errorf("own offer o= version %d, want 1", v)
+	}
+	toAbody, err := r.Answer(id, B, b.sdp(1))
+	if err != nil {
+		t.Fatalf("Answer from B: %v", err)
+	}
+	toA, _ := anchorOf(t, toAbody, 0)
+
+	// B talks before A's answer is known: nothing reaches A, and above all
+	// nothing goes to the template's address
+	sendTo(t, b.rtp, toB, rtpPacket(t, 0, 1, 0xB))
+	expectSilence(t, a.rtp, 200*time.Millisecond, "RTP toward A before its answer")
+
+	if err := r.Settle(id, A, a.sdp(1)); err != nil {
+		t.Fatalf("Settle: %v", err)
+	}
+	if err := r.Settle(id+"-none", A, a.sdp(1)); !errors.Is(err, ErrNoSession) {
+		t.Errorf("Settle on no session: %v, want ErrNoSession", err)
+	}
+	const n = 20
+	var wg sync.WaitGroup
+	var atA, atB []datagram
+	wg.Add(2)
+	go func() { defer wg.Done(); atA = collect(a.rtp, n, 5*time.Second, 100*time.Millisecond) }()
+	go func() { defer wg.Done(); atB = collect(b.rtp, n, 5*time.Second, 100*time.Millisecond) }()
+	var fromA, fromB [][]byte
+	for i := range n {
+		fromA = append(fromA, rtpPacket(t, 0, uint16(100+i), 0xA))
+		fromB = append(fromB, rtpPacket(t, 0, uint16(500+i), 0xB))
+	}
+	sendTo(t, a.rtp, toA, fromA...)
+	sendTo(t, b.rtp, toB, fromB...)
+	wg.Wait()
+	checkRTP(t, "A→B", atB, 0xA, 100, n, toB)
+	checkRTP(t, "B→A", atA, 0xB, 500, n, toA)
+
+	// the next body toward B (a re-offer from A) is version 2: the
+	// settled answer sent nothing to B
+	re, err := r.Offer(id, A, a.sdp(2))
+	if err != nil {
+		t.Fatalf("re-offer from A: %v", err)
+	}
+	if v := parseOut(t, re).Origin().Version; v != 2 {
+		t.Errorf("re-offer toward B has o= version %d, want 2", v)
+	}
+}

@@ -113,13 +113,29 @@ type announced struct {
 	rtp, rtcp netip.AddrPort // invalid on hold (unspecified address)
 }
 
+// negotiation says where a body given to negotiate comes from.
+type negotiation int
+
+const (
+	// received: an offer or answer side from sent.
+	received negotiation = iota
+	// template: the SBC's own offer toward from.Other(), written as if
+	// side from had sent it; from's addresses in it mean nothing, so
+	// nothing goes toward from until its answer is settled.
+	template
+	// settled: an answer from side from whose rewritten body goes
+	// nowhere (the SBC made the offer toward from.Other() itself); the o=
+	// version toward from.Other() stays.
+	settled
+)
+
 // negotiate applies an offer or answer received from side from and returns
 // the body to send to the other side.
 //
 // It is transactional: the body is parsed and checked, new endpoints are
 // bound and the rewritten body is built before anything visible changes,
 // so a failure leaves the session as it was and leaks no port.
-func (s *session) negotiate(from Side, body []byte, offer bool) ([]byte, error) {
+func (s *session) negotiate(from Side, body []byte, offer bool, how negotiation) ([]byte, error) {
 	what := "answer"
 	if offer {
 		what = "offer"
@@ -150,6 +166,9 @@ func (s *session) negotiate(from Side, body []byte, offer bool) ([]byte, error) 
 		if !offer && ann[i].active && !s.streams[i].active() {
 			return nil, fmt.Errorf("answer from side %v accepts m= line %d that the offer disabled: %w",
 				from, i, ErrBadSDP)
+		}
+		if how == template {
+			ann[i].rtp, ann[i].rtcp = netip.AddrPort{}, netip.AddrPort{}
 		}
 	}
 
@@ -194,8 +213,10 @@ func (s *session) negotiate(from Side, body []byte, offer bool) ([]byte, error) 
 	}
 
 	// Commit.
-	s.origins[to] = origin
-	s.known[from] = true
+	if how != settled {
+		s.origins[to] = origin
+	}
+	s.known[from] = how != template
 	s.duplex[from] = false
 	for i, m := range media {
 		if ann[i].active && ann[i].rtp.IsValid() && (m.Direction == "" || m.Direction == sdp.SendRecv) {

@@ -90,6 +90,7 @@ type Call struct {
 	inTx      sip.ServerTransaction
 	outReq    *sip.Request // leg B's INVITE
 	lateOffer bool         // leg A's INVITE had no SDP: offer comes in B's 2xx, answer in A's ACK
+	ownOffer  bool         // late offer toward a peer with offer = "early": the SBC offered to leg B (earlyoffer.go)
 	earlySDP  []byte       // last SDP answer relayed to A in a provisional
 	bAck      *sip.Request // ACK sent (or deferred) on leg B
 	bAckSent  bool
@@ -406,6 +407,9 @@ func (c *Call) anchorOffer() ([]byte, error) {
 	}
 	c.mediaOpen = true
 	if body == nil {
+		if b.peer.earlyOffer() {
+			return c.makeOffer()
+		}
 		return nil, nil
 	}
 	out, err := m.Offer(media.SessionID(c.id), media.A, body)
@@ -778,6 +782,11 @@ func (c *Call) answered(res *sip.Response) bool {
 	var body []byte
 	var err error
 	switch {
+	case c.ownOffer && sdp != nil:
+		// leg B answered the SBC's offer; the answer is leg A's offer
+		body, err = c.anchorAnswer(sdp)
+	case c.ownOffer:
+		err = errors.New("own offer answered without SDP")
 	case c.lateOffer && sdp != nil:
 		// leg B made the offer; leg A answers in its ACK, which then goes
 		// to leg B: its ACK waits until then
@@ -802,7 +811,7 @@ func (c *Call) answered(res *sip.Response) bool {
 		c.end()
 		return true
 	}
-	if !c.lateOffer {
+	if !c.lateOffer || c.ownOffer {
 		c.ackB(nil)
 	}
 	c.state = stateAnswered
@@ -920,7 +929,7 @@ func (c *Call) startRetransmit() {
 			c.byeBoth()
 			return
 		}
-		if err := c.inTx.Respond(c.a2xx); err != nil {
+		if err := c.srv.respondTx(c.legs[media.A].zone, c.inReq, c.inTx, c.a2xx); err != nil {
 			c.log.Debug("2xx retransmission", "error", err)
 		}
 		interval *= 2
@@ -1106,6 +1115,10 @@ func (c *Call) onAck(side media.Side, req *sip.Request) {
 		c.retrans.Stop()
 	}
 	c.legs[media.A].learned.learnFrom(req, c.srv.isOwnHost)
+	if c.ownOffer {
+		c.settleOffer(req)
+		return
+	}
 	if c.lateOffer {
 		var body []byte
 		if sdp := sdpBody(req); sdp != nil {

@@ -109,6 +109,14 @@ type PeerConfig struct {
 	// Refer says what happens to a REFER from this peer. Empty means
 	// ReferTerminate.
 	Refer ReferMode
+	// Offer is how an INVITE without SDP goes toward this peer: OfferPass
+	// (the default when empty) keeps it a late offer, OfferEarly makes the
+	// SBC offer itself from its anchored media with Codecs.
+	Offer OfferMode
+	// Codecs are the codecs, in order of preference, of an offer the SBC
+	// makes itself toward this peer (see KnownCodec). Empty means
+	// DefaultCodecs.
+	Codecs []string
 	// Transport is how requests toward this peer travel: TransportUDP
 	// (the default when empty) or TransportTCP. A UDP peer in a zone that
 	// serves TCP too gets requests larger than 1300 bytes over TCP (RFC
@@ -137,6 +145,11 @@ type Media interface {
 	Open(id media.SessionID, a, b media.Address) error
 	Offer(id media.SessionID, from media.Side, body []byte) ([]byte, error)
 	Answer(id media.SessionID, from media.Side, body []byte) ([]byte, error)
+	// OfferFor and Settle serve the offers the SBC makes itself (offer =
+	// "early"): an offer toward a side built from a template, and the
+	// answer that completes it on the other side.
+	OfferFor(id media.SessionID, to media.Side, tmpl []byte) ([]byte, error)
+	Settle(id media.SessionID, from media.Side, body []byte) error
 	Close(id media.SessionID, reason string) (media.Stats, bool)
 }
 

@@ -557,7 +557,7 @@ func (c *Call) respondOn(l *Leg, req *sip.Request, tx sip.ServerTransaction, cod
 	res.SetBody(body)
 	setTransport(res, l.zone, "", transportOf(req))
 	c.send(l, res)
-	if err := tx.Respond(res); err != nil {
+	if err := c.srv.respondTx(l.zone, req, tx, res); err != nil {
 		c.log.Debug("respond in dialog", "code", code, "error", err)
 	}
 	return res

@@ -704,7 +704,7 @@ func (s *Server) respond(z *zone, req *sip.Request, tx sip.ServerTransaction, co
 		res.AppendHeader(h)
 	}
 	setTransport(res, z, "", transportOf(req))
-	if err := tx.Respond(res); err != nil {
+	if err := s.respondTx(z, req, tx, res); err != nil {
 		s.log.Debug("respond failed", "zone", z.cfg.Name, "code", code, "error", err)
 	}
 	if g := s.sec.Load(); g != nil {

@@ -632,3 +632,45 @@ func transportOf(req *sip.Request) string {
 	}
 	return TransportUDP
 }
+
+// respondTx sends res in the server transaction tx of req. Over TCP, a
+// response whose connection has closed goes on a new connection to the
+// request's sent-by: its source address with the port of the top Via, 5060
+// without one (RFC 3261 §18.2.2). The source address, not the Via host,
+// is what the SBC connects to, so a request cannot make it dial elsewhere.
+// Caller may hold a call's mu: the dial is bounded.
+func (s *Server) respondTx(z *zone, req *sip.Request, tx sip.ServerTransaction, res *sip.Response) error {
+	err := tx.Respond(res)
+	if err == nil || !errors.Is(err, sip.ErrTransactionTransport) || transportOf(req) != TransportTCP || !z.servesTCP() {
+		return err
+	}
+	dest, ok := sentBy(req)
+	if !ok {
+		return fmt.Errorf("respond %d: no sent-by to reconnect to: %w", res.StatusCode, err)
+	}
+	if derr := s.ensureTCP(z, dest); derr != nil {
+		return fmt.Errorf("respond %d on a new connection to %s: %w", res.StatusCode, dest, derr)
+	}
+	res.SetTransport("TCP")
+	res.SetDestination(dest)
+	if werr := z.ua.TransportLayer().WriteMsgTo(res, dest, "tcp"); werr != nil {
+		return fmt.Errorf("respond %d on a new connection to %s: %w", res.StatusCode, dest, werr)
+	}
+	s.log.Debug("response sent on a new connection", "zone", z.cfg.Name, "code", res.StatusCode, "dest", dest)
+	return nil
+}
+
+// sentBy is where a response to req goes when its connection is gone:
+// the request's source address and the port of its top Via.
+func sentBy(req *sip.Request) (string, bool) {
+	v := req.Via()
+	src, err := netip.ParseAddrPort(req.Source())
+	if v == nil || err != nil {
+		return "", false
+	}
+	port := v.Port
+	if port <= 0 || port > 65535 {
+		port = 5060
+	}
+	return netip.AddrPortFrom(src.Addr().Unmap(), uint16(port)).String(), true
+}

@@ -787,3 +787,95 @@ func TestTCPDialOnce(t *testing.T) {
 		t.Errorf("refused dial took %v", d)
 	}
 }
+
+// TestTCPResponseAfterConnectionClosed: the carrier calls over a
+// connection it closes before the answer; the SBC sends the 200 on a new
+// connection to the INVITE's sent-by, the carrier's address with the Via
+// port (RFC 3261 §18.2.2), here another listener than the configured one.
+func TestTCPResponseAfterConnectionClosed(t *testing.T) {
+	r := newTCPRig(t, false, nil)
+	sentByPhone := newTCPPhone(t, "127.0.0.4") // listens where the Via says
+	if sentByPhone.addr == r.tcar.addr {
+		t.Skip("no second port free on 127.0.0.4")
+	}
+	c := r.tcar.dial(r.pub)
+	invite := fmt.Sprintf(`INVITE sip:2001@%s SIP/2.0
+Via: SIP/2.0/TCP %s;branch=z9hG4bK-rc1;rport
+Max-Forwards: 70
+From: <sip:+15557654@carrier.example>;tag=car-from
+To: <sip:2001@%s>
+Call-ID: car-tcp-closed
+CSeq: 1 INVITE
+Contact: <sip:+15557654@unreachable.carrier.example:5999;transport=tcp>
+Content-Type: application/sdp
+Content-Length: %%LEN%%
+
+`, r.pub, sentByPhone.addr, r.pub) + carrierSDP
+	r.tcar.send(r.pub, invite)
+	inv, _ := r.pbx.recv("INVITE", "SIP/2.0 100")
+	r.tcar.recv("SIP/2.0 100")
+	c.Close()
+	// the SBC notices the close: its read of the connection ends
+	deadline := time.Now().Add(2 * time.Second)
+	for r.srv.hasTCP(r.srv.zones[1], c.LocalAddr().String()) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	r.pbx.send(r.priv, answer(inv, 200, "OK", "pbx-tag", fmt.Sprintf("<sip:2001@%s>", r.pbx.addr), pbxSDP))
+	ok, raw := sentByPhone.recv("SIP/2.0 200", "SIP/2.0 100")
+	assertHidden(t, raw)
+	nc := sentByPhone.lastConn()
+	if got := nc.RemoteAddr().(*net.TCPAddr).IP.String(); got != "127.0.0.2" {
+		t.Errorf("new connection from %s, want the public zone's address", got)
+	}
+	sentByPhone.mu.Lock()
+	accepted := sentByPhone.accepted
+	sentByPhone.mu.Unlock()
+	if accepted != 1 {
+		t.Errorf("sent-by listener accepted %d connections, want 1", accepted)
+	}
+	r.pbx.recv("ACK", "SIP/2.0 200")
+	// the caller goes on over the new connection: ACK, then BYE
+	sentByPhone.send(r.pub, fmt.Sprintf(`ACK sip:%s;transport=tcp SIP/2.0
+Via: SIP/2.0/TCP %s;branch=z9hG4bK-rc1ack;rport
+Max-Forwards: 70
+From: <sip:+15557654@carrier.example>;tag=car-from
+To: %s
+Call-ID: car-tcp-closed
+CSeq: 1 ACK
+Content-Length: 0
+
+`, r.pub, sentByPhone.addr, ok.To().Value()))
+	sentByPhone.send(r.pub, fmt.Sprintf(`BYE sip:%s;transport=tcp SIP/2.0
+Via: SIP/2.0/TCP %s;branch=z9hG4bK-rc1bye;rport
+Max-Forwards: 70
+From: <sip:+15557654@carrier.example>;tag=car-from
+To: %s
+Call-ID: car-tcp-closed
+CSeq: 2 BYE
+Content-Length: 0
+
+`, r.pub, sentByPhone.addr, ok.To().Value()))
+	bye, _ := r.pbx.recv("BYE", "ACK", "SIP/2.0 200")
+	r.pbx.send(r.priv, answer(bye, 200, "OK", "", "", ""))
+	sentByPhone.recv("SIP/2.0 200")
+	r.waitIdle()
+}
+
+func TestSentBy(t *testing.T) {
+	for _, tt := range []struct{ via, src, want string }{
+		{"SIP/2.0/TCP 198.51.100.7:5070;branch=z9hG4bK-1", "198.51.100.7:40001", "198.51.100.7:5070"},
+		{"SIP/2.0/TCP carrier.example;branch=z9hG4bK-1", "198.51.100.7:40001", "198.51.100.7:5060"},
+		// the Via host is never dialled: only the source address
+		{"SIP/2.0/TCP 10.0.0.9:5080;branch=z9hG4bK-1;received=10.0.0.9", "198.51.100.7:40001", "198.51.100.7:5080"},
+	} {
+		msg, err := sip.ParseMessage([]byte("OPTIONS sip:192.0.2.1 SIP/2.0\r\nVia: " + tt.via + "\r\nContent-Length: 0\r\n\r\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := msg.(*sip.Request)
+		req.SetSource(tt.src)
+		if got, ok := sentBy(req); !ok || got != tt.want {
+			t.Errorf("sentBy(Via %q from %s) = %q, %v; want %q", tt.via, tt.src, got, ok, tt.want)
+		}
+	}
+}

@@ -37,6 +37,7 @@ const (
 	DefaultSessionExpires = 1800 * time.Second
 	DefaultMinSE          = 90 * time.Second
 	DefaultRefer          = ReferTerminate
+	DefaultOffer          = OfferPass
 	DefaultPrefixLength4  = 24
 	DefaultPrefixLength6  = 64
 )
@@ -154,7 +155,26 @@ type Peer struct {
 	// Refer is what the SBC does with a REFER from this peer: "terminate",
 	// "pass" or "reject". Default "terminate".
 	Refer string
+	// Offer is how an INVITE without SDP goes toward this peer: "pass"
+	// keeps it a late offer, "early" makes the SBC offer itself. Default
+	// "pass".
+	Offer string
+	// Codecs are the codecs of an offer the SBC makes itself toward this
+	// peer (offer = "early"), canonical names from OfferCodecs in the
+	// file's order. Default none: the SBC's own default list (PCMU, PCMA,
+	// telephone-event).
+	Codecs []string
 }
+
+// Offer modes of a peer.
+const (
+	OfferPass  = "pass"
+	OfferEarly = "early"
+)
+
+// OfferCodecs are the codec names a peer's codecs may list, as written
+// canonically; names match in any case.
+var OfferCodecs = []string{"PCMU", "PCMA", "G722", "G729", "opus", "telephone-event"}
 
 // REFER handling modes of a peer.
 const (

@@ -183,6 +183,14 @@ func TestParseErrors(t *testing.T) {
 			wantErr: `"x-a" is already listed at test.hcl:` + strconv.Itoa(baseLines+4) + ":19", wantLine: 4, wantCol: 26},
 		{name: "refer mode unknown", hcl: "trunk \"t\" {\n  zone    = \"public\"\n  address = \"203.0.113.9\"\n  refer   = \"forward\"\n}\n",
 			wantErr: `refer "forward" is not one of`, wantLine: 4, wantCol: 13},
+		{name: "offer mode unknown", hcl: "trunk \"t\" {\n  zone    = \"public\"\n  address = \"203.0.113.9\"\n  offer   = \"late\"\n}\n",
+			wantErr: `offer "late" is not one of "pass" or "early"`, wantLine: 4, wantCol: 13},
+		{name: "codec unknown", hcl: "trunk \"t\" {\n  zone    = \"public\"\n  address = \"203.0.113.9\"\n  offer   = \"early\"\n  codecs  = [\"PCMU\", \"speex\"]\n}\n",
+			wantErr: `codec "speex" is not one the SBC can offer`, wantLine: 5, wantCol: 22},
+		{name: "codec duplicate", hcl: "trunk \"t\" {\n  zone    = \"public\"\n  address = \"203.0.113.9\"\n  codecs  = [\"PCMU\", \"pcmu\"]\n}\n",
+			wantErr: `"PCMU" is already listed at test.hcl:` + strconv.Itoa(baseLines+4), wantLine: 4, wantCol: 22},
+		{name: "codecs without audio", hcl: "trunk \"t\" {\n  zone    = \"public\"\n  address = \"203.0.113.9\"\n  codecs  = [\"telephone-event\"]\n}\n",
+			wantErr: "codecs must list an audio codec", wantLine: 4, wantCol: 13},
 		{name: "session_expires below min_se", hcl: "trunk \"t\" {\n  zone            = \"public\"\n  address         = \"203.0.113.9\"\n  session_expires = \"60s\"\n}\n",
 			wantErr: "session_expires 1m0s is shorter than min_se 1m30s", wantLine: 4, wantCol: 21},
 		{name: "min_se fraction", hcl: "trunk \"t\" {\n  zone    = \"public\"\n  address = \"203.0.113.9\"\n  min_se  = \"1500ms\"\n}\n",
@@ -417,6 +425,7 @@ func TestParseDefaults(t *testing.T) {
 				SessionExpires: 1800 * time.Second,
 				MinSE:          90 * time.Second,
 				Refer:          "terminate",
+				Offer:          "pass",
 			},
 			{
 				Name:      "carrier",
@@ -430,6 +439,7 @@ func TestParseDefaults(t *testing.T) {
 				SessionExpires: 1800 * time.Second,
 				MinSE:          90 * time.Second,
 				Refer:          "terminate",
+				Offer:          "pass",
 			},
 		},
 		Media:    Media{PortMin: 20000, PortMax: 29999, Timeout: 60 * time.Second, Quarantine: 5 * time.Second, KernelOffload: true, PinholeZones: []string{"public"}},
@@ -456,6 +466,8 @@ func TestParseExplicit(t *testing.T) {
   session_expires = "10m"
   min_se          = "2m"
   refer           = "Pass"
+  offer           = "Early"
+  codecs          = ["pcma", "G722", "telephone-event"]
 }
 zone "private" {
   address    = "10.0.0.1"
@@ -559,6 +571,8 @@ log {
 		SessionExpires: 10 * time.Minute,
 		MinSE:          2 * time.Minute,
 		Refer:          "pass",
+		Offer:          "early",
+		Codecs:         []string{"PCMA", "G722", "telephone-event"},
 	}
 	if !reflect.DeepEqual(ca, wantCA) {
 		t.Errorf("trunk carrier-a = %+v, want %+v", ca, wantCA)

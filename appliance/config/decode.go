@@ -61,6 +61,9 @@ type rawPeer struct {
 	SessionExpires *hcl.Attribute `hcl:"session_expires,optional"`
 	MinSE          *hcl.Attribute `hcl:"min_se,optional"`
 	Refer          *hcl.Attribute `hcl:"refer,optional"`
+	// offer/answer interworking (RFC 3261 §13.2.1) toward the peer
+	Offer  *hcl.Attribute `hcl:"offer,optional"`
+	Codecs *hcl.Attribute `hcl:"codecs,optional"`
 
 	kind PeerKind
 }

@@ -490,6 +490,8 @@ func (b *builder) peers(pbxs, trunks []*rawPeer, zones []*zoneDef) []*peerDef {
 			}
 		}
 
+		b.offer(d)
+
 		if rp.Sources != nil {
 			ps, diags := decodePrefixList(rp.Sources)
 			if b.add(diags) {
@@ -498,6 +500,61 @@ func (b *builder) peers(pbxs, trunks []*rawPeer, zones []*zoneDef) []*peerDef {
 		}
 	}
 	return defs
+}
+
+// offer decodes offer and codecs of a peer: a mode, and a list of codecs
+// the SBC can offer, without repeats and with an audio codec besides
+// telephone-event.
+func (b *builder) offer(d *peerDef) {
+	rp := d.raw
+	d.peer.Offer = DefaultOffer
+	if rp.Offer != nil {
+		if m, diags := decodeString(rp.Offer); b.add(diags) {
+			m = strings.ToLower(strings.TrimSpace(m))
+			if modes := []string{OfferPass, OfferEarly}; slices.Contains(modes, m) {
+				d.peer.Offer = m
+			} else {
+				b.errorf(rp.Offer.Expr.Range(), "Invalid offer mode",
+					"offer %q is not one of %s.", m, quoteList(modes))
+			}
+		}
+	}
+	if rp.Codecs == nil {
+		return
+	}
+	items, diags := decodeStringList(rp.Codecs)
+	if !b.add(diags) {
+		return
+	}
+	var out []string
+	seen := map[string]hcl.Range{}
+	audio, ok := false, true
+	for _, it := range items {
+		i := slices.IndexFunc(OfferCodecs, func(c string) bool { return strings.EqualFold(c, strings.TrimSpace(it.s)) })
+		if i < 0 {
+			b.errorf(it.rng, "Unknown codec",
+				"codec %q is not one the SBC can offer; use %s.", it.s, quoteList(OfferCodecs))
+			ok = false
+			continue
+		}
+		name := OfferCodecs[i]
+		if first, dup := seen[name]; dup {
+			b.errorf(it.rng, "Duplicate codec", "%q is already listed at %s.", name, at(first))
+			ok = false
+			continue
+		}
+		seen[name] = it.rng
+		audio = audio || name != "telephone-event"
+		out = append(out, name)
+	}
+	if ok && !audio {
+		b.errorf(rp.Codecs.Expr.Range(), "No audio codec",
+			"codecs must list an audio codec besides telephone-event; use some of %s.", quoteList(OfferCodecs[:5]))
+		return
+	}
+	if ok {
+		d.peer.Codecs = out
+	}
 }
 
 // sessionTimer decodes session_expires and min_se of a peer: whole

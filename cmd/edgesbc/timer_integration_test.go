@@ -39,7 +39,11 @@ var (
 var sbcOnlyScenarios = []string{
 	"uac_session_expiry.xml", "uac_quiet_call.xml", "uas_expect_refresh.xml", "uas_422.xml",
 	"uac_transferee.xml", "uas_refer.xml", "uas_transfer_target.xml",
-	"uac_keep.xml", // offload_integration_test.go: a call across a restart
+	// transfer_integration_test.go
+	"uas_attended_referrer.xml", "uac_attended_target.xml",
+	"uac_refer_pass.xml", "uas_refer_pass.xml", "uas_refer_reject.xml",
+	"uas_expect_offer.xml", // offer_integration_test.go
+	"uac_keep.xml",         // offload_integration_test.go: a call across a restart
 }
 
 var timerFlows = []dialogFlow{

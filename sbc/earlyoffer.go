@@ -1,0 +1,195 @@
+package sbc
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/edgesbc/edgesbc/media"
+	"github.com/edgesbc/edgesbc/media/sdp"
+)
+
+// Offer interworking (RFC 3261 §13.2.1, RFC 3264). An INVITE without SDP
+// (late offer) normally stays one: the callee offers in its 2xx and the
+// caller answers in its ACK. Some peers (many carriers) refuse an INVITE
+// without an offer; toward a peer with offer = "early" the SBC offers
+// itself, from its own anchored media and the peer's codec list. The
+// callee's answer then goes to the caller as the offer in the 2xx, and the
+// caller's answer in the ACK completes the media session on the caller's
+// side only: the callee already has the answer it needs.
+
+// OfferMode is how an INVITE without SDP is sent toward a peer.
+type OfferMode string
+
+const (
+	// OfferPass sends the INVITE as it came: a late offer stays late.
+	OfferPass OfferMode = "pass"
+	// OfferEarly makes the SBC offer itself toward the peer when the
+	// caller's INVITE has no SDP.
+	OfferEarly OfferMode = "early"
+)
+
+// codec is one entry the SBC can put into an offer of its own.
+type codec struct {
+	pt     int
+	rtpmap string // encoding/clock[/channels]
+	fmtp   string // "" for none
+}
+
+// codecs are the codecs the SBC can offer by name (lower case). Static
+// payload types keep their numbers (RFC 3551); dynamic ones get fixed
+// numbers from 96 on.
+var codecs = map[string]codec{
+	"pcmu":            {pt: 0, rtpmap: "PCMU/8000"},
+	"pcma":            {pt: 8, rtpmap: "PCMA/8000"},
+	"g722":            {pt: 9, rtpmap: "G722/8000"},
+	"g729":            {pt: 18, rtpmap: "G729/8000", fmtp: "annexb=no"},
+	"opus":            {pt: 111, rtpmap: "opus/48000/2"},
+	"telephone-event": {pt: 101, rtpmap: "telephone-event/8000", fmtp: "0-16"},
+}
+
+// DefaultCodecs is what the SBC offers toward a peer with offer = "early"
+// and no codec list of its own.
+var DefaultCodecs = []string{"PCMU", "PCMA", "telephone-event"}
+
+// KnownCodec reports whether the SBC can offer the codec name (any case).
+func KnownCodec(name string) bool {
+	_, ok := codecs[strings.ToLower(name)]
+	return ok
+}
+
+// earlyOffer reports whether the SBC offers itself toward p when the
+// caller made no offer.
+func (p *peer) earlyOffer() bool { return p.cfg.Offer == OfferEarly }
+
+// offerTemplate writes the SDP offer the SBC makes itself: one audio
+// stream with the given codecs, in order, at addr (an address of the
+// caller's zone: the relay uses only its family, since the caller's media
+// address is not known before its answer).
+func offerTemplate(names []string, addr netip.Addr) ([]byte, error) {
+	if len(names) == 0 {
+		names = DefaultCodecs
+	}
+	fam := "IP4"
+	if addr.Is6() {
+		fam = "IP6"
+	}
+	var pts []string
+	var attrs strings.Builder
+	audio := false
+	for _, n := range names {
+		c, ok := codecs[strings.ToLower(n)]
+		if !ok {
+			return nil, fmt.Errorf("codec %q is not one the SBC can offer", n)
+		}
+		pt := fmt.Sprint(c.pt)
+		if slices.Contains(pts, pt) {
+			continue
+		}
+		pts = append(pts, pt)
+		audio = audio || c.rtpmap != codecs["telephone-event"].rtpmap
+		fmt.Fprintf(&attrs, "a=rtpmap:%d %s\r\n", c.pt, c.rtpmap)
+		if c.fmtp != "" {
+			fmt.Fprintf(&attrs, "a=fmtp:%d %s\r\n", c.pt, c.fmtp)
+		}
+	}
+	if !audio {
+		return nil, fmt.Errorf("codecs %v: no audio codec besides telephone-event", names)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "v=0\r\no=- 0 0 IN %s %v\r\ns=-\r\nc=IN %s %v\r\nt=0 0\r\n", fam, addr, fam, addr)
+	fmt.Fprintf(&b, "m=audio 9 RTP/AVP %s\r\n", strings.Join(pts, " "))
+	b.WriteString(attrs.String())
+	b.WriteString("a=ptime:20\r\na=sendrecv\r\n")
+	return []byte(b.String()), nil
+}
+
+// makeOffer builds and anchors the SBC's own offer toward leg B for a
+// caller that made none. Caller holds mu; the media session is open.
+func (c *Call) makeOffer() ([]byte, error) {
+	a, b := c.legs[media.A], c.legs[media.B]
+	tmpl, err := offerTemplate(b.peer.cfg.Codecs, a.zone.cfg.Address)
+	if err != nil {
+		return nil, fmt.Errorf("build own offer toward %s: %w", b.peer.cfg.Name, err)
+	}
+	out, err := c.srv.media.OfferFor(media.SessionID(c.id), media.B, tmpl)
+	if err != nil {
+		return nil, fmt.Errorf("anchor own offer toward %s: %w", b.peer.cfg.Name, err)
+	}
+	c.ownOffer = true
+	c.log.Debug("late offer sent early", "to_peer", b.peer.cfg.Name)
+	return out, nil
+}
+
+// settleOffer takes the caller's answer from its ACK when the SBC made the
+// offer toward leg B: the answer must fit the offer the caller got in the
+// 2xx (leg B's answer). One that does not ends the call on both legs: leg B
+// has answered and been ACKed already, so there is nothing to renegotiate.
+// Caller holds mu.
+func (c *Call) settleOffer(ack *sip.Request) {
+	body := sdpBody(ack)
+	var err error
+	switch {
+	case body == nil:
+		err = errors.New("ACK carries no answer to the offer in the 2xx")
+	default:
+		if err = answerFits(c.sentSDP[media.A], body); err == nil {
+			err = c.srv.media.Settle(media.SessionID(c.id), media.A, body)
+		}
+	}
+	if err != nil {
+		c.log.Warn("caller's answer unusable, ending call", "error", err)
+		c.rec.EndReason = "bad answer"
+		c.byeLeg(c.legs[media.A])
+		c.byeLeg(c.legs[media.B])
+		c.end()
+		return
+	}
+	c.lastSDP[media.A] = body
+}
+
+// answerFits checks an SDP answer against the offer it answers (RFC 3264
+// §6): the same m= lines, nothing accepted that the offer disabled, each
+// accepted RTP stream with a payload format of the offer, and at least one
+// stream accepted.
+func answerFits(offer, answer []byte) error {
+	od, err := sdp.Parse(offer)
+	if err != nil {
+		return fmt.Errorf("parse offer: %w", err)
+	}
+	ad, err := sdp.Parse(answer)
+	if err != nil {
+		return fmt.Errorf("parse answer: %w", err)
+	}
+	om, am := od.Media(), ad.Media()
+	if len(om) != len(am) {
+		return fmt.Errorf("answer has %d m= lines, the offer %d", len(am), len(om))
+	}
+	accepted := 0
+	for i := range am {
+		o, a := om[i], am[i]
+		if a.Port == 0 {
+			continue
+		}
+		if o.Port == 0 {
+			return fmt.Errorf("m= line %d: answer accepts a stream the offer disabled", i)
+		}
+		if a.Kind != o.Kind || !strings.EqualFold(a.Proto, o.Proto) {
+			return fmt.Errorf("m= line %d: answer %s %s for an offer of %s %s", i, a.Kind, a.Proto, o.Kind, o.Proto)
+		}
+		if strings.Contains(strings.ToUpper(o.Proto), "RTP") &&
+			!slices.ContainsFunc(a.Formats, func(f string) bool { return slices.Contains(o.Formats, f) }) {
+			return fmt.Errorf("m= line %d: no payload type of the answer (%s) was offered (%s)",
+				i, strings.Join(a.Formats, " "), strings.Join(o.Formats, " "))
+		}
+		accepted++
+	}
+	if accepted == 0 {
+		return errors.New("answer accepts no stream")
+	}
+	return nil
+}

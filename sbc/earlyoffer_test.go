@@ -1,0 +1,251 @@
+package sbc
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// earlyOfferRig is a rig whose carrier wants an offer in every INVITE.
+func earlyOfferRig(t *testing.T, codecs ...string) *rig {
+	return newRig(t, func(c *Config) {
+		for i := range c.Peers {
+			if c.Peers[i].Kind == Trunk {
+				c.Peers[i].Offer = OfferEarly
+				c.Peers[i].Codecs = codecs
+			}
+		}
+	})
+}
+
+// lateInvite is the pbx's INVITE without SDP.
+func (r *rig) lateInvite(callID string) string {
+	inv := r.pbxInvite(callID, "z9hG4bK-"+callID)
+	return inv[:strings.Index(inv, "Content-Type: application/sdp")] + "Content-Length: 0\n\n"
+}
+
+// TestEarlyOfferInterworking: the pbx's INVITE has no SDP; toward a
+// carrier with offer = "early" the SBC offers itself (anchored on the
+// public side, the configured codecs), ACKs the carrier's answer at once,
+// relays that answer to the pbx as the offer in the 200, and takes the
+// pbx's answer from its ACK: media then flows both ways.
+func TestEarlyOfferInterworking(t *testing.T) {
+	r := earlyOfferRig(t, "PCMA", "PCMU", "telephone-event")
+	r.pbx.send(r.priv, r.lateInvite("eo-1"))
+	invB, raw := r.car.recv("INVITE", "SIP/2.0 100")
+	assertHidden(t, raw)
+	offer := string(invB.Body())
+	for _, want := range []string{"c=IN IP4 127.0.0.2", "m=audio ", " RTP/AVP 8 0 101", "a=rtpmap:8 PCMA/8000",
+		"a=rtpmap:0 PCMU/8000", "a=rtpmap:101 telephone-event/8000", "a=sendrecv"} {
+		if !strings.Contains(offer, want) {
+			t.Fatalf("own offer toward the carrier lacks %q:\n%s", want, offer)
+		}
+	}
+	if ct := invB.GetHeaders("Content-Type"); len(ct) != 1 || ct[0].Value() != "application/sdp" {
+		t.Errorf("own offer Content-Type %v", ct)
+	}
+	r.car.send(r.pub, answer(invB, 200, "OK", "car-tag", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP))
+	ackB, _ := r.car.recv("ACK", "SIP/2.0 200")
+	if len(ackB.Body()) != 0 {
+		t.Errorf("leg B's ACK must carry nothing, its offer/answer is complete:\n%s", ackB.Body())
+	}
+	okA, _ := r.pbx.recv("SIP/2.0 200", "SIP/2.0 100")
+	body := string(okA.Body())
+	if !strings.Contains(body, "c=IN IP4 127.0.0.1") || !strings.Contains(body, "RTP/AVP 8 101") {
+		t.Fatalf("carrier's answer not relayed to the pbx as its offer, anchored:\n%s", body)
+	}
+	r.pbx.send(r.priv, r.pbxInDialog("ACK", 10, okA, "eo-1", "", pbxSDP))
+	r.car.expectNothing(300*time.Millisecond, "SIP/2.0 200") // nothing more for the carrier
+
+	// RTP both ways through the anchors (the phones listen where their
+	// SDP says)
+	pbxMedia, carMedia := listenUDP(t, "127.0.0.3:40000"), listenUDP(t, "127.0.0.4:41000")
+	toCarrierSide := sdpAnchor(t, offer)
+	toPBXSide := sdpAnchor(t, body)
+	pkt := rtpTestPacket()
+	for range 3 { // the first packet latches
+		if _, err := pbxMedia.WriteToUDPAddrPort(pkt, toPBXSide); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := carMedia.WriteToUDPAddrPort(pkt, toCarrierSide); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		name string
+		conn interface {
+			SetReadDeadline(time.Time) error
+			Read([]byte) (int, error)
+		}
+	}{{"to the carrier", carMedia}, {"to the pbx", pbxMedia}} {
+		_ = c.conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.conn.Read(make([]byte, 1500)); err != nil {
+			t.Errorf("RTP %s: %v", c.name, err)
+		}
+	}
+	if st := r.srv.Status(); st.Calls != 1 {
+		t.Fatalf("call must be up: %+v", st)
+	}
+	r.pbx.send(r.priv, r.pbxInDialog("BYE", 11, okA, "eo-1", "", ""))
+	bye, _ := r.car.recv("BYE", "ACK")
+	r.car.send(r.pub, answer(bye, 200, "OK", "", "", ""))
+	r.pbx.recv("SIP/2.0 200", "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP pbx01")
+	r.waitIdle()
+}
+
+// TestEarlyOfferIncompatibleAnswer: the pbx answers the relayed offer with
+// a codec that was not in it; the SBC ends the call with BYE on both legs.
+func TestEarlyOfferIncompatibleAnswer(t *testing.T) {
+	r := earlyOfferRig(t)
+	r.pbx.send(r.priv, r.lateInvite("eo-2"))
+	invB, _ := r.car.recv("INVITE", "SIP/2.0 100")
+	if !strings.Contains(string(invB.Body()), "RTP/AVP 0 8 101") {
+		t.Fatalf("default codecs are PCMU, PCMA, telephone-event:\n%s", invB.Body())
+	}
+	r.car.send(r.pub, answer(invB, 200, "OK", "car-tag", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP))
+	r.car.recv("ACK", "SIP/2.0 200")
+	okA, _ := r.pbx.recv("SIP/2.0 200", "SIP/2.0 100")
+	g729 := strings.NewReplacer("RTP/AVP 8 101", "RTP/AVP 18", "a=rtpmap:8 PCMA/8000", "a=rtpmap:18 G729/8000").Replace(pbxSDP)
+	r.pbx.send(r.priv, r.pbxInDialog("ACK", 10, okA, "eo-2", "", g729))
+	bye, _ := r.car.recv("BYE", "ACK", "SIP/2.0 200")
+	r.car.send(r.pub, answer(bye, 200, "OK", "", "", ""))
+	byeA, _ := r.pbx.recv("BYE", "SIP/2.0 200")
+	r.pbx.send(r.priv, answer(byeA, 200, "OK", "", "", ""))
+	r.waitIdle()
+}
+
+// TestEarlyOfferOnlyWhenLate: an INVITE with SDP toward the same carrier
+// goes out with the caller's offer, not the SBC's.
+func TestEarlyOfferOnlyWhenLate(t *testing.T) {
+	r := earlyOfferRig(t, "PCMU")
+	r.pbx.send(r.priv, r.pbxInvite("eo-3", "z9hG4bK-eo3"))
+	invB, _ := r.car.recv("INVITE", "SIP/2.0 100")
+	if body := string(invB.Body()); !strings.Contains(body, "RTP/AVP 8 101") || strings.Contains(body, "PCMU") {
+		t.Fatalf("the caller's own offer must pass:\n%s", body)
+	}
+	r.car.send(r.pub, answer(invB, 486, "Busy Here", "car-tag", "", ""))
+	r.car.recv("ACK", "SIP/2.0 486")
+	r.pbx.recv("SIP/2.0 486", "SIP/2.0 100")
+	r.waitIdle()
+}
+
+func TestAnswerFits(t *testing.T) {
+	offer := "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 8 101\r\nm=video 0 RTP/AVP 96\r\n"
+	mk := func(ms ...string) []byte {
+		return []byte("v=0\r\no=- 2 1 IN IP4 192.0.2.2\r\ns=-\r\nc=IN IP4 192.0.2.2\r\nt=0 0\r\n" + strings.Join(ms, ""))
+	}
+	for _, tt := range []struct {
+		name   string
+		answer []byte
+		want   string // "" fits
+	}{
+		{"one codec", mk("m=audio 5000 RTP/AVP 8 101\r\n", "m=video 0 RTP/AVP 96\r\n"), ""},
+		{"no common codec", mk("m=audio 5000 RTP/AVP 18\r\n", "m=video 0 RTP/AVP 96\r\n"), "no payload type"},
+		{"stream count", mk("m=audio 5000 RTP/AVP 0\r\n"), "m= lines"},
+		{"disabled accepted", mk("m=audio 5000 RTP/AVP 0\r\n", "m=video 5002 RTP/AVP 96\r\n"), "disabled"},
+		{"all rejected", mk("m=audio 0 RTP/AVP 0\r\n", "m=video 0 RTP/AVP 96\r\n"), "no stream"},
+		{"other kind", mk("m=image 5000 udptl t38\r\n", "m=video 0 RTP/AVP 96\r\n"), "for an offer of"},
+		{"garbage", []byte("hello"), "parse answer"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			err := answerFits([]byte(offer), tt.answer)
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("fits, got %v", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("error %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestOfferTemplate(t *testing.T) {
+	addr := netip.MustParseAddr("192.0.2.1")
+	got, err := offerTemplate([]string{"pcma", "G729", "PCMA", "telephone-event"}, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "v=0\r\no=- 0 0 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n" +
+		"m=audio 9 RTP/AVP 8 18 101\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:18 G729/8000\r\na=fmtp:18 annexb=no\r\n" +
+		"a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=sendrecv\r\n"
+	if string(got) != want {
+		t.Errorf("template:\n%q\nwant\n%q", got, want)
+	}
+	if got, err := offerTemplate(nil, netip.MustParseAddr("2001:db8::1")); err != nil ||
+		!strings.Contains(string(got), "c=IN IP6 2001:db8::1") || !strings.Contains(string(got), "RTP/AVP 0 8 101") {
+		t.Errorf("default codecs over IPv6: %v\n%s", err, got)
+	}
+	for _, bad := range [][]string{{"telephone-event"}, {"PCMU", "speex"}} {
+		if _, err := offerTemplate(bad, addr); err == nil {
+			t.Errorf("codecs %v must be refused", bad)
+		}
+	}
+	for _, name := range DefaultCodecs {
+		if !KnownCodec(name) {
+			t.Errorf("default codec %q unknown", name)
+		}
+	}
+}
+
+func listenUDP(t *testing.T, addr string) *net.UDPConn {
+	t.Helper()
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
+	if err != nil {
+		t.Skipf("media address %s not usable here: %v", addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// sdpAnchor returns the c= address and first m= port of body.
+func sdpAnchor(t *testing.T, body string) netip.AddrPort {
+	t.Helper()
+	var addr netip.Addr
+	port := 0
+	for line := range strings.Lines(body) {
+		line = strings.TrimSpace(line)
+		if f := strings.Fields(line); strings.HasPrefix(line, "c=") && len(f) == 3 {
+			addr, _ = netip.ParseAddr(f[2])
+		}
+		if f := strings.Fields(line); strings.HasPrefix(line, "m=") && port == 0 && len(f) > 1 {
+			port, _ = strconv.Atoi(f[1])
+		}
+	}
+	if !addr.IsValid() || port == 0 {
+		t.Fatalf("no anchor in:\n%s", body)
+	}
+	return netip.AddrPortFrom(addr, uint16(port))
+}
+
+// rtpTestPacket is one PCMA RTP packet.
+func rtpTestPacket() []byte {
+	pkt := make([]byte, 12+160)
+	pkt[0], pkt[1] = 0x80, 8
+	pkt[3] = 1
+	pkt[11] = 0x42
+	return pkt
+}
+
+// FuzzAnswerFits: any caller answer is judged without a panic, and one
+// judged fitting really shares a payload type with the offer.
+func FuzzAnswerFits(f *testing.F) {
+	offer, err := offerTemplate(nil, netip.MustParseAddr("192.0.2.1"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add([]byte(pbxSDP))
+	f.Add([]byte(strings.ReplaceAll(pbxSDP, "RTP/AVP 8 101", "RTP/AVP 18")))
+	f.Add([]byte("v=0\r\nm=audio 0 RTP/AVP 0\r\n"))
+	f.Fuzz(func(t *testing.T, answer []byte) {
+		if answerFits(offer, answer) != nil {
+			return
+		}
+		if !strings.Contains(string(answer), "m=") {
+			t.Errorf("answer without m= lines judged fitting:\n%q", answer)
+		}
+	})
+}
