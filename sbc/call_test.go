@@ -159,7 +159,7 @@ func newRigTimeout(t testing.TB, tweak func(*Config), mediaTimeout time.Duration
 	log := hclog.New(&hclog.LoggerOptions{Level: testLogLevel, Output: testWriter{t}})
 	var srv *Server
 	relay, err := media.NewRelay(media.Config{
-		PortMin: 30000 + 2*(privPort%5000), PortMax: 30000 + 2*(privPort%5000) + 99,
+		PortMin: 26000 + 2*(privPort%2950), PortMax: 26000 + 2*(privPort%2950) + 99,
 		Quarantine: 50 * time.Millisecond, Timeout: mediaTimeout,
 		OnTimeout: func(id media.SessionID) { srv.OnMediaTimeout(id) },
 	}, log)

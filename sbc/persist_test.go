@@ -30,7 +30,7 @@ func TestDetachAndRestore(t *testing.T) {
 
 	// The new process: same zones and peers, same port range.
 	log := hclog.New(&hclog.LoggerOptions{Level: testLogLevel, Output: testWriter{t}})
-	lo, hi := 30000+2*(int(r.priv.Port())%5000), 30000+2*(int(r.priv.Port())%5000)+99
+	lo, hi := 26000+2*(int(r.priv.Port())%2950), 26000+2*(int(r.priv.Port())%2950)+99
 	relay2, err := media.NewRelay(media.Config{PortMin: lo, PortMax: hi, Quarantine: 50 * time.Millisecond}, log)
 	if err != nil {
 		t.Fatal(err)
