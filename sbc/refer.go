@@ -152,6 +152,7 @@ func (c *Call) startTransfer(x *Leg, to *peer, target sip.Uri) {
 		target:     sip.Uri{Scheme: "sip", User: target.User, Host: to.host},
 		dest:       to.dest,
 		remoteName: "",
+		originator: true,
 	}
 	if to.cfg.Address.Port() != 5060 && to.cfg.Host == "" {
 		t.target.Port = int(to.cfg.Address.Port())

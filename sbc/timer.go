@@ -3,6 +3,7 @@ package sbc
 import (
 	"context"
 	"fmt"
+	mathrand "math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
@@ -404,6 +405,11 @@ func (c *Call) refreshDone(l *Leg, st *sessionTimer, u *inDialogTx, req *sip.Req
 			return
 		}
 		c.retryLater(l, st)
+	case code == 491:
+		// the peer's own re-INVITE or UPDATE crossed ours (glare)
+		c.log.Debug("session refresh crossed a request of the peer, retrying", "leg", l.side)
+		left := time.Until(st.refreshed.Add(st.interval).Add(-expiryMargin(st.interval)))
+		c.armTimer(l, st, max(min(glareWait(l.originator), left/2), 10*time.Millisecond))
 	case code == 408 || code == 481:
 		// the dialog is gone on that side (RFC 3261 §12.2.1.2)
 		c.log.Info("session refresh failed, ending call", "leg", l.side, "code", code, "error", err)
@@ -413,6 +419,18 @@ func (c *Call) refreshDone(l *Leg, st *sessionTimer, u *inDialogTx, req *sip.Req
 		c.log.Debug("session refresh refused", "leg", l.side, "code", code)
 		c.retryLater(l, st)
 	}
+}
+
+// glareWait is how long a UAC waits before it retries a re-INVITE or
+// UPDATE refused with 491 (RFC 3261 §14.1): the owner of the Call-ID (the
+// dialog's initiator) a random time between 2.1 and 4 s, the other side
+// between 0 and 2 s, both in units of 10 ms. The two sides of a glare so
+// retry at different times instead of colliding again.
+func glareWait(owner bool) time.Duration {
+	if owner {
+		return 2100*time.Millisecond + time.Duration(mathrand.IntN(191))*10*time.Millisecond
+	}
+	return time.Duration(mathrand.IntN(201)) * 10 * time.Millisecond
 }
 
 // sameSDPVersion reports whether two SDP bodies have the same origin line:
