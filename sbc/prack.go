@@ -125,7 +125,8 @@ func (c *Call) sendReliableA(code int, body []byte, offer bool) {
 			c.log.Debug("reliable provisional retransmission", "error", err)
 		}
 		interval *= 2
-		p.timer = time.AfterFunc(interval, tick)
+		// the last wait ends at the deadline, not a whole interval after
+		p.timer = time.AfterFunc(min(interval, time.Until(deadline)+time.Millisecond), tick)
 	}
 	p.timer = time.AfterFunc(interval, tick)
 }

@@ -165,15 +165,33 @@ func TestNoPrackRefusesCall(t *testing.T) {
 	r.pbx.send(r.priv, strings.Replace(r.pbxInvite("np-1", "z9hG4bK-np1"), "Subject: hello", "Require: 100rel", 1))
 	inv, _ := r.car.recv("INVITE", "SIP/2.0 100")
 	r.car.send(r.pub, answer(inv, 180, "Ringing", "car-tag", "", ""))
-	deadline := time.Now().Add(40 * time.Second)
-	for {
-		_, raw := r.pbx.recv("SIP/2.0", "")
+	// 64*T1 is 32 s; the retransmission gaps grow past recv's bound
+	buf := make([]byte, 65535)
+	_ = r.pbx.conn.SetReadDeadline(time.Now().Add(40 * time.Second))
+	rseqs := map[string]bool{}
+	for retrans := 0; ; retrans++ {
+		n, _, err := r.pbx.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("waiting for 500: %v", err)
+		}
+		raw := string(buf[:n])
 		if strings.HasPrefix(raw, "SIP/2.0 500") {
+			if retrans < 5 {
+				t.Errorf("500 after %d messages, want the 180 retransmitted first", retrans)
+			}
 			break
 		}
-		if !strings.HasPrefix(raw, "SIP/2.0 180") && !strings.HasPrefix(raw, "SIP/2.0 100") || time.Now().After(deadline) {
+		if strings.HasPrefix(raw, "SIP/2.0 100") {
+			continue
+		}
+		m, err := sip.ParseMessage(buf[:n])
+		if err != nil || !strings.HasPrefix(raw, "SIP/2.0 180") {
 			t.Fatalf("want 180 retransmissions, then 500:\n%s", raw)
 		}
+		rseqs[rseqOf(t, m, raw)] = true
+	}
+	if len(rseqs) != 1 {
+		t.Errorf("retransmissions must repeat one RSeq: %v", rseqs)
 	}
 	cancel, _ := r.car.recv("CANCEL", "INVITE")
 	r.car.send(r.pub, answer(cancel, 200, "OK", "car-tag", "", ""))
