@@ -201,13 +201,14 @@ func (c *Call) onPrack(side media.Side, req *sip.Request, tx sip.ServerTransacti
 	}
 	sdp := sdpBody(req)
 	code := 200
+	aborting := false
 	switch {
 	case p.offer && sdp != nil:
 		out, err := c.negotiate(false, media.A, sdp)
 		if err != nil {
 			c.log.Warn("early answer from caller unusable", "error", err)
 			c.rec.EndReason = "bad answer"
-			code = 488
+			code, aborting = 488, true
 			select {
 			case c.aborted <- 488:
 			default:
@@ -225,7 +226,7 @@ func (c *Call) onPrack(side media.Side, req *sip.Request, tx sip.ServerTransacti
 		code = 488
 	}
 	c.respondOn(l, req, tx, code, nil, nil)
-	if code != 200 || c.state != stateEarly {
+	if aborting || c.state != stateEarly {
 		return
 	}
 	if len(c.aQueue) > 0 {

@@ -101,7 +101,7 @@ func TestCallerRequires100rel(t *testing.T) {
 	}
 	r.pbx.send(r.priv, r.pbxInDialog("PRACK", 12, early, "rq-1", fmt.Sprintf("RAck: %s 10 INVITE\n", rseq2), ""))
 	r.pbx.recv("SIP/2.0 200", "SIP/2.0 183")
-	r.car.expectNothing(200*time.Millisecond) // nothing for the callee to acknowledge
+	r.car.expectNothing(200 * time.Millisecond) // nothing for the callee to acknowledge
 	r.car.send(r.pub, answer(inv, 200, "OK", "car-tag", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP))
 	r.car.recv("ACK", "SIP/2.0 200")
 	ok, _ := r.pbx.recv("SIP/2.0 200", "SIP/2.0 183")
@@ -296,5 +296,24 @@ func TestGlareWait(t *testing.T) {
 		if d := glareWait(false); d < 0 || d > 2*time.Second || d%(10*time.Millisecond) != 0 {
 			t.Fatalf("other side waits %v", d)
 		}
+	}
+}
+
+// TestPrackWithOffer: an offer in the caller's PRACK is refused with 488,
+// but the PRACK still acknowledges the provisional, so the held 2xx goes.
+func TestPrackWithOffer(t *testing.T) {
+	r := newRig(t, nil)
+	r.pbx.send(r.priv, strings.Replace(r.pbxInvite("po-1", "z9hG4bK-po1"), "Subject: hello", "Supported: 100rel", 1))
+	inv, _ := r.car.recv("INVITE", "SIP/2.0 100")
+	r.car.send(r.pub, answer(inv, 183, "Session Progress", "car-tag", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP))
+	early, rawEarly := r.pbx.recv("SIP/2.0 183", "SIP/2.0 100")
+	rseq := rseqOf(t, early, rawEarly)
+	r.car.send(r.pub, answer(inv, 200, "OK", "car-tag", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP))
+	r.car.recv("ACK", "SIP/2.0 200")
+	r.pbx.send(r.priv, r.pbxInDialog("PRACK", 11, early, "po-1", fmt.Sprintf("RAck: %s 10 INVITE\n", rseq), pbxSDP))
+	r.pbx.recv("SIP/2.0 488", "SIP/2.0 183")
+	ok, raw := r.pbx.recv("SIP/2.0 200", "SIP/2.0 183")
+	if ok.CSeq().MethodName != sip.INVITE {
+		t.Fatalf("want the INVITE's 2xx:\n%s", raw)
 	}
 }
