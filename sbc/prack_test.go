@@ -317,3 +317,46 @@ func TestPrackWithOffer(t *testing.T) {
 		t.Fatalf("want the INVITE's 2xx:\n%s", raw)
 	}
 }
+
+// TestReferBridgeGlare: the remaining party answers the SBC's bridging
+// re-INVITE with 491 (its own re-INVITE crossed it). The SBC sends it again
+// after the RFC 3261 §14.1 wait, as a new transaction, and the transfer
+// completes.
+func TestReferBridgeGlare(t *testing.T) {
+	r := newRig(t, nil)
+	okA, invB := r.establish("bg-1")
+	r.pbx.send(r.priv, r.pbxRefer(11, okA, "bg-1", "<sip:+15559999@127.0.0.1>"))
+	r.pbx.recv("SIP/2.0 202", "SIP/2.0 100")
+	expectNotify(t, r.pbx, r.priv, "SIP/2.0 100 Trying", "active")
+	invT, _ := r.car.recv("INVITE")
+	r.car.send(r.pub, answer(invT, 200, "OK", "tgt-tag", fmt.Sprintf("<sip:target@%s>", r.car.addr), transferSDP))
+	reinv, _ := r.car.recv("INVITE", "SIP/2.0 100")
+	if reinv.CallID().Value() != invB.CallID().Value() {
+		t.Fatalf("bridging re-INVITE on the wrong dialog: %s", reinv.CallID().Value())
+	}
+	r.car.send(r.pub, answer(reinv, 491, "Request Pending", "", "", ""))
+	ack, _ := r.car.recv("ACK", "SIP/2.0 100")
+	if ack.CallID().Value() != invB.CallID().Value() || ack.Via().Params.GetOr("branch", "") != reinv.Via().Params.GetOr("branch", "x") {
+		t.Fatalf("the 491 must be ACKed in its transaction:\n%v", ack)
+	}
+	again, raw := r.car.recv("INVITE", "ACK")
+	if again.CallID().Value() != invB.CallID().Value() || again.CSeq().SeqNo <= reinv.CSeq().SeqNo ||
+		again.Via().Params.GetOr("branch", "") == reinv.Via().Params.GetOr("branch", "") || string(again.Body()) != string(reinv.Body()) {
+		t.Fatalf("want the same offer again in a new transaction with a higher CSeq:\n%s", raw)
+	}
+	r.car.send(r.pub, answer(again, 200, "OK", "", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP))
+	acks := map[string]bool{}
+	for range 2 {
+		ack, _ := r.car.recv("ACK", "SIP/2.0 100")
+		acks[ack.CallID().Value()] = true
+	}
+	if !acks[invT.CallID().Value()] || !acks[invB.CallID().Value()] {
+		t.Fatalf("want ACKs on both carrier dialogs, got %v", acks)
+	}
+	expectNotify(t, r.pbx, r.priv, "SIP/2.0 200 OK", "terminated")
+	bye, _ := r.pbx.recv("BYE", "SIP/2.0 200")
+	r.pbx.send(r.priv, answer(bye, 200, "OK", "", "", ""))
+	if st := r.srv.Status(); st.Calls != 1 {
+		t.Fatalf("transferred call must go on: %+v", st)
+	}
+}

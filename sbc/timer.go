@@ -433,6 +433,63 @@ func glareWait(owner bool) time.Duration {
 	return time.Duration(mathrand.IntN(201)) * 10 * time.Millisecond
 }
 
+// maxGlareRetries bounds how often the SBC sends one re-INVITE of its own
+// again after 491s.
+const maxGlareRetries = 3
+
+// afterGlare waits as RFC 3261 §14.1 asks after a 491 to req, sent on leg
+// l, and sends req again as a new transaction: a new branch and the leg's
+// next CSeq. It returns nil, sending nothing, when the call ended meanwhile
+// or still reports false. Caller does not hold mu.
+func (c *Call) afterGlare(l *Leg, req *sip.Request, still func() bool) *sip.Request {
+	t := time.NewTimer(glareWait(l.originator))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-c.done:
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == stateEnded || !still() {
+		return nil
+	}
+	l.localCSeq++
+	r := req.Clone()
+	r.ReplaceHeader(c.srv.via(l.zone))
+	r.ReplaceHeader(&sip.CSeqHeader{SeqNo: l.localCSeq, MethodName: req.Method})
+	r.SetBody(req.Body())
+	r.Laddr = l.zone.laddr
+	r.SetDestination(l.dest)
+	c.send(l, r)
+	c.log.Debug("re-INVITE sent again after glare", "leg", l.side, "cseq", l.localCSeq)
+	return r
+}
+
+// finalResponse runs a request the SBC originates on leg l as a client
+// transaction and returns its final response, nil when there is none
+// (Timer B/F, transport error). Caller does not hold mu.
+func (c *Call) finalResponse(l *Leg, req *sip.Request) *sip.Response {
+	ctx, cancel := context.WithTimeout(context.Background(), 64*sip.T1+time.Second)
+	defer cancel()
+	tx, err := l.zone.client.TransactionRequest(ctx, req, noBuild)
+	if err != nil {
+		c.log.Debug("send request", "method", req.Method, "leg", l.side, "error", err)
+		return nil
+	}
+	defer tx.Terminate()
+	for {
+		select {
+		case res := <-tx.Responses():
+			if res.StatusCode >= 200 {
+				return res
+			}
+		case <-tx.Done():
+			return nil
+		}
+	}
+}
+
 // sameSDPVersion reports whether two SDP bodies have the same origin line:
 // a peer that repeats its o= line changes nothing (RFC 3264 §8).
 func sameSDPVersion(a, b []byte) bool {
