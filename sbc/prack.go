@@ -190,7 +190,7 @@ func (c *Call) onPrack(side media.Side, req *sip.Request, tx sip.ServerTransacti
 	}
 	p := c.aProv
 	rseq, cseq, method, ok := parseRAck(req)
-	if side != media.A || p == nil || p.acked || !ok || c.state == stateEnded ||
+	if side != media.A || p == nil || p.acked || !ok || c.state == stateEnded || c.cancelled ||
 		rseq != p.rseq || cseq != c.inReq.CSeq().SeqNo || !strings.EqualFold(method, string(sip.INVITE)) {
 		c.srv.respond(l.zone, req, tx, 481, nil)
 		return

@@ -360,3 +360,23 @@ func TestReferBridgeGlare(t *testing.T) {
 		t.Fatalf("transferred call must go on: %+v", st)
 	}
 }
+
+// FuzzParseRAck: any RAck value parses without panic, and what parses
+// names a method and two numbers that print back to the same fields.
+func FuzzParseRAck(f *testing.F) {
+	for _, s := range []string{"1 10 INVITE", " 776656 1 INVITE", "1 2", "4294967296 1 INVITE", "-1 1 INVITE", "1\t1\tINVITE", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		req := sip.NewRequest(sip.PRACK, sip.Uri{Scheme: "sip", Host: "127.0.0.1"})
+		req.AppendHeader(sip.NewHeader("RAck", v))
+		rseq, cseq, method, ok := parseRAck(req)
+		if !ok {
+			return
+		}
+		f := strings.Fields(v)
+		if len(f) != 3 || fmt.Sprint(rseq) != strings.TrimLeft(f[0], "+0") && rseq != 0 || method != f[2] {
+			t.Fatalf("RAck %q parsed as %d %d %q", v, rseq, cseq, method)
+		}
+	})
+}
