@@ -239,6 +239,19 @@ func TestEarlyUpdate(t *testing.T) {
 	}
 	r.car.send(r.pub, answer(upB, 200, "OK", "", "", ""))
 	r.pbx.recv("SIP/2.0 200", "SIP/2.0 183")
+	// and one with an offer, re-anchored both ways
+	offer := strings.Replace(pbxSDP, "o=corp 123 1", "o=corp 123 2", 1)
+	r.pbx.send(r.priv, r.pbxInDialog("UPDATE", 13, early, "eu-1", "", offer))
+	upB, rawUpB := r.car.recv("UPDATE", "SIP/2.0 200")
+	assertHidden(t, rawUpB)
+	if !strings.Contains(string(upB.Body()), "c=IN IP4 127.0.0.2") {
+		t.Fatalf("caller's offer must reach leg B anchored:\n%s", rawUpB)
+	}
+	r.car.send(r.pub, answer(upB, 200, "OK", "", "", moved))
+	okOffer, _ := r.pbx.recv("SIP/2.0 200", "SIP/2.0 183")
+	if okOffer.CSeq().MethodName != sip.UPDATE || !strings.Contains(string(okOffer.Body()), "c=IN IP4 127.0.0.1") {
+		t.Fatalf("callee's answer must reach the caller anchored:\n%s", okOffer.Body())
+	}
 
 	r.car.send(r.pub, answer(inv, 200, "OK", "car-tag", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), ""))
 	r.car.recv("ACK", "SIP/2.0 200")
