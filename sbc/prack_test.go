@@ -393,3 +393,27 @@ func FuzzParseRAck(f *testing.F) {
 		}
 	})
 }
+
+// TestCancelWhileAnswerHeld: the callee answered, but the caller cancels
+// before PRACKing the reliable 183 its 2xx waits for. The caller gets 487
+// and the callee, whose dialog is confirmed, a BYE.
+func TestCancelWhileAnswerHeld(t *testing.T) {
+	r := newRig(t, nil)
+	r.pbx.send(r.priv, strings.Replace(r.pbxInvite("ch-1", "z9hG4bK-ch1"), "Subject: hello", "Supported: 100rel", 1))
+	inv, _ := r.car.recv("INVITE", "SIP/2.0 100")
+	r.car.send(r.pub, answer(inv, 183, "Session Progress", "car-tag", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP))
+	early, rawEarly := r.pbx.recv("SIP/2.0 183", "SIP/2.0 100")
+	rseqOf(t, early, rawEarly)
+	r.car.send(r.pub, answer(inv, 200, "OK", "car-tag", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP))
+	r.car.recv("ACK", "SIP/2.0 200")
+	r.pbx.send(r.priv, r.pbxCancel("ch-1", "z9hG4bK-ch1"))
+	r.pbx.recv("SIP/2.0 200", "SIP/2.0 183")
+	r.pbx.recv("SIP/2.0 487", "SIP/2.0 183")
+	bye, _ := r.car.recv("BYE", "ACK", "SIP/2.0 200")
+	if bye.CallID().Value() != inv.CallID().Value() {
+		t.Fatalf("BYE on the wrong dialog: %s", bye.CallID().Value())
+	}
+	r.car.send(r.pub, answer(bye, 200, "OK", "", "", ""))
+	r.pbx.expectNothing(1200*time.Millisecond, "SIP/2.0 487") // no reliable 183 after the final response
+	r.waitIdle()
+}
