@@ -68,6 +68,9 @@ type Leg struct {
 	// lastAck is the last ACK sent on this leg for a 2xx, resent when the
 	// 2xx is retransmitted.
 	lastAck *sip.Request
+	// originator: the SBC sent this dialog's initial INVITE, so it owns
+	// the Call-ID, which sets its wait after a 491 (RFC 3261 §14.1).
+	originator bool
 }
 
 // Call is one B2BUA call: leg A toward the caller and leg B toward the callee.
@@ -98,8 +101,26 @@ type Call struct {
 	retrans   *time.Timer
 	provSeen  bool   // leg B sent a provisional: CANCEL is allowed (RFC 3261 §9.1)
 	lastRSeq  uint32 // highest RSeq PRACKed on leg B
-	cancelled bool   // leg A cancelled, or we gave up on leg B
-	cancelTx  bool   // CANCEL already sent on leg B
+	// bPrackRSeq is the RSeq of leg B's reliable provisional whose PRACK
+	// waits for the caller's answer to its offer (a late-offer call); 0
+	// when none waits.
+	bPrackRSeq uint32
+	// aRel is what the caller asked for in 100rel; aRSeq the RSeq of the
+	// last reliable provisional sent on leg A, aProv that provisional and
+	// aQueue the provisionals waiting for its PRACK (prack.go).
+	aRel   relMode
+	aRSeq  uint32
+	aProv  *relProv
+	aQueue []queuedProv
+	// heldAnswer is leg B's 2xx waiting for leg A's PRACK; finalA is
+	// closed when it has gone out, which ends the INVITE loop.
+	heldAnswer *heldAnswer
+	finalA     chan struct{}
+	// earlyOA: a late-offer call completed its offer/answer in a reliable
+	// provisional and its PRACK; the 2xx and ACK carry no new one.
+	earlyOA   bool
+	cancelled bool // leg A cancelled, or we gave up on leg B
+	cancelTx  bool // CANCEL already sent on leg B
 	aborted   chan int
 	keys      []dialogKey
 	mediaOpen bool
@@ -149,6 +170,7 @@ func newCall(s *Server, from, to *peer, req *sip.Request, tx sip.ServerTransacti
 		inTx:    tx,
 		aborted: make(chan int, 1),
 		done:    make(chan struct{}),
+		finalA:  make(chan struct{}),
 	}
 	c.acked = sync.NewCond(&c.mu)
 	c.log = s.log.Named("call").With("call", c.id)
@@ -199,6 +221,7 @@ func newCall(s *Server, from, to *peer, req *sip.Request, tx sip.ServerTransacti
 		localCSeq:  randCSeq(),
 		target:     sip.Uri{Scheme: "sip", User: user, Host: to.host},
 		dest:       to.dest,
+		originator: true,
 	}
 	if to.cfg.Address.Port() != 5060 && to.cfg.Host == "" {
 		b.target.Port = int(to.cfg.Address.Port())
@@ -282,6 +305,7 @@ func (c *Call) run() {
 		return
 	}
 	c.aTimer = st
+	c.aRel = relModeOf(c.inReq)
 	a.allowUpdate = allowsUpdate(c.inReq)
 	c.reqSE = b.peer.cfg.SessionExpires
 
@@ -314,6 +338,7 @@ func (c *Call) run() {
 	inviteTimer := time.NewTimer(s.cfg.InviteTimeout)
 	defer inviteTimer.Stop()
 	var giveUp <-chan time.Time // bounds the wait for leg B's final response after a CANCEL
+	txDone := tx.Done()
 	for {
 		select {
 		case res := <-tx.Responses():
@@ -326,21 +351,36 @@ func (c *Call) run() {
 					c.finishEarly(503, fmt.Errorf("send invite to %s: %w", b.peer.cfg.Name, err), nil)
 					return
 				}
+				txDone = tx.Done()
 			}
-		case <-tx.Done():
-			c.onInviteFailed(tx.Err())
+		case <-txDone:
+			if c.onInviteFailed(tx.Err()) {
+				return
+			}
+			txDone = nil // leg B answered; leg A's 2xx waits for a PRACK
+		case <-c.finalA:
 			return
 		case <-cancelled:
 			cancelled = nil
 			c.mu.Lock()
 			c.rec.EndReason = "caller cancel"
 			c.rec.Status = 487 // sipgo has answered 487 on leg A
+			c.stopReliableA()
+			if c.dropHeldAnswer() {
+				c.mu.Unlock()
+				return
+			}
 			c.abandonLegB()
 			c.mu.Unlock()
 			giveUp = time.After(64 * sip.T1)
 		case <-inviteTimer.C:
-			c.log.Debug("no answer in time, cancelling", "timeout", s.cfg.InviteTimeout)
 			c.mu.Lock()
+			if c.heldAnswer != nil {
+				// leg B has answered: the PRACK wait bounds the call now
+				c.mu.Unlock()
+				continue
+			}
+			c.log.Debug("no answer in time, cancelling", "timeout", s.cfg.InviteTimeout)
 			c.rec.EndReason = "no answer"
 			c.respondA(408, nil, nil)
 			c.abandonLegB()
@@ -350,6 +390,10 @@ func (c *Call) run() {
 			c.mu.Lock()
 			if !c.cancelled {
 				c.respondA(code, nil, nil)
+			}
+			if c.dropHeldAnswer() {
+				c.mu.Unlock()
+				return
 			}
 			c.abandonLegB()
 			c.mu.Unlock()
@@ -363,13 +407,26 @@ func (c *Call) run() {
 	}
 }
 
+// dropHeldAnswer ends a call whose leg B answered while leg A's 2xx waited
+// for a PRACK that will not come: leg B's dialog is confirmed, so it gets
+// a BYE. It reports whether there was such an answer. Caller holds mu.
+func (c *Call) dropHeldAnswer() bool {
+	if c.heldAnswer == nil {
+		return false
+	}
+	c.heldAnswer = nil
+	c.byeLeg(c.legs[media.B])
+	c.end()
+	return true
+}
+
 // checkRequire refuses extensions the SBC does not implement (RFC 3261
-// §8.2.2.3): timer is understood toward a peer with session timers on;
-// 100rel from the caller is not yet.
+// §8.2.2.3): timer is understood toward a peer with session timers on,
+// 100rel always (prack.go).
 func (c *Call) checkRequire() *Reject {
 	var unsupported []string
 	for _, opt := range headerValues(c.inReq, "Require") {
-		if strings.EqualFold(opt, "timer") && c.legs[media.A].peer.timersOn() {
+		if strings.EqualFold(opt, "timer") && c.legs[media.A].peer.timersOn() || strings.EqualFold(opt, "100rel") {
 			continue
 		}
 		unsupported = append(unsupported, opt)
@@ -621,6 +678,9 @@ func (c *Call) respondA(code int, body []byte, extra []sip.Header) {
 	if code >= 200 && code < 300 {
 		c.a2xx = res
 	}
+	if code >= 200 {
+		c.stopReliableA()
+	}
 }
 
 // onInviteResponse handles one response to leg B's INVITE and reports
@@ -649,14 +709,34 @@ func (c *Call) onInviteResponse(res *sip.Response) bool {
 			c.sendCancel()
 			return false
 		}
-		if reliable(res) {
-			fresh := c.prack(res)
-			if !fresh {
-				return false // a retransmission: already relayed
-			}
+		if c.heldAnswer != nil {
+			return false // late: leg B has answered already
+		}
+		if b.remoteTag != "" {
+			c.setTarget(b, res) // the early dialog's remote target and route set
+		}
+		sdp := sdpBody(res)
+		rel := reliable(res)
+		// in a late-offer call the callee's reliable provisional carries
+		// the offer; a caller doing 100rel answers it in its PRACK, which
+		// leg B's PRACK then carries (RFC 3262 §5)
+		offer := rel && sdp != nil && c.lateOffer && !c.earlyOA && c.bPrackRSeq == 0 && c.aRel != relNone
+		if rel && !c.prack(res, offer) {
+			return false // a retransmission: already relayed
 		}
 		var body []byte
-		if sdp := sdpBody(res); sdp != nil && !c.lateOffer {
+		switch {
+		case offer:
+			out, err := c.anchorReoffer(sdp)
+			if err != nil {
+				c.log.Warn("early offer refused", "error", err)
+				c.sendPrackB(nil)
+				offer = false
+			} else {
+				body = out
+				c.earlySDP = out
+			}
+		case sdp != nil && !c.lateOffer:
 			out, err := c.anchorAnswer(sdp)
 			if err != nil {
 				c.log.Warn("early media answer refused", "error", err)
@@ -665,10 +745,15 @@ func (c *Call) onInviteResponse(res *sip.Response) bool {
 				c.earlySDP = out
 			}
 		}
-		c.respondA(code, body, nil)
+		c.provisionalA(code, body, offer)
 		return false
 
 	case code < 300:
+		if c.heldAnswer != nil {
+			// a retransmission while leg A's 2xx waits for its PRACK
+			c.ackB(nil)
+			return false
+		}
 		c.setTarget(b, res)
 		if c.cancelled || c.state == stateEnded {
 			// CANCEL/200 race (RFC 3261 §9.1): the callee answered after
@@ -725,7 +810,7 @@ func (c *Call) retryWithMinSE(res *sip.Response) bool {
 	b.peerMinSE = t.minSE
 	c.reqSE = t.minSE
 	b.remoteTag = ""
-	c.provSeen, c.cancelTx, c.lastRSeq = false, false, 0
+	c.provSeen, c.cancelTx, c.lastRSeq, c.bPrackRSeq = false, false, 0, 0
 	req := c.buildInvite(c.outReq.Body())
 	c.outReq = req
 	c.send(b, req)
@@ -754,9 +839,11 @@ func reliable(res *sip.Response) bool {
 }
 
 // prack acknowledges a reliable provisional response on leg B (RFC 3262
-// §7.2) and reports whether it was new. The caller's leg gets the response
-// unreliably: 100rel is terminated per leg. Caller holds mu.
-func (c *Call) prack(res *sip.Response) bool {
+// §7.2) and reports whether it was new. 100rel is terminated per leg: the
+// caller's leg gets the response reliably or not as it asked (prack.go).
+// hold keeps the PRACK back until the caller's answer to the offer in the
+// response arrives (sendPrackB). Caller holds mu.
+func (c *Call) prack(res *sip.Response, hold bool) bool {
 	b := c.legs[media.B]
 	rseq, err := strconv.ParseUint(strings.TrimSpace(res.GetHeaders("RSeq")[0].Value()), 10, 32)
 	if err != nil || rseq == 0 {
@@ -768,6 +855,10 @@ func (c *Call) prack(res *sip.Response) bool {
 	}
 	c.lastRSeq = uint32(rseq)
 	c.setTarget(b, res) // the early dialog's remote target and route set
+	if hold {
+		c.bPrackRSeq = uint32(rseq)
+		return true
+	}
 	b.localCSeq++
 	req := c.inDialog(b, sip.PRACK, b.localCSeq)
 	req.AppendHeader(sip.NewHeader("RAck", fmt.Sprintf("%d %d INVITE", rseq, c.outReq.CSeq().SeqNo)))
@@ -775,18 +866,25 @@ func (c *Call) prack(res *sip.Response) bool {
 	return true
 }
 
-// answered relays leg B's 2xx to leg A. Caller holds mu.
+// answered relays leg B's 2xx to leg A, and reports whether leg A has its
+// final response: a 2xx waits for the PRACK of a reliable provisional with
+// SDP (RFC 3262 §3). Caller holds mu.
 func (c *Call) answered(res *sip.Response) bool {
 	b := c.legs[media.B]
 	sdp := sdpBody(res)
 	var body []byte
 	var err error
+	// a late offer whose offer/answer is done (or under way) in the early
+	// dialog: the 2xx repeats that offer, no answer comes in the ACK
+	early := c.earlyOA || c.bPrackRSeq != 0
 	switch {
 	case c.ownOffer && sdp != nil:
 		// leg B answered the SBC's offer; the answer is leg A's offer
 		body, err = c.anchorAnswer(sdp)
 	case c.ownOffer:
 		err = errors.New("own offer answered without SDP")
+	case c.lateOffer && early:
+		body = c.earlySDP
 	case c.lateOffer && sdp != nil:
 		// leg B made the offer; leg A answers in its ACK, which then goes
 		// to leg B: its ACK waits until then
@@ -811,9 +909,23 @@ func (c *Call) answered(res *sip.Response) bool {
 		c.end()
 		return true
 	}
-	if !c.lateOffer || c.ownOffer {
+	if !c.lateOffer || c.ownOffer || early {
 		c.ackB(nil)
 	}
+	if c.answerWaits() {
+		c.heldAnswer = &heldAnswer{body: body, res: res}
+		c.aQueue = nil
+		c.log.Debug("answer waits for the caller's PRACK")
+		return false
+	}
+	c.answerA(body, res)
+	return true
+}
+
+// answerA sends leg B's answer on as leg A's 2xx and starts what runs
+// while the call is answered. Caller holds mu.
+func (c *Call) answerA(body []byte, res *sip.Response) {
+	b := c.legs[media.B]
 	c.state = stateAnswered
 	c.rec.Answer = time.Now()
 	c.srv.counters.callsAnswered.Add(1)
@@ -824,7 +936,6 @@ func (c *Call) answered(res *sip.Response) bool {
 	c.startTimer(b, uacTimer(b.peer, c.reqSE, res))
 	c.startRetransmit()
 	c.log.Debug("call answered", "setup_ms", c.rec.Answer.Sub(c.rec.Start).Milliseconds())
-	return true
 }
 
 func (c *Call) setTarget(l *Leg, res *sip.Response) {
@@ -942,10 +1053,15 @@ func (c *Call) startRetransmit() {
 }
 
 // onInviteFailed handles leg B's INVITE transaction ending without a final
-// response: Timer B (no answer at all) or a transport error.
-func (c *Call) onInviteFailed(err error) {
+// response: Timer B (no answer at all) or a transport error. It reports
+// whether the INVITE loop is done; it is not when the transaction ended
+// with a 2xx that waits for leg A's PRACK.
+func (c *Call) onInviteFailed(err error) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.heldAnswer != nil {
+		return false
+	}
 	if !c.cancelled && c.state == stateEarly {
 		code := 408
 		if err != nil && errors.Is(err, sip.ErrTransactionTransport) {
@@ -958,6 +1074,7 @@ func (c *Call) onInviteFailed(err error) {
 	if c.state == stateEarly {
 		c.end()
 	}
+	return true
 }
 
 // abandonLegB gives up on leg B while it is early. Caller holds mu.
@@ -1119,7 +1236,7 @@ func (c *Call) onAck(side media.Side, req *sip.Request) {
 		c.settleOffer(req)
 		return
 	}
-	if c.lateOffer {
+	if c.lateOffer && !c.earlyOA {
 		var body []byte
 		if sdp := sdpBody(req); sdp != nil {
 			out, err := c.answerFromA(sdp)
@@ -1160,8 +1277,12 @@ func (c *Call) onBye(side media.Side, req *sip.Request, tx sip.ServerTransaction
 	}
 	c.srv.respond(l.zone, req, tx, 200, nil)
 	if c.state == stateEarly {
-		// a BYE in an early dialog (only leg B can have one): treat it
-		// as the callee giving up
+		// a BYE in an early dialog (only leg B can have one), or on leg
+		// B's dialog while leg A's 2xx waits for a PRACK: treat it as the
+		// callee giving up
+		if c.heldAnswer != nil {
+			l.gone = true
+		}
 		c.rec.EndReason = "callee bye early"
 		select {
 		case c.aborted <- 480:
@@ -1202,6 +1323,7 @@ func (c *Call) end() {
 		c.retrans.Stop()
 	}
 	c.stopTimers()
+	c.stopReliableA()
 	if u := c.update; u != nil && u.retrans != nil {
 		u.retrans.Stop()
 	}

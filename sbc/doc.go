@@ -11,7 +11,9 @@
 // other leg: outgoing messages are built from scratch from the leg's own
 // state, and only user parts (numbers), display names, bodies (after SDP
 // anchoring) and an explicit allow list of headers cross between legs.
-// Session timers (RFC 4028) are negotiated and kept per leg too (timer.go).
+// Session timers (RFC 4028) are negotiated and kept per leg too (timer.go),
+// and so are reliable provisionals (RFC 3262, prack.go): the SBC PRACKs the
+// callee's and sends the caller its own, with its own RSeq space.
 // A transfer the SBC performs (REFER, refer.go) replaces one leg of the
 // Call with a new one; the Call and its CallID stay.
 //

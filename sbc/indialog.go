@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	mathrand "math/rand/v2"
+	"strconv"
 	"sync"
 	"time"
 
@@ -81,16 +83,23 @@ func (c *Call) relayInDialog(side media.Side, req *sip.Request, tx sip.ServerTra
 		c.srv.respond(l.zone, req, tx, 481, nil)
 		c.mu.Unlock()
 		return
+	case c.state == stateEarly && req.Method == sip.UPDATE:
+		if c.answerEarlyUpdate(l, other, req, tx) {
+			c.mu.Unlock()
+			return
+		}
 	case c.state != stateConfirmed && req.Method == sip.INVITE,
 		c.state == stateEarly:
-		// a re-INVITE before the ACK, or anything in an early dialog,
-		// waits for complete dialog handling; the caller may retry
+		// a re-INVITE before the ACK, or anything but UPDATE in an early
+		// dialog, is refused; the sender may retry
 		c.srv.respond(l.zone, req, tx, 491, []sip.Header{sip.NewHeader("Retry-After", "1")})
 		c.mu.Unlock()
 		return
 	}
 	var st *sessionTimer
-	if offerAnswer && l.peer.timersOn() {
+	if offerAnswer && l.peer.timersOn() && c.state != stateEarly {
+		// session timers start with the answer; an UPDATE in the early
+		// dialog neither negotiates nor refreshes them
 		var code int
 		if st, code = uasTimer(l.peer, readTimer(req)); code == 422 {
 			c.srv.respond(l.zone, req, tx, 422, []sip.Header{sip.NewHeader("Min-SE", seconds(l.peer.minSE()))})
@@ -296,7 +305,7 @@ func (c *Call) onInDialogResponse(u *inDialogTx, req *sip.Request, tx sip.Server
 			c.update = nil
 		}
 		c.respondOn(l, req, tx, code, nil, copyHeaders(res, "Retry-After", "Reason", "Unsupported"))
-		if code == 481 || code == 408 {
+		if (code == 481 || code == 408) && c.state != stateEarly {
 			// the other leg's dialog is gone (RFC 3261 §14.1): end the call
 			c.rec.EndReason = fmt.Sprintf("in-dialog %s got %d", req.Method, code)
 			c.byeBoth()
@@ -361,6 +370,10 @@ func (c *Call) onInDialogResponse(u *inDialogTx, req *sip.Request, tx sip.Server
 	}
 	if req.Method == sip.UPDATE {
 		c.update = nil
+		if c.state == stateEarly {
+			// what leg A's 2xx repeats when leg B's has no SDP
+			c.earlySDP = c.sentSDP[media.A]
+		}
 		return true
 	}
 	c.retransmitUpdate(u)
@@ -580,4 +593,88 @@ func copyHeaders(from sip.Message, names ...string) []sip.Header {
 		}
 	}
 	return out
+}
+
+// answerEarlyUpdate handles an UPDATE received in an early dialog (RFC 3311
+// §5.1) and reports whether it answered it: one that goes on is relayed to
+// the other leg's early dialog like any UPDATE. An offer before the initial
+// offer/answer is complete gets 500 with Retry-After, one crossing another
+// offer 491 (RFC 3311 §5.2). When the other leg has no early dialog to take
+// it (no tagged provisional from the callee yet; a caller that was sent no
+// reliable provisional or does not allow UPDATE), the SBC answers itself:
+// 200 to an UPDATE without SDP, and to one with an offer the media is
+// re-anchored toward the sender and the answer is the SBC's side of the
+// session as it stands; the other leg never notices. Caller holds mu.
+func (c *Call) answerEarlyUpdate(l, other *Leg, req *sip.Request, tx sip.ServerTransaction) bool {
+	sdp := sdpBody(req)
+	switch {
+	case sdp != nil && !c.earlyAnswered():
+		c.srv.respond(l.zone, req, tx, 500, []sip.Header{sip.NewHeader("Retry-After", strconv.Itoa(mathrand.IntN(11)))})
+		return true
+	case sdp != nil && c.update != nil:
+		c.srv.respond(l.zone, req, tx, 491, nil)
+		return true
+	case c.earlyDialog(other):
+		return false
+	case sdp == nil:
+		c.respondOn(l, req, tx, 200, nil, nil)
+		return true
+	}
+	body, err := c.reanchorLocally(l.side, sdp)
+	if err != nil {
+		c.log.Warn("early UPDATE offer refused", "leg", l.side, "error", err)
+		c.respondOn(l, req, tx, 488, nil, nil)
+		return true
+	}
+	c.respondOn(l, req, tx, 200, body, nil)
+	return true
+}
+
+// earlyAnswered reports whether the initial offer/answer has been done in
+// the early dialog: the callee's answer to the caller's offer came in a
+// provisional, or (late offer) the caller answered the callee's offer in
+// its PRACK. Caller holds mu.
+func (c *Call) earlyAnswered() bool {
+	if c.lateOffer {
+		return c.earlyOA
+	}
+	return c.lastSDP[media.B] != nil
+}
+
+// earlyDialog reports whether leg l has an early dialog the SBC may send
+// an UPDATE on. Caller holds mu.
+func (c *Call) earlyDialog(l *Leg) bool {
+	if l.gone || c.cancelled {
+		return false
+	}
+	if l.side == media.B {
+		return l.remoteTag != ""
+	}
+	return c.aRSeq != 0 && l.allowUpdate
+}
+
+// reanchorLocally takes an offer from side that cannot reach the other leg
+// and answers it from the session as it stands: the relay follows the
+// sender's new address, and the answer is the SBC's address toward it with
+// the other side's last SDP. Caller holds mu.
+func (c *Call) reanchorLocally(side media.Side, sdp []byte) ([]byte, error) {
+	m := c.srv.media
+	other := side.Other()
+	if m == nil || !c.mediaOpen || c.lastSDP[other] == nil {
+		return nil, errors.New("no anchored session to answer from")
+	}
+	if _, err := c.negotiate(true, side, sdp); err != nil {
+		c.rollback()
+		return nil, err
+	}
+	out, err := m.Answer(media.SessionID(c.id), other, c.lastSDP[other])
+	if err != nil {
+		c.rollback()
+		return nil, fmt.Errorf("answer from the session: %w", err)
+	}
+	c.sentSDP[side] = out
+	if side == media.A {
+		c.earlySDP = out
+	}
+	return out, nil
 }

@@ -187,6 +187,9 @@ func (s *Server) restoreLeg(side media.Side, ls LegState) (*Leg, error) {
 		localName: ls.LocalName, remoteName: ls.RemoteName, dest: ls.Dest, transport: ls.Transport,
 		localCSeq: ls.LocalCSeq + cseqMargin, remoteCSeq: ls.RemoteCSeq,
 		allowUpdate: ls.AllowUpdate, peerMinSE: ls.PeerMinSE,
+		// a restored leg B was opened by the SBC; a transfer that swapped
+		// leg A is not told apart, which only changes a 491 retry wait
+		originator: side == media.B,
 	}
 	for _, z := range s.zones {
 		if z.cfg.Name == ls.Zone {

@@ -152,6 +152,7 @@ func (c *Call) startTransfer(x *Leg, to *peer, target sip.Uri) {
 		target:     sip.Uri{Scheme: "sip", User: target.User, Host: to.host},
 		dest:       to.dest,
 		remoteName: "",
+		originator: true,
 	}
 	if to.cfg.Address.Port() != 5060 && to.cfg.Host == "" {
 		t.target.Port = int(to.cfg.Address.Port())
@@ -292,7 +293,7 @@ func (c *Call) runTransfer(xf *transfer) {
 		c.mu.Unlock()
 		return
 	}
-	defer tx.Terminate()
+	defer func() { tx.Terminate() }()
 	timeout := time.NewTimer(c.srv.cfg.InviteTimeout)
 	defer timeout.Stop()
 	var giveUp <-chan time.Time
@@ -307,9 +308,31 @@ func (c *Call) runTransfer(xf *transfer) {
 		}
 	}
 	done := c.done
+	glares := 0
 	for {
 		select {
 		case res := <-tx.Responses():
+			if res.StatusCode == 491 && xf.reinvite && !cancelled && glares < maxGlareRetries {
+				// the taken-over dialog's peer re-INVITEd at the same time
+				glares++
+				tx.Terminate()
+				retry := c.afterGlare(t, xf.invite, func() bool { return c.xfer == xf })
+				c.mu.Lock()
+				if retry == nil {
+					c.transferFailed(xf, 491, reasonPhrase(491))
+					c.mu.Unlock()
+					return
+				}
+				xf.invite = retry
+				c.mu.Unlock()
+				if tx, err = t.zone.client.TransactionRequest(ctx, retry, noBuild); err != nil {
+					c.mu.Lock()
+					c.transferFailed(xf, 503, "Service Unavailable")
+					c.mu.Unlock()
+					return
+				}
+				continue
+			}
 			if c.onTransferResponse(xf, res) {
 				return
 			}
@@ -435,25 +458,19 @@ func (c *Call) bridge(xf *transfer, res *sip.Response) {
 	c.srv.callWG.Add(1)
 	go func() {
 		defer c.srv.callWG.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), 64*sip.T1+time.Second)
-		defer cancel()
-		tx, err := y.zone.client.TransactionRequest(ctx, req, noBuild)
-		if err != nil {
-			c.bridged(xf, u, req, ack, offer, sdp, nil)
-			return
-		}
-		defer tx.Terminate()
-		for {
-			select {
-			case r := <-tx.Responses():
-				if r.StatusCode >= 200 {
-					c.bridged(xf, u, req, ack, offer, sdp, r)
-					return
-				}
-			case <-tx.Done():
-				c.bridged(xf, u, req, ack, offer, sdp, nil)
+		for glares := 0; ; glares++ {
+			res := c.finalResponse(y, req)
+			if res == nil || res.StatusCode != 491 || glares == maxGlareRetries {
+				c.bridged(xf, u, req, ack, offer, sdp, res)
 				return
 			}
+			// Y's own re-INVITE or UPDATE crossed ours
+			retry := c.afterGlare(y, req, func() bool { return c.xfer == xf })
+			if retry == nil {
+				c.bridged(xf, u, req, ack, offer, sdp, res)
+				return
+			}
+			req = retry
 		}
 	}()
 }

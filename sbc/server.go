@@ -299,7 +299,7 @@ func (s *Server) buildUA(z *zone) error {
 		s.respond(z, r, tx, 481, nil)
 	})
 	srv.OnOptions(func(r *sip.Request, tx sip.ServerTransaction) { s.onOptions(z, r, tx) })
-	for _, m := range []sip.RequestMethod{sip.UPDATE, sip.INFO, sip.MESSAGE, sip.NOTIFY, sip.REFER} {
+	for _, m := range []sip.RequestMethod{sip.UPDATE, sip.INFO, sip.MESSAGE, sip.NOTIFY, sip.REFER, sip.PRACK} {
 		srv.OnRequest(m, func(r *sip.Request, tx sip.ServerTransaction) { s.onOther(z, r, tx) })
 	}
 	srv.OnNoRoute(func(r *sip.Request, tx sip.ServerTransaction) { s.onOther(z, r, tx) })
@@ -689,6 +689,9 @@ func (s *Server) onOther(z *zone, req *sip.Request, tx sip.ServerTransaction) {
 		case sip.REFER:
 			ref.call.onRefer(ref.side, req, tx)
 			return
+		case sip.PRACK:
+			ref.call.onPrack(ref.side, req, tx)
+			return
 		}
 	} else if s.peerBySource(z, sourceOf(req).Addr()) == nil && !z.private {
 		return
@@ -723,7 +726,7 @@ func (s *Server) decorateResponse(z *zone, res *sip.Response, code int) {
 	}
 }
 
-const allowMethods = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, MESSAGE, NOTIFY, REFER"
+const allowMethods = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, PRACK, INFO, MESSAGE, NOTIFY, REFER"
 
 func (s *Server) contact(z *zone) *sip.ContactHeader {
 	return &sip.ContactHeader{Address: sip.Uri{Scheme: "sip", Host: z.host, Port: z.port}}

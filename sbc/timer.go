@@ -3,6 +3,7 @@ package sbc
 import (
 	"context"
 	"fmt"
+	mathrand "math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
@@ -404,6 +405,11 @@ func (c *Call) refreshDone(l *Leg, st *sessionTimer, u *inDialogTx, req *sip.Req
 			return
 		}
 		c.retryLater(l, st)
+	case code == 491:
+		// the peer's own re-INVITE or UPDATE crossed ours (glare)
+		c.log.Debug("session refresh crossed a request of the peer, retrying", "leg", l.side)
+		left := time.Until(st.refreshed.Add(st.interval).Add(-expiryMargin(st.interval)))
+		c.armTimer(l, st, max(min(glareWait(l.originator), left/2), 10*time.Millisecond))
 	case code == 408 || code == 481:
 		// the dialog is gone on that side (RFC 3261 §12.2.1.2)
 		c.log.Info("session refresh failed, ending call", "leg", l.side, "code", code, "error", err)
@@ -412,6 +418,75 @@ func (c *Call) refreshDone(l *Leg, st *sessionTimer, u *inDialogTx, req *sip.Req
 	default:
 		c.log.Debug("session refresh refused", "leg", l.side, "code", code)
 		c.retryLater(l, st)
+	}
+}
+
+// glareWait is how long a UAC waits before it retries a re-INVITE or
+// UPDATE refused with 491 (RFC 3261 §14.1): the owner of the Call-ID (the
+// dialog's initiator) a random time between 2.1 and 4 s, the other side
+// between 0 and 2 s, both in units of 10 ms. The two sides of a glare so
+// retry at different times instead of colliding again.
+func glareWait(owner bool) time.Duration {
+	if owner {
+		return 2100*time.Millisecond + time.Duration(mathrand.IntN(191))*10*time.Millisecond
+	}
+	return time.Duration(mathrand.IntN(201)) * 10 * time.Millisecond
+}
+
+// maxGlareRetries bounds how often the SBC sends one re-INVITE of its own
+// again after 491s.
+const maxGlareRetries = 3
+
+// afterGlare waits as RFC 3261 §14.1 asks after a 491 to req, sent on leg
+// l, and sends req again as a new transaction: a new branch and the leg's
+// next CSeq. It returns nil, sending nothing, when the call ended meanwhile
+// or still reports false. Caller does not hold mu.
+func (c *Call) afterGlare(l *Leg, req *sip.Request, still func() bool) *sip.Request {
+	t := time.NewTimer(glareWait(l.originator))
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-c.done:
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == stateEnded || !still() {
+		return nil
+	}
+	l.localCSeq++
+	r := req.Clone()
+	r.ReplaceHeader(c.srv.via(l.zone))
+	r.ReplaceHeader(&sip.CSeqHeader{SeqNo: l.localCSeq, MethodName: req.Method})
+	r.SetBody(req.Body())
+	r.Laddr = l.zone.laddr
+	r.SetDestination(l.dest)
+	c.send(l, r)
+	c.log.Debug("re-INVITE sent again after glare", "leg", l.side, "cseq", l.localCSeq)
+	return r
+}
+
+// finalResponse runs a request the SBC originates on leg l as a client
+// transaction and returns its final response, nil when there is none
+// (Timer B/F, transport error). Caller does not hold mu.
+func (c *Call) finalResponse(l *Leg, req *sip.Request) *sip.Response {
+	ctx, cancel := context.WithTimeout(context.Background(), 64*sip.T1+time.Second)
+	defer cancel()
+	tx, err := l.zone.client.TransactionRequest(ctx, req, noBuild)
+	if err != nil {
+		c.log.Debug("send request", "method", req.Method, "leg", l.side, "error", err)
+		return nil
+	}
+	defer tx.Terminate()
+	for {
+		select {
+		case res := <-tx.Responses():
+			if res.StatusCode >= 200 {
+				return res
+			}
+		case <-tx.Done():
+			return nil
+		}
 	}
 }
 
