@@ -118,7 +118,11 @@ type Call struct {
 	finalA     chan struct{}
 	// earlyOA: a late-offer call completed its offer/answer in a reliable
 	// provisional and its PRACK; the 2xx and ACK carry no new one.
-	earlyOA   bool
+	earlyOA bool
+	// aOffered: in a call where the SBC offered to leg B itself, the
+	// callee's answer has gone to the caller as the offer in a reliable
+	// provisional; the 2xx repeats it.
+	aOffered  bool
 	cancelled bool // leg A cancelled, or we gave up on leg B
 	cancelTx  bool // CANCEL already sent on leg B
 	aborted   chan int
@@ -717,6 +721,15 @@ func (c *Call) onInviteResponse(res *sip.Response) bool {
 		}
 		sdp := sdpBody(res)
 		rel := reliable(res)
+		if c.ownOffer {
+			// the callee answers the SBC's offer (earlyoffer.go)
+			if rel && !c.prack(res, false) {
+				return false
+			}
+			body := c.ownOfferEarly(sdp)
+			c.provisionalA(code, body, body != nil)
+			return false
+		}
 		// in a late-offer call the callee's reliable provisional carries
 		// the offer; a caller doing 100rel answers it in its PRACK, which
 		// leg B's PRACK then carries (RFC 3262 §5)
@@ -878,11 +891,9 @@ func (c *Call) answered(res *sip.Response) bool {
 	// dialog: the 2xx repeats that offer, no answer comes in the ACK
 	early := c.earlyOA || c.bPrackRSeq != 0
 	switch {
-	case c.ownOffer && sdp != nil:
-		// leg B answered the SBC's offer; the answer is leg A's offer
-		body, err = c.anchorAnswer(sdp)
 	case c.ownOffer:
-		err = errors.New("own offer answered without SDP")
+		// leg B answered the SBC's offer; the answer is leg A's offer
+		body, err = c.ownOfferAnswer(sdp)
 	case c.lateOffer && early:
 		body = c.earlySDP
 	case c.lateOffer && sdp != nil:
@@ -1233,7 +1244,9 @@ func (c *Call) onAck(side media.Side, req *sip.Request) {
 	}
 	c.legs[media.A].learned.learnFrom(req, c.srv.isOwnHost)
 	if c.ownOffer {
-		c.settleOffer(req)
+		if !c.earlyOA {
+			c.settleOffer(req)
+		}
 		return
 	}
 	if c.lateOffer && !c.earlyOA {

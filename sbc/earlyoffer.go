@@ -1,6 +1,7 @@
 package sbc
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -20,7 +21,9 @@ import (
 // itself, from its own anchored media and the peer's codec list. The
 // callee's answer then goes to the caller as the offer in the 2xx, and the
 // caller's answer in the ACK completes the media session on the caller's
-// side only: the callee already has the answer it needs.
+// side only: the callee already has the answer it needs. A callee may
+// answer in a provisional instead; see ownOfferEarly for what the caller
+// gets then.
 
 // OfferMode is how an INVITE without SDP is sent toward a peer.
 type OfferMode string
@@ -132,14 +135,9 @@ func (c *Call) makeOffer() ([]byte, error) {
 // Caller holds mu.
 func (c *Call) settleOffer(ack *sip.Request) {
 	body := sdpBody(ack)
-	var err error
-	switch {
-	case body == nil:
-		err = errors.New("ACK carries no answer to the offer in the 2xx")
-	default:
-		if err = answerFits(c.sentSDP[media.A], body); err == nil {
-			err = c.srv.media.Settle(media.SessionID(c.id), media.A, body)
-		}
+	err := errors.New("ACK carries no answer to the offer in the 2xx")
+	if body != nil {
+		err = c.settle(body)
 	}
 	if err != nil {
 		c.log.Warn("caller's answer unusable, ending call", "error", err)
@@ -149,7 +147,71 @@ func (c *Call) settleOffer(ack *sip.Request) {
 		c.end()
 		return
 	}
+}
+
+// settle completes the caller's side of the SBC's own offer with the
+// caller's answer (in the ACK, or in the PRACK of a reliable provisional
+// that carried the offer): it must fit the offer the caller got. Caller
+// holds mu.
+func (c *Call) settle(body []byte) error {
+	if err := answerFits(c.sentSDP[media.A], body); err != nil {
+		return err
+	}
+	if err := c.srv.media.Settle(media.SessionID(c.id), media.A, body); err != nil {
+		return err
+	}
 	c.lastSDP[media.A] = body
+	return nil
+}
+
+// ownOfferEarly takes the callee's answer to the SBC's offer from a
+// provisional response and returns the SDP for leg A's provisional, nil
+// for none. Any 18x with SDP may carry the answer (RFC 3261 §13.2.1; one
+// the callee sends reliably is final, RFC 3262 §5), so the media is
+// anchored at once. Toward the caller, who made no offer, that answer is
+// an offer, and an offer may go only in the first reliable response
+// (RFC 3261 §13.2.1, RFC 6337 §3.1): a caller that supports 100rel gets it
+// in a reliable provisional and answers in its PRACK; one that does not
+// gets the provisional without SDP and the offer in the 2xx. Its early
+// media stays anchored but reaches nobody: the caller's media address is
+// not known before its answer. Caller holds mu.
+func (c *Call) ownOfferEarly(sdp []byte) []byte {
+	if sdp != nil && !c.aOffered {
+		out, err := c.anchorAnswer(sdp)
+		if err != nil {
+			c.log.Warn("early answer to own offer unusable", "error", err)
+		} else {
+			c.earlySDP = out
+		}
+	}
+	if c.aOffered || c.earlySDP == nil || c.aRel == relNone {
+		return nil
+	}
+	c.aOffered = true
+	return c.earlySDP
+}
+
+// ownOfferAnswer returns the offer for leg A's 2xx when leg B's 2xx
+// completes the SBC's offer: the callee's answer from the 2xx, or from a
+// provisional when the 2xx has no SDP; the offer the caller already got
+// in a reliable provisional, unchanged. Caller holds mu.
+func (c *Call) ownOfferAnswer(sdp []byte) ([]byte, error) {
+	switch {
+	case c.aOffered:
+		if sdp != nil && !bytes.Equal(sdp, c.lastSDP[media.B]) {
+			// the callee moved since its provisional: follow its media
+			// address; the caller keeps the offer it has
+			if _, err := c.anchorAnswer(sdp); err != nil {
+				return nil, err
+			}
+		}
+		return c.earlySDP, nil
+	case sdp != nil:
+		return c.anchorAnswer(sdp)
+	case c.earlySDP != nil:
+		return c.earlySDP, nil
+	}
+	return nil, errors.New("own offer answered neither in the 2xx nor in a provisional")
 }
 
 // answerFits checks an SDP answer against the offer it answers (RFC 3264

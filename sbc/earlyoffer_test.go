@@ -97,6 +97,131 @@ func TestEarlyOfferInterworking(t *testing.T) {
 	r.waitIdle()
 }
 
+// rtpBothWays sends RTP from the pbx (127.0.0.3:40000) to toPBXSide and
+// from the carrier (127.0.0.4:41000) to toCarrierSide, and checks that
+// each arrives on the other side.
+func rtpBothWays(t *testing.T, toPBXSide, toCarrierSide netip.AddrPort) {
+	t.Helper()
+	pbxMedia, carMedia := listenUDP(t, "127.0.0.3:40000"), listenUDP(t, "127.0.0.4:41000")
+	pkt := rtpTestPacket()
+	for range 3 { // the first packet latches
+		if _, err := pbxMedia.WriteToUDPAddrPort(pkt, toPBXSide); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := carMedia.WriteToUDPAddrPort(pkt, toCarrierSide); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, conn := range map[string]*net.UDPConn{"to the carrier": carMedia, "to the pbx": pbxMedia} {
+		_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := conn.Read(make([]byte, 1500)); err != nil {
+			t.Errorf("RTP %s: %v", name, err)
+		}
+	}
+}
+
+// TestEarlyOfferAnsweredReliably: the carrier answers the SBC's offer in
+// a reliable 183 and sends its 200 without SDP. The pbx does not support
+// 100rel, so its 183 carries no SDP (an offer may go only in a reliable
+// response); the 200 brings it the carrier's answer as the offer, and its
+// answer in the ACK completes the media.
+func TestEarlyOfferAnsweredReliably(t *testing.T) {
+	r := earlyOfferRig(t, "PCMA", "telephone-event")
+	r.pbx.send(r.priv, r.lateInvite("eo-4"))
+	invB, _ := r.car.recv("INVITE", "SIP/2.0 100")
+	offer := string(invB.Body())
+	r.car.send(r.pub, r.reliable183(invB, 5, carrierSDP))
+	prackB, _ := r.car.recv("PRACK", "SIP/2.0 100")
+	if len(prackB.Body()) != 0 {
+		t.Errorf("the PRACK of an answer carries nothing:\n%s", prackB.Body())
+	}
+	r.car.send(r.pub, answer(prackB, 200, "OK", "", "", ""))
+	early, rawEarly := r.pbx.recv("SIP/2.0 183", "SIP/2.0 100")
+	if len(early.Body()) != 0 || len(early.GetHeaders("RSeq")) != 0 {
+		t.Fatalf("a caller without 100rel gets the 183 unreliably and without SDP:\n%s", rawEarly)
+	}
+	r.car.send(r.pub, answer(invB, 200, "OK", "car-tag", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), ""))
+	ackB, _ := r.car.recv("ACK", "SIP/2.0 200")
+	if len(ackB.Body()) != 0 {
+		t.Errorf("leg B's ACK must carry nothing:\n%s", ackB.Body())
+	}
+	okA, rawOK := r.pbx.recv("SIP/2.0 200", "SIP/2.0 100", "SIP/2.0 183")
+	body := string(okA.Body())
+	if !strings.Contains(body, "c=IN IP4 127.0.0.1") || !strings.Contains(body, "RTP/AVP 8 101") {
+		t.Fatalf("the answer of the reliable 183 must reach the pbx as the offer in the 200:\n%s", rawOK)
+	}
+	r.pbx.send(r.priv, r.pbxInDialog("ACK", 10, okA, "eo-4", "", pbxSDP))
+	r.car.expectNothing(300*time.Millisecond, "SIP/2.0 200")
+	rtpBothWays(t, sdpAnchor(t, body), sdpAnchor(t, offer))
+	if st := r.srv.Status(); st.Calls != 1 {
+		t.Fatalf("call must be up: %+v", st)
+	}
+	r.pbx.send(r.priv, r.pbxInDialog("BYE", 11, okA, "eo-4", "", ""))
+	bye, _ := r.car.recv("BYE", "ACK", "SIP/2.0 200")
+	r.car.send(r.pub, answer(bye, 200, "OK", "", "", ""))
+	r.waitIdle()
+}
+
+// TestEarlyOfferEarlyMedia: the carrier answers the SBC's offer in an
+// unreliable 183 (early media). A pbx that supports 100rel gets that
+// answer as the offer in a reliable 183 and answers it in its PRACK, so
+// early media flows before the 200; the 200 repeats the offer unchanged
+// and the ACK carries nothing.
+func TestEarlyOfferEarlyMedia(t *testing.T) {
+	r := earlyOfferRig(t, "PCMA", "telephone-event")
+	r.pbx.send(r.priv, strings.Replace(r.lateInvite("eo-5"), "Subject: hello", "Supported: 100rel", 1))
+	invB, _ := r.car.recv("INVITE", "SIP/2.0 100")
+	offer := string(invB.Body())
+	r.car.send(r.pub, answer(invB, 183, "Session Progress", "car-tag", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP))
+	early, rawEarly := r.pbx.recv("SIP/2.0 183", "SIP/2.0 100")
+	rseq := rseqOf(t, early, rawEarly)
+	body := string(early.Body())
+	if !strings.Contains(body, "c=IN IP4 127.0.0.1") || !strings.Contains(body, "RTP/AVP 8 101") {
+		t.Fatalf("the carrier's early answer must reach the pbx as an offer:\n%s", rawEarly)
+	}
+	r.pbx.send(r.priv, r.pbxInDialog("PRACK", 11, early, "eo-5", fmt.Sprintf("RAck: %s 10 INVITE\n", rseq), pbxSDP))
+	r.pbx.recv("SIP/2.0 200", "SIP/2.0 183")
+	r.car.expectNothing(300*time.Millisecond, "SIP/2.0 100") // the carrier's 183 was not reliable
+	rtpBothWays(t, sdpAnchor(t, body), sdpAnchor(t, offer))
+
+	r.car.send(r.pub, answer(invB, 200, "OK", "car-tag", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), ""))
+	r.car.recv("ACK", "SIP/2.0 200")
+	okA, _ := r.pbx.recv("SIP/2.0 200", "SIP/2.0 183")
+	if string(okA.Body()) != body {
+		t.Errorf("the 200 must repeat the offer of the 183 unchanged:\n%s\nvs\n%s", okA.Body(), body)
+	}
+	r.pbx.send(r.priv, r.pbxInDialog("ACK", 10, okA, "eo-5", "", ""))
+	r.car.expectNothing(300*time.Millisecond, "SIP/2.0 200")
+	if st := r.srv.Status(); st.Calls != 1 {
+		t.Fatalf("call must be up after an ACK without SDP: %+v", st)
+	}
+	r.pbx.send(r.priv, r.pbxInDialog("BYE", 12, okA, "eo-5", "", ""))
+	bye, _ := r.car.recv("BYE", "ACK", "SIP/2.0 200")
+	r.car.send(r.pub, answer(bye, 200, "OK", "", "", ""))
+	r.waitIdle()
+}
+
+// TestEarlyOfferBadEarlyAnswer: the pbx answers the offer of the reliable
+// 183 in its PRACK with a codec that was not offered: 488 to the PRACK,
+// and the call is refused and the carrier cancelled.
+func TestEarlyOfferBadEarlyAnswer(t *testing.T) {
+	r := earlyOfferRig(t, "PCMA", "telephone-event")
+	r.pbx.send(r.priv, strings.Replace(r.lateInvite("eo-6"), "Subject: hello", "Supported: 100rel", 1))
+	invB, _ := r.car.recv("INVITE", "SIP/2.0 100")
+	r.car.send(r.pub, answer(invB, 183, "Session Progress", "car-tag", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP))
+	early, rawEarly := r.pbx.recv("SIP/2.0 183", "SIP/2.0 100")
+	rseq := rseqOf(t, early, rawEarly)
+	g729 := strings.NewReplacer("RTP/AVP 8 101", "RTP/AVP 18", "a=rtpmap:8 PCMA/8000", "a=rtpmap:18 G729/8000").Replace(pbxSDP)
+	r.pbx.send(r.priv, r.pbxInDialog("PRACK", 11, early, "eo-6", fmt.Sprintf("RAck: %s 10 INVITE\n", rseq), g729))
+	r.pbx.recv("SIP/2.0 488", "SIP/2.0 183")
+	r.pbx.recv("SIP/2.0 488", "SIP/2.0 183")
+	cancel, _ := r.car.recv("CANCEL", "SIP/2.0 100")
+	r.car.send(r.pub, answer(cancel, 200, "OK", "", "", ""))
+	r.car.send(r.pub, answer(invB, 487, "Request Terminated", "car-tag", "", ""))
+	r.car.recv("ACK", "SIP/2.0 200")
+	r.waitIdle()
+}
+
 // TestEarlyOfferIncompatibleAnswer: the pbx answers the relayed offer with
 // a codec that was not in it; the SBC ends the call with BYE on both legs.
 func TestEarlyOfferIncompatibleAnswer(t *testing.T) {
