@@ -149,18 +149,63 @@ func (c *Call) settleOffer(ack *sip.Request) {
 	}
 }
 
+// reofferOwn builds and anchors the SBC's own offer toward leg to for a
+// re-INVITE without SDP from leg from, like the initial one (makeOffer).
+// A session with more m= lines than the one audio stream of the template
+// keeps them in the offer, disabled (RFC 3264 §8: a re-offer never drops
+// an m= line). Caller holds mu.
+func (c *Call) reofferOwn(from, to *Leg) ([]byte, error) {
+	tmpl, err := offerTemplate(to.peer.cfg.Codecs, from.zone.cfg.Address)
+	if err != nil {
+		return nil, fmt.Errorf("build own re-offer toward %s: %w", to.peer.cfg.Name, err)
+	}
+	if cur, err := sdp.Parse(c.sentSDP[to.side]); err == nil {
+		for _, m := range cur.Media()[min(1, len(cur.Media())):] {
+			tmpl = fmt.Appendf(tmpl, "m=%s 0 %s %s\r\n", m.Kind, m.Proto, strings.Join(m.Formats, " "))
+		}
+	}
+	out, err := c.srv.media.OfferFor(media.SessionID(c.id), to.side, tmpl)
+	if err != nil {
+		return nil, fmt.Errorf("anchor own re-offer toward %s: %w", to.peer.cfg.Name, err)
+	}
+	c.log.Debug("re-INVITE without SDP sent with an offer", "to_peer", to.peer.cfg.Name)
+	return out, nil
+}
+
+// settleReoffer takes the sender's answer from the ACK of a re-INVITE the
+// SBC made its own offer for (reofferOwn). As for the initial INVITE, an
+// answer that does not fit the offer in the 2xx ends the call. Caller
+// holds mu.
+func (c *Call) settleReoffer(u *inDialogTx, ack *sip.Request) {
+	body := sdpBody(ack)
+	err := errors.New("ACK carries no answer to the offer in the 2xx")
+	if body != nil {
+		err = c.settleFrom(u.from, body)
+	}
+	if err != nil {
+		c.log.Warn("answer to own re-offer unusable, ending call", "leg", u.from, "error", err)
+		c.rec.EndReason = "bad answer"
+		c.byeBoth()
+	}
+}
+
 // settle completes the caller's side of the SBC's own offer with the
 // caller's answer (in the ACK, or in the PRACK of a reliable provisional
 // that carried the offer): it must fit the offer the caller got. Caller
 // holds mu.
-func (c *Call) settle(body []byte) error {
-	if err := answerFits(c.sentSDP[media.A], body); err != nil {
+func (c *Call) settle(body []byte) error { return c.settleFrom(media.A, body) }
+
+// settleFrom completes side's part of an offer/answer the SBC began
+// itself with side's answer to the offer it was sent last. Caller holds
+// mu.
+func (c *Call) settleFrom(side media.Side, body []byte) error {
+	if err := answerFits(c.sentSDP[side], body); err != nil {
 		return err
 	}
-	if err := c.srv.media.Settle(media.SessionID(c.id), media.A, body); err != nil {
+	if err := c.srv.media.Settle(media.SessionID(c.id), side, body); err != nil {
 		return err
 	}
-	c.lastSDP[media.A] = body
+	c.lastSDP[side] = body
 	return nil
 }
 

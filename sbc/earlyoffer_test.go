@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/emiago/sipgo/sip"
 )
 
 // earlyOfferRig is a rig whose carrier wants an offer in every INVITE.
@@ -219,6 +221,69 @@ func TestEarlyOfferBadEarlyAnswer(t *testing.T) {
 	r.car.send(r.pub, answer(cancel, 200, "OK", "", "", ""))
 	r.car.send(r.pub, answer(invB, 487, "Request Terminated", "car-tag", "", ""))
 	r.car.recv("ACK", "SIP/2.0 200")
+	r.waitIdle()
+}
+
+// establishEarlyOffer sets up a late-offer call from the pbx to a carrier
+// with offer = "early"; it returns the pbx's 200, the SBC's INVITE to the
+// carrier and the SDP bodies of both.
+func (r *rig) establishEarlyOffer(callID string) (okA, invB sip.Message) {
+	r.t.Helper()
+	r.pbx.send(r.priv, r.lateInvite(callID))
+	invB, _ = r.car.recv("INVITE", "SIP/2.0 100")
+	r.car.send(r.pub, answer(invB, 200, "OK", "car-tag", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP))
+	r.car.recv("ACK", "SIP/2.0 200")
+	okA, _ = r.pbx.recv("SIP/2.0 200", "SIP/2.0 100")
+	r.pbx.send(r.priv, r.pbxInDialog("ACK", 10, okA, callID, "", pbxSDP))
+	return okA, invB
+}
+
+// TestEarlyOfferReinvite: a re-INVITE without SDP from the pbx toward the
+// carrier with offer = "early" gets the SBC's own offer (the same codecs
+// and anchor as the initial one); the carrier's answer goes to the pbx as
+// the offer in the 200, the carrier is ACKed at once, and the pbx's answer
+// in its ACK completes the media. An answer that does not fit ends the
+// call.
+func TestEarlyOfferReinvite(t *testing.T) {
+	r := earlyOfferRig(t, "PCMA", "PCMU", "telephone-event")
+	okA, invB := r.establishEarlyOffer("eo-7")
+	r.car.expectNothing(200*time.Millisecond, "SIP/2.0 200")
+	r.pbx.send(r.priv, r.pbxInDialog("INVITE", 11, okA, "eo-7", "", ""))
+	reinv, raw := r.car.recv("INVITE", "SIP/2.0 100")
+	assertHidden(t, raw)
+	offer := string(reinv.Body())
+	if !strings.Contains(offer, " RTP/AVP 8 0 101") || sdpAnchor(t, offer) != sdpAnchor(t, string(invB.Body())) {
+		t.Fatalf("re-INVITE toward the carrier must carry the SBC's offer on the same anchor:\n%s\nfirst offer:\n%s", raw, invB.Body())
+	}
+	moved := strings.ReplaceAll(carrierSDP, "41000", "41002")
+	r.car.send(r.pub, answer(reinv, 200, "OK", "", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), moved))
+	ackB, _ := r.car.recv("ACK", "SIP/2.0 200")
+	if len(ackB.Body()) != 0 {
+		t.Errorf("the carrier's ACK carries nothing, it answered already:\n%s", ackB.Body())
+	}
+	ok2, rawOK := r.pbx.recv("SIP/2.0 200", "SIP/2.0 100")
+	if ok2.CSeq().MethodName != sip.INVITE || !strings.Contains(string(ok2.Body()), "RTP/AVP 8 101") ||
+		sdpAnchor(t, string(ok2.Body())) != sdpAnchor(t, string(okA.Body())) {
+		t.Fatalf("the carrier's answer must reach the pbx as the offer in the 200, same anchor:\n%s", rawOK)
+	}
+	r.pbx.send(r.priv, r.pbxInDialog("ACK", 11, okA, "eo-7", "", pbxSDP))
+	r.car.expectNothing(300*time.Millisecond, "SIP/2.0 200")
+	if st := r.srv.Status(); st.Calls != 1 {
+		t.Fatalf("call must be up: %+v", st)
+	}
+
+	// again, answered with a codec that was not offered
+	r.pbx.send(r.priv, r.pbxInDialog("INVITE", 12, okA, "eo-7", "", ""))
+	reinv, _ = r.car.recv("INVITE", "SIP/2.0 100")
+	r.car.send(r.pub, answer(reinv, 200, "OK", "", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), moved))
+	r.car.recv("ACK", "SIP/2.0 200")
+	r.pbx.recv("SIP/2.0 200", "SIP/2.0 100")
+	g729 := strings.NewReplacer("RTP/AVP 8 101", "RTP/AVP 18", "a=rtpmap:8 PCMA/8000", "a=rtpmap:18 G729/8000").Replace(pbxSDP)
+	r.pbx.send(r.priv, r.pbxInDialog("ACK", 12, okA, "eo-7", "", g729))
+	bye, _ := r.car.recv("BYE", "SIP/2.0 200", "ACK")
+	r.car.send(r.pub, answer(bye, 200, "OK", "", "", ""))
+	byeA, _ := r.pbx.recv("BYE", "SIP/2.0 200")
+	r.pbx.send(r.priv, answer(byeA, 200, "OK", "", "", ""))
 	r.waitIdle()
 }
 
