@@ -866,3 +866,54 @@ func TestRelayOwnOffer(t *testing.T) {
 		t.Errorf("re-offer toward B has o= version %d, want 2", v)
 	}
 }
+
+// TestRelayRename: a renamed session keeps its ports and relays on under
+// the new ID only; a timeout reported under the old name does not stop
+// one under the new.
+func TestRelayRename(t *testing.T) {
+	fired := make(chan SessionID, 16)
+	r := newTestRelay(t, ioDefault, func(c *Config) {
+		c.Timeout = 300 * time.Millisecond
+		c.OnTimeout = func(id SessionID) { fired <- id }
+	})
+	c := setupCall(t, r, "call-spare")
+	openCall(t, r, "call-main")
+	select {
+	case id := <-fired:
+		if id != "call-spare" {
+			t.Fatalf("first timeout for %s", id)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no timeout for the idle spare session")
+	}
+	if err := r.Rename("call-spare", "call-main"); !errors.Is(err, ErrSessionExists) {
+		t.Fatalf("rename onto an open session: %v, want ErrSessionExists", err)
+	}
+	if _, ok := r.Close("call-main", "replaced"); !ok {
+		t.Fatal("close call-main")
+	}
+	if err := r.Rename("call-spare", "call-main"); err != nil {
+		t.Fatalf("Rename: %v", err)
+	}
+	if err := r.Rename("call-spare", "call-other"); !errors.Is(err, ErrNoSession) {
+		t.Errorf("rename of a gone session: %v, want ErrNoSession", err)
+	}
+	if _, ok := r.Stats("call-spare"); ok {
+		t.Error("old name still open")
+	}
+	if st, ok := r.Stats("call-main"); !ok || st.ID != "call-main" {
+		t.Fatalf("Stats under the new name: %+v %v", st, ok)
+	}
+	sendTo(t, c.a.rtp, c.toA, rtpPacket(t, 0, 1, 0xA))
+	eventually(t, "RTP relayed by the renamed session", func() bool {
+		return flow(t, r, "call-main", 0, A, compRTP).Forwarded > 0
+	})
+	select {
+	case id := <-fired:
+		if id != "call-main" {
+			t.Fatalf("timeout for %s after the rename, want call-main", id)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the renamed session never timed out: its idle clock did not restart")
+	}
+}

@@ -149,6 +149,9 @@ type Call struct {
 	// answer late requests.
 	xfer     *transfer
 	released []*Leg
+	// spareOpen: a transfer's own offer is anchored in the spare media
+	// session (refer.go), which the call closes if the transfer fails.
+	spareOpen bool
 	// update is the in-dialog offer/answer in progress (re-INVITE or
 	// UPDATE); one at a time per call, a second one gets 491.
 	update *inDialogTx
@@ -1345,6 +1348,7 @@ func (c *Call) end() {
 			c.rec.MediaStats = st
 		}
 	}
+	c.dropSpare()
 	c.rec.End = time.Now()
 	c.srv.removeCall(c, c.keys)
 	c.log.Debug("call ended", "reason", c.rec.EndReason, "status", c.rec.Status, "duration_ms", c.rec.End.Sub(c.rec.Start).Milliseconds())

@@ -150,6 +150,9 @@ type Media interface {
 	// answer that completes it on the other side.
 	OfferFor(id media.SessionID, to media.Side, tmpl []byte) ([]byte, error)
 	Settle(id media.SessionID, from media.Side, body []byte) error
+	// Rename makes a session prepared apart (the SBC's offer to a
+	// transfer target) the call's session once the old one is closed.
+	Rename(from, to media.SessionID) error
 	Close(id media.SessionID, reason string) (media.Stats, bool)
 }
 

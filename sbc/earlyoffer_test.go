@@ -104,22 +104,104 @@ func TestEarlyOfferInterworking(t *testing.T) {
 // each arrives on the other side.
 func rtpBothWays(t *testing.T, toPBXSide, toCarrierSide netip.AddrPort) {
 	t.Helper()
-	pbxMedia, carMedia := listenUDP(t, "127.0.0.3:40000"), listenUDP(t, "127.0.0.4:41000")
+	rtpBetween(t, "127.0.0.3:40000", toPBXSide, "127.0.0.4:41000", toCarrierSide)
+}
+
+// rtpBetween sends RTP from media address p1 to the SBC's anchor to1 and
+// from p2 to to2, and checks that each reaches the other.
+func rtpBetween(t *testing.T, p1 string, to1 netip.AddrPort, p2 string, to2 netip.AddrPort) {
+	t.Helper()
+	c1, c2 := listenUDP(t, p1), listenUDP(t, p2)
 	pkt := rtpTestPacket()
 	for range 3 { // the first packet latches
-		if _, err := pbxMedia.WriteToUDPAddrPort(pkt, toPBXSide); err != nil {
+		if _, err := c1.WriteToUDPAddrPort(pkt, to1); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := carMedia.WriteToUDPAddrPort(pkt, toCarrierSide); err != nil {
+		if _, err := c2.WriteToUDPAddrPort(pkt, to2); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for name, conn := range map[string]*net.UDPConn{"to the carrier": carMedia, "to the pbx": pbxMedia} {
+	for name, conn := range map[string]*net.UDPConn{"to " + p2: c2, "to " + p1: c1} {
 		_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
 		if _, err := conn.Read(make([]byte, 1500)); err != nil {
 			t.Errorf("RTP %s: %v", name, err)
 		}
 	}
+}
+
+// TestEarlyOfferTransferTarget: the pbx transfers the carrier to a number
+// behind the same carrier, which has offer = "early". The target's INVITE
+// carries the SBC's own offer, anchored apart while the original call's
+// media goes on; the target's answer reaches the remaining party as the
+// offer of the bridging re-INVITE, the target is ACKed at once, and the
+// remaining party's answer completes the media between the two.
+func TestEarlyOfferTransferTarget(t *testing.T) {
+	r := earlyOfferRig(t, "PCMA", "telephone-event")
+	okA, invB := r.establish("eo-8")
+	r.pbx.send(r.priv, r.pbxRefer(11, okA, "eo-8", "<sip:+15559999@127.0.0.1>"))
+	r.pbx.recv("SIP/2.0 202", "SIP/2.0 100")
+	expectNotify(t, r.pbx, r.priv, "SIP/2.0 100 Trying", "active")
+	invT, raw := r.car.recv("INVITE")
+	assertHidden(t, raw)
+	offerT := string(invT.Body())
+	if !strings.Contains(offerT, "c=IN IP4 127.0.0.2") || !strings.Contains(offerT, " RTP/AVP 8 101") {
+		t.Fatalf("the transfer target must get the SBC's offer:\n%s", raw)
+	}
+	if sdpAnchor(t, offerT) == sdpAnchor(t, string(invB.Body())) {
+		t.Fatalf("the target's offer must not reuse the original call's anchor:\n%s", offerT)
+	}
+	// the original call's media is untouched while the target rings
+	rtpBothWays(t, sdpAnchor(t, string(okA.Body())), sdpAnchor(t, string(invB.Body())))
+
+	r.car.send(r.pub, answer(invT, 200, "OK", "tgt-tag", fmt.Sprintf("<sip:target@%s>", r.car.addr), transferSDP))
+	ackT, _ := r.car.recv("ACK", "SIP/2.0 100")
+	if ackT.CallID().Value() != invT.CallID().Value() || len(ackT.Body()) != 0 {
+		t.Fatalf("the target is ACKed at once and without SDP: %s\n%s", ackT.CallID().Value(), ackT.Body())
+	}
+	reinv, raw := r.car.recv("INVITE", "SIP/2.0 100")
+	body := string(reinv.Body())
+	if reinv.CallID().Value() != invB.CallID().Value() || !strings.Contains(body, "c=IN IP4 127.0.0.2") ||
+		!strings.Contains(body, "RTP/AVP 8") || strings.Contains(body, "42000") {
+		t.Fatalf("the remaining leg must get the target's answer as its offer, anchored:\n%s", raw)
+	}
+	r.car.send(r.pub, answer(reinv, 200, "OK", "", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), strings.Replace(carrierSDP, "RTP/AVP 8 101", "RTP/AVP 8", 1)))
+	ackY, _ := r.car.recv("ACK", "SIP/2.0 100")
+	if ackY.CallID().Value() != invB.CallID().Value() {
+		t.Fatalf("ACK on the wrong dialog: %s", ackY.CallID().Value())
+	}
+	expectNotify(t, r.pbx, r.priv, "SIP/2.0 200 OK", "terminated")
+	bye, _ := r.pbx.recv("BYE", "SIP/2.0 200")
+	r.pbx.send(r.priv, answer(bye, 200, "OK", "", "", ""))
+	r.car.expectNothing(200*time.Millisecond, "SIP/2.0 200")
+	if st := r.srv.Status(); st.Calls != 1 {
+		t.Fatalf("transferred call must go on: %+v", st)
+	}
+	// the target (42000) and the remaining party (41000) talk
+	rtpBetween(t, "127.0.0.4:42000", sdpAnchor(t, offerT), "127.0.0.4:41000", sdpAnchor(t, body))
+	if got := r.relay.Sessions(); got != 1 {
+		t.Errorf("media sessions after the transfer: %d, want 1", got)
+	}
+}
+
+// TestEarlyOfferTransferTargetBusy: the target refuses; its spare media
+// session is closed and the original call goes on.
+func TestEarlyOfferTransferTargetBusy(t *testing.T) {
+	r := earlyOfferRig(t)
+	okA, invB := r.establish("eo-9")
+	r.pbx.send(r.priv, r.pbxRefer(11, okA, "eo-9", "<sip:+15559999@127.0.0.1>"))
+	r.pbx.recv("SIP/2.0 202", "SIP/2.0 100")
+	expectNotify(t, r.pbx, r.priv, "SIP/2.0 100 Trying", "active")
+	invT, _ := r.car.recv("INVITE")
+	if len(invT.Body()) == 0 || r.relay.Sessions() != 2 {
+		t.Fatalf("target offer anchored apart: %d sessions\n%s", r.relay.Sessions(), invT.Body())
+	}
+	r.car.send(r.pub, answer(invT, 486, "Busy Here", "tgt-tag", "", ""))
+	r.car.recv("ACK")
+	expectNotify(t, r.pbx, r.priv, "SIP/2.0 486 Busy Here", "terminated")
+	if got := r.relay.Sessions(); got != 1 {
+		t.Errorf("media sessions after the failed transfer: %d, want 1", got)
+	}
+	rtpBothWays(t, sdpAnchor(t, string(okA.Body())), sdpAnchor(t, string(invB.Body())))
 }
 
 // TestEarlyOfferAnsweredReliably: the carrier answers the SBC's offer in
