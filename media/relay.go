@@ -175,6 +175,22 @@ func (r *Relay) OfferFor(id SessionID, to Side, tmpl []byte) ([]byte, error) {
 	return s.negotiate(to.Other(), tmpl, true, template)
 }
 
+// AnswerFor anchors an answer the SBC gives itself toward side to, to an
+// offer from to (received with Offer) that to.Other() cannot answer in
+// time. tmpl is written as if to.Other() had sent it; its addresses are
+// not used. The answer of to.Other() to the same streams, offered to it
+// later, is given to Settle.
+func (r *Relay) AnswerFor(id SessionID, to Side, tmpl []byte) ([]byte, error) {
+	if !to.valid() {
+		return nil, fmt.Errorf("own answer for session %s: invalid side %v", id, to)
+	}
+	s := r.session(id)
+	if s == nil {
+		return nil, fmt.Errorf("own answer for session %s: %w", id, ErrNoSession)
+	}
+	return s.negotiate(to.Other(), tmpl, false, template)
+}
+
 // Settle anchors the last answer of an exchange the SBC began with
 // OfferFor: side from answers the offer it got (the other side's answer,
 // relayed), so its media address becomes known. No body goes anywhere, and

@@ -122,7 +122,12 @@ type Call struct {
 	// aOffered: in a call where the SBC offered to leg B itself, the
 	// callee's answer has gone to the caller as the offer in a reliable
 	// provisional; the 2xx repeats it.
-	aOffered  bool
+	aOffered bool
+	// ownAnswer: a late-offer call whose callee offered in a reliable
+	// provisional that a caller without 100rel could not answer: the SBC
+	// answered it in leg B's PRACK, and the caller gets the offer in the
+	// 2xx and answers in its ACK (earlyoffer.go).
+	ownAnswer bool
 	cancelled bool // leg A cancelled, or we gave up on leg B
 	cancelTx  bool // CANCEL already sent on leg B
 	aborted   chan int
@@ -733,6 +738,17 @@ func (c *Call) onInviteResponse(res *sip.Response) bool {
 			c.provisionalA(code, body, body != nil)
 			return false
 		}
+		if rel && sdp != nil && c.lateOffer && c.aRel == relNone && c.mediaOpen &&
+			!c.ownAnswer && c.bPrackRSeq == 0 {
+			// the callee's offer, which the caller cannot answer before
+			// its 2xx: the SBC answers it (earlyoffer.go)
+			if !c.prack(res, true) {
+				return false
+			}
+			c.sendPrackB(c.answerOwn(sdp))
+			c.provisionalA(code, nil, false)
+			return false
+		}
 		// in a late-offer call the callee's reliable provisional carries
 		// the offer; a caller doing 100rel answers it in its PRACK, which
 		// leg B's PRACK then carries (RFC 3262 §5)
@@ -897,6 +913,10 @@ func (c *Call) answered(res *sip.Response) bool {
 	case c.ownOffer:
 		// leg B answered the SBC's offer; the answer is leg A's offer
 		body, err = c.ownOfferAnswer(sdp)
+	case c.ownAnswer:
+		// the SBC answered leg B's offer in its PRACK; that offer,
+		// narrowed to the answer, is leg A's
+		body = c.earlySDP
 	case c.lateOffer && early:
 		body = c.earlySDP
 	case c.lateOffer && sdp != nil:
@@ -923,7 +943,7 @@ func (c *Call) answered(res *sip.Response) bool {
 		c.end()
 		return true
 	}
-	if !c.lateOffer || c.ownOffer || early {
+	if !c.lateOffer || c.ownOffer || c.ownAnswer || early {
 		c.ackB(nil)
 	}
 	if c.answerWaits() {
@@ -1246,7 +1266,7 @@ func (c *Call) onAck(side media.Side, req *sip.Request) {
 		c.retrans.Stop()
 	}
 	c.legs[media.A].learned.learnFrom(req, c.srv.isOwnHost)
-	if c.ownOffer {
+	if c.ownOffer || c.ownAnswer {
 		if !c.earlyOA {
 			c.settleOffer(req)
 		}

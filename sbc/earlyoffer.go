@@ -24,6 +24,12 @@ import (
 // side only: the callee already has the answer it needs. A callee may
 // answer in a provisional instead; see ownOfferEarly for what the caller
 // gets then.
+//
+// The same interworking serves a late-offer call whose callee offers in a
+// reliable provisional while the caller does not support 100rel: the
+// callee needs the answer in its PRACK (RFC 3262 §5), which the caller
+// cannot give before the 2xx. The SBC answers itself (answerOwn), and the
+// caller gets the callee's offer, narrowed to that answer, in the 2xx.
 
 // OfferMode is how an INVITE without SDP is sent toward a peer.
 type OfferMode string
@@ -299,4 +305,198 @@ func answerFits(offer, answer []byte) error {
 		return errors.New("answer accepts no stream")
 	}
 	return nil
+}
+
+// answerOwn answers the callee's offer from a reliable provisional on the
+// caller's behalf and returns the answer for leg B's PRACK, or nil when
+// there is none to give (the PRACK then goes without, as before). The
+// offer is narrowed to the streams and codecs of the answer, and that is
+// what the caller is offered in the 2xx: the relay does not transcode, so
+// the caller may only pick what the callee was told. Caller holds mu.
+func (c *Call) answerOwn(offer []byte) []byte {
+	a := c.legs[media.A]
+	narrowed, tmpl, err := narrowOffer(offer, a.peer.cfg.Codecs, a.zone.cfg.Address)
+	if err == nil {
+		var toA, answer []byte
+		if toA, err = c.negotiate(true, media.B, narrowed); err == nil {
+			if answer, err = c.srv.media.AnswerFor(media.SessionID(c.id), media.B, tmpl); err == nil {
+				c.earlySDP = toA
+				c.ownAnswer = true
+				c.log.Debug("callee's early offer answered by the SBC", "for_peer", a.peer.cfg.Name)
+				return answer
+			}
+		}
+	}
+	c.log.Warn("callee's early offer left unanswered", "error", err)
+	return nil
+}
+
+// narrowOffer prepares the SBC's own answer to offer: the first RTP audio
+// stream keeps one codec of the offer, the first in prefs the offer has
+// (else the offer's first), and telephone-event when both have it; every
+// other stream is rejected (port 0). It returns the offer narrowed to
+// that and the answer template, at addr (only its family counts).
+func narrowOffer(offer []byte, prefs []string, addr netip.Addr) (narrowed, tmpl []byte, err error) {
+	d, err := sdp.Parse(offer)
+	if err != nil {
+		return nil, nil, fmt.Errorf("parse offer: %w", err)
+	}
+	ms := d.Media()
+	if len(prefs) == 0 {
+		prefs = DefaultCodecs
+	}
+	var session []string
+	var sections [][]string // each m= line with the lines after it
+	for line := range strings.Lines(string(offer)) {
+		line = strings.TrimRight(line, "\r\n")
+		switch {
+		case line == "":
+		case strings.HasPrefix(line, "m="):
+			sections = append(sections, []string{line})
+		case len(sections) == 0:
+			session = append(session, line)
+		default:
+			sections[len(sections)-1] = append(sections[len(sections)-1], line)
+		}
+	}
+	if len(sections) != len(ms) {
+		return nil, nil, fmt.Errorf("offer has %d m= sections, %d parsed", len(sections), len(ms))
+	}
+	fam := "IP4"
+	if addr.Is6() {
+		fam = "IP6"
+	}
+	var nb, tb strings.Builder
+	for _, l := range session {
+		nb.WriteString(l + "\r\n")
+	}
+	fmt.Fprintf(&tb, "v=0\r\no=- 0 0 IN %s %v\r\ns=-\r\nc=IN %s %v\r\nt=0 0\r\n", fam, addr, fam, addr)
+	answered := false
+	for i, m := range ms {
+		sec := sections[i]
+		var keep []string
+		if !answered && m.Kind == "audio" && m.Port != 0 && m.NumPorts <= 1 &&
+			strings.Contains(strings.ToUpper(m.Proto), "RTP") {
+			keep = pickFormats(m.Formats, rtpmaps(sec), prefs)
+		}
+		if len(keep) == 0 {
+			reject := fmt.Sprintf("m=%s 0 %s %s\r\n", m.Kind, m.Proto, strings.Join(m.Formats, " "))
+			nb.WriteString(reject)
+			tb.WriteString(reject)
+			continue
+		}
+		answered = true
+		f := strings.Fields(sec[0])
+		fmt.Fprintf(&nb, "%s %s %s %s\r\n", f[0], f[1], f[2], strings.Join(keep, " "))
+		fmt.Fprintf(&tb, "m=%s 9 %s %s\r\n", m.Kind, m.Proto, strings.Join(keep, " "))
+		for _, l := range sec[1:] {
+			pt, ok := formatAttr(l)
+			if ok && !slices.Contains(keep, pt) {
+				continue
+			}
+			nb.WriteString(l + "\r\n")
+			if ok && (strings.HasPrefix(l, "a=rtpmap:") || strings.HasPrefix(l, "a=fmtp:")) {
+				tb.WriteString(l + "\r\n")
+			}
+		}
+		fmt.Fprintf(&tb, "a=%s\r\n", answerDirection(m.Direction))
+	}
+	if !answered {
+		return nil, nil, errors.New("offer has no RTP audio stream to answer")
+	}
+	return []byte(nb.String()), []byte(tb.String()), nil
+}
+
+// rtpmaps reads the a=rtpmap lines of one m= section: payload type to
+// lower-case encoding/clock.
+func rtpmaps(section []string) map[string]string {
+	out := map[string]string{}
+	for _, l := range section {
+		if rest, ok := strings.CutPrefix(l, "a=rtpmap:"); ok {
+			if pt, enc, ok := strings.Cut(rest, " "); ok {
+				out[pt] = strings.ToLower(strings.TrimSpace(enc))
+			}
+		}
+	}
+	return out
+}
+
+// formatAttr returns the payload type an a=rtpmap, a=fmtp or a=rtcp-fb
+// line is about.
+func formatAttr(line string) (string, bool) {
+	for _, p := range []string{"a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"} {
+		if rest, ok := strings.CutPrefix(line, p); ok {
+			pt, _, _ := strings.Cut(rest, " ")
+			if pt != "*" {
+				return pt, true
+			}
+		}
+	}
+	return "", false
+}
+
+// pickFormats chooses the payload types of the SBC's answer from formats:
+// the first codec of prefs the offer has, else the offer's first that is
+// not telephone-event; and telephone-event when both list it.
+func pickFormats(formats []string, maps map[string]string, prefs []string) []string {
+	name := func(pt string) string {
+		enc, ok := maps[pt]
+		if !ok {
+			// static payload types need no rtpmap (RFC 3551)
+			for _, c := range codecs {
+				if c.pt < 96 && fmt.Sprint(c.pt) == pt {
+					enc = strings.ToLower(c.rtpmap)
+				}
+			}
+		}
+		n, _, _ := strings.Cut(enc, "/")
+		return n
+	}
+	main := ""
+	wantEvents := false
+	for _, p := range prefs {
+		c, ok := codecs[strings.ToLower(p)]
+		if !ok {
+			continue
+		}
+		want, _, _ := strings.Cut(strings.ToLower(c.rtpmap), "/")
+		if want == "telephone-event" {
+			wantEvents = true
+			continue
+		}
+		for _, pt := range formats {
+			if main == "" && name(pt) == want {
+				main = pt
+			}
+		}
+	}
+	for _, pt := range formats {
+		if main == "" && name(pt) != "telephone-event" {
+			main = pt
+		}
+	}
+	if main == "" {
+		return nil
+	}
+	keep := []string{main}
+	if wantEvents {
+		if i := slices.IndexFunc(formats, func(pt string) bool { return name(pt) == "telephone-event" }); i >= 0 {
+			keep = append(keep, formats[i])
+		}
+	}
+	return keep
+}
+
+// answerDirection is the direction an answer gives a stream offered with
+// dir (RFC 3264 §6.1).
+func answerDirection(dir string) string {
+	switch dir {
+	case sdp.SendOnly:
+		return sdp.RecvOnly
+	case sdp.RecvOnly:
+		return sdp.SendOnly
+	case sdp.Inactive:
+		return sdp.Inactive
+	}
+	return sdp.SendRecv
 }

@@ -521,3 +521,131 @@ func FuzzAnswerFits(f *testing.F) {
 		}
 	})
 }
+
+// carrierOffer is a callee's offer with several codecs and a video stream.
+const carrierOffer = `v=0
+o=carrier 9 1 IN IP4 127.0.0.4
+s=-
+c=IN IP4 127.0.0.4
+t=0 0
+m=audio 41000 RTP/AVP 18 8 101
+a=rtpmap:18 G729/8000
+a=fmtp:18 annexb=no
+a=rtpmap:8 PCMA/8000
+a=rtpmap:101 telephone-event/8000
+a=fmtp:101 0-15
+a=sendrecv
+m=video 41002 RTP/AVP 96
+a=rtpmap:96 H264/90000
+`
+
+// TestLateOfferAnsweredBySBC: an INVITE without SDP from a pbx without
+// 100rel; the carrier offers in a reliable 183. The SBC answers in its
+// PRACK (RFC 3262 §5) with one codec of the offer the pbx's peer lists
+// (PCMA, not the carrier's first, G729) and telephone-event, video
+// rejected; the pbx gets a 183 without SDP, then the carrier's offer
+// narrowed to that answer in the 200, and its answer in the ACK completes
+// the media. The carrier's ACK carries nothing.
+func TestLateOfferAnsweredBySBC(t *testing.T) {
+	r := newRig(t, nil)
+	r.pbx.send(r.priv, r.lateInvite("lo-5"))
+	invB, _ := r.car.recv("INVITE", "SIP/2.0 100")
+	if len(invB.Body()) != 0 {
+		t.Fatalf("late offer must stay late toward a pass peer:\n%s", invB.Body())
+	}
+	r.car.send(r.pub, r.reliable183(invB, 9, carrierOffer))
+	prackB, rawPrack := r.car.recv("PRACK", "SIP/2.0 100")
+	assertHidden(t, rawPrack)
+	ans := string(prackB.Body())
+	for _, want := range []string{"c=IN IP4 127.0.0.2", " RTP/AVP 8 101\r\n", "a=rtpmap:8 PCMA/8000", "a=fmtp:101 0-15", "a=sendrecv", "m=video 0 RTP/AVP 96"} {
+		if !strings.Contains(ans, want) {
+			t.Fatalf("the SBC's answer in the PRACK lacks %q:\n%s", want, rawPrack)
+		}
+	}
+	if strings.Contains(ans, "G729") {
+		t.Fatalf("the answer must keep one codec:\n%s", ans)
+	}
+	r.car.send(r.pub, answer(prackB, 200, "OK", "", "", ""))
+	early, rawEarly := r.pbx.recv("SIP/2.0 183", "SIP/2.0 100")
+	if len(early.Body()) != 0 {
+		t.Fatalf("no SDP in an unreliable 183 to a caller that made no offer:\n%s", rawEarly)
+	}
+	r.car.send(r.pub, answer(invB, 200, "OK", "car-tag", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierOffer))
+	ackB, _ := r.car.recv("ACK", "SIP/2.0 200")
+	if len(ackB.Body()) != 0 {
+		t.Errorf("the carrier's offer/answer is done; its ACK carries nothing:\n%s", ackB.Body())
+	}
+	okA, rawOK := r.pbx.recv("SIP/2.0 200", "SIP/2.0 100", "SIP/2.0 183")
+	offerA := string(okA.Body())
+	if !strings.Contains(offerA, "c=IN IP4 127.0.0.1") || !strings.Contains(offerA, " RTP/AVP 8 101\r\n") ||
+		!strings.Contains(offerA, "m=video 0 ") || strings.Contains(offerA, "G729") {
+		t.Fatalf("the pbx must be offered the carrier's offer narrowed to the SBC's answer:\n%s", rawOK)
+	}
+	r.pbx.send(r.priv, r.pbxInDialog("ACK", 10, okA, "lo-5", "", pbxSDP+"m=video 0 RTP/AVP 96\n"))
+	r.car.expectNothing(300*time.Millisecond, "SIP/2.0 200")
+	rtpBothWays(t, sdpAnchor(t, offerA), sdpAnchor(t, ans))
+	if st := r.srv.Status(); st.Calls != 1 {
+		t.Fatalf("call must be up: %+v", st)
+	}
+	r.pbx.send(r.priv, r.pbxInDialog("BYE", 11, okA, "lo-5", "", ""))
+	bye, _ := r.car.recv("BYE", "ACK", "SIP/2.0 200")
+	r.car.send(r.pub, answer(bye, 200, "OK", "", "", ""))
+	r.waitIdle()
+}
+
+func TestNarrowOffer(t *testing.T) {
+	addr := netip.MustParseAddr("192.0.2.1")
+	for _, tt := range []struct {
+		name, offer string
+		prefs       []string
+		want        string // m= line of the answer template, "" for an error
+	}{
+		{"preferred codec", carrierOffer, nil, "m=audio 9 RTP/AVP 8 101"},
+		{"static without rtpmap", "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\nm=audio 5000 RTP/AVP 18 0\r\na=sendonly\r\n", []string{"PCMU"}, "m=audio 9 RTP/AVP 0"},
+		{"none preferred: the offer's first", carrierOffer, []string{"opus"}, "m=audio 9 RTP/AVP 18"},
+		{"no audio", "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\nm=video 5000 RTP/AVP 96\r\n", nil, ""},
+		{"only events", "v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\nm=audio 5000 RTP/AVP 101\r\na=rtpmap:101 telephone-event/8000\r\n", nil, ""},
+		{"garbage", "hello", nil, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			narrowed, tmpl, err := narrowOffer([]byte(tt.offer), tt.prefs, addr)
+			if tt.want == "" {
+				if err == nil {
+					t.Fatalf("want an error, got\n%s", tmpl)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(string(tmpl), tt.want+"\r\n") {
+				t.Errorf("template lacks %q:\n%s", tt.want, tmpl)
+			}
+			if err := answerFits(narrowed, tmpl); err != nil {
+				t.Errorf("template does not answer the narrowed offer: %v\n%s\n%s", err, narrowed, tmpl)
+			}
+		})
+	}
+	_, tmpl, _ := narrowOffer([]byte("v=0\r\no=- 1 1 IN IP4 192.0.2.9\r\ns=-\r\nc=IN IP4 192.0.2.9\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\na=sendonly\r\n"), nil, addr)
+	if !strings.Contains(string(tmpl), "a=recvonly") {
+		t.Errorf("a sendonly offer is answered recvonly:\n%s", tmpl)
+	}
+}
+
+// FuzzNarrowOffer: any callee offer is narrowed without a panic, and what
+// comes out is an answer that fits the narrowed offer.
+func FuzzNarrowOffer(f *testing.F) {
+	f.Add([]byte(carrierOffer))
+	f.Add([]byte(carrierSDP))
+	f.Add([]byte("v=0\r\nm=audio 1 RTP/AVP\r\n"))
+	addr := netip.MustParseAddr("192.0.2.1")
+	f.Fuzz(func(t *testing.T, offer []byte) {
+		narrowed, tmpl, err := narrowOffer(offer, nil, addr)
+		if err != nil {
+			return
+		}
+		if err := answerFits(narrowed, tmpl); err != nil {
+			t.Errorf("template does not fit: %v\n%q\n%q", err, narrowed, tmpl)
+		}
+	})
+}
