@@ -14,7 +14,9 @@ const earlyOfferConfig = "testdata/early_offer.hcl"
 
 // TestIntegrationEarlyOffer: the PBX calls with an INVITE without SDP
 // (uac_late_offer.xml); the carrier (uas_expect_offer.xml) fails the call
-// unless its INVITE carries an offer with PCMA and its ACK none. The SBC
+// unless its INVITE carries an offer with PCMA and its ACK none. A second
+// call's carrier (uas_expect_offer_183.xml) answers in a reliable 183 and
+// sends its 200 without SDP. The SBC
 // offers itself toward the carrier, relays the carrier's answer to the PBX
 // as the offer in the 200 and takes the PBX's answer from its ACK; the
 // PBX's audio then crosses both links and comes back.
@@ -31,6 +33,24 @@ func TestIntegrationEarlyOffer(t *testing.T) {
 		pbx := l.link(t, "pbx", pbxCapture, l.sbcPrivate.Addr(), l.pbx.addr)
 		carrier := l.link(t, "carrier", carrierCapture, l.sbcPublic.Addr(), l.carrier.addr)
 		for _, p := range checkEarlyOffer(flowWire{caller: pbx, callee: carrier, media: l.media}) {
+			t.Error(p)
+		}
+	})
+
+	// the carrier answers in a reliable 183 and its 200 has no SDP; the
+	// PBX (no 100rel) gets the 183 without SDP and the offer in the 200
+	pair183 := scenarioPair{name: "early_offer_183", uac: "uac_late_offer.xml", uas: "uas_expect_offer_183.xml",
+		uasArgs: []string{"-rtp_echo"}, rtp: true}
+	t.Run("answer_in_reliable_183", func(t *testing.T) {
+		pbxCapture := testenv.StartCapture(t, l.topo.PBX, l.topo.PBXIf, "udp")
+		carrierCapture := testenv.StartCapture(t, l.topo.Carrier, l.topo.CarrierIf, "udp")
+		l.call(t, outboundCall(pair183))
+		pbx := l.link(t, "pbx", pbxCapture, l.sbcPrivate.Addr(), l.pbx.addr)
+		carrier := l.link(t, "carrier", carrierCapture, l.sbcPublic.Addr(), l.carrier.addr)
+		fw := flowWire{caller: pbx, callee: carrier, media: l.media}
+		problems := checkEarlyOffer(fw)
+		problems = append(problems, checkAnswerIn183(fw)...)
+		for _, p := range problems {
 			t.Error(p)
 		}
 	})
@@ -79,4 +99,22 @@ func mLine(body string) string {
 		}
 	}
 	return ""
+}
+
+// checkAnswerIn183: the SBC PRACKs the carrier's reliable 183 without a
+// body (the 183 held an answer), and the PBX, which does not do 100rel,
+// gets no reliable 183 and no SDP before the 200.
+func checkAnswerIn183(fw flowWire) []string {
+	var p flowProblems
+	if prack, ok := p.one("PRACKs from the SBC", fw.callee, fw.callee.fromSBC(isRequest("PRACK"))); ok {
+		p.noBody("PRACK of an answer", fw.callee, prack)
+		p.final("PRACK from the SBC", fw.callee, prack, 200)
+	}
+	if n := len(fw.caller.fromSBC(isReliable183)); n != 0 {
+		p.addf("pbx link: %d reliable 183s to a caller without 100rel", n)
+	}
+	for _, m := range fw.caller.fromSBC(func(m sipMessage) bool { return m.Status > 100 && m.Status < 200 }) {
+		p.noBody("provisional to a caller that made no offer", fw.caller, m)
+	}
+	return p
 }
