@@ -3,8 +3,11 @@
 package main_test
 
 import (
+	"fmt"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/edgesbc/edgesbc/internal/testenv"
 )
@@ -117,4 +120,61 @@ func checkAnswerIn183(fw flowWire) []string {
 		p.noBody("provisional to a caller that made no offer", fw.caller, m)
 	}
 	return p
+}
+
+// TestIntegrationTransferEarlyOffer: a blind transfer the SBC performs
+// toward a carrier with offer = "early". The carrier's transferee calls
+// the PBX, which REFERs it back out to the carrier; the target
+// (uas_transfer_target_offer.xml) fails unless its INVITE carries an offer
+// with PCMA and its ACK none. The target's answer reaches the transferee
+// in the bridging re-INVITE, and audio flows between the two through the
+// SBC.
+func TestIntegrationTransferEarlyOffer(t *testing.T) {
+	l := newLabConfig(t, earlyOfferConfig)
+	base := l.daemon.Status(t)
+	dir := scenarioDir(t)
+	timeout := fmt.Sprintf("%ds", int((callBound+3*time.Second)/time.Second))
+	target := testenv.StartSIPp(t, l.carrier.ns, dir, "-sf", "uas_transfer_target_offer.xml", "-i", l.carrier.addr.String(),
+		"-p", strconv.Itoa(sipPort), "-rtp_echo", "-timeout", timeout)
+	referrer := testenv.StartSIPp(t, l.pbx.ns, dir, "-sf", "uas_refer.xml", "-i", l.pbx.addr.String(),
+		"-p", strconv.Itoa(sipPort), "-timeout", timeout)
+	res, err := testenv.StartSIPp(t, l.carrier.ns, dir, "-sf", "uac_transferee.xml", "-i", l.carrier.addr.String(),
+		"-p", strconv.Itoa(transfereePort), "-mp", strconv.Itoa(transfereeMedia), "-s", dialogInboundNumber,
+		"-timeout", fmt.Sprintf("%ds", int(callBound/time.Second)), l.sbcPublic.String()).Wait()
+	expectOneCall(t, "transferee uac_transferee.xml", res, err)
+	res, err = referrer.Wait()
+	expectOneCall(t, "referrer uas_refer.xml", res, err)
+	res, err = target.Wait()
+	expectOneCall(t, "target uas_transfer_target_offer.xml", res, err)
+
+	t.Run("daemon_back_to_idle", func(t *testing.T) { l.assertIdle(t, base) })
+	carrierPkts, pbxPkts := l.stopCaptures(t)
+	carrier := wireLink{name: "carrier", sbc: l.sbcPublic.Addr(), peer: l.carrier.addr, pkts: carrierPkts, sip: sipMessages(carrierPkts)}
+
+	t.Run("target_offered_and_bridged", func(t *testing.T) {
+		var p flowProblems
+		toTarget := func(m sipMessage) bool { return isInitialInvite(m) && m.Dst.Port() == sipPort }
+		if inv, ok := p.one("INVITEs to the transfer target", carrier, carrier.fromSBC(toTarget)); ok {
+			p.sdp("SBC's own offer to the target", carrier, l.media, inv, "a=rtpmap:8 PCMA/8000")
+			if ack, ok := p.ack("target", carrier, inv); ok {
+				p.noBody("ACK to the target", carrier, ack)
+			}
+		}
+		toTransferee := func(m sipMessage) bool { return isReInvite(m) && m.Dst.Port() == transfereePort }
+		if re, ok := p.one("re-INVITEs to the transferee", carrier, carrier.fromSBC(toTransferee)); ok {
+			p.sdp("bridging re-INVITE with the target's answer", carrier, l.media, re, "a=rtpmap:8 PCMA/8000")
+		}
+		for _, problem := range p {
+			t.Error(problem)
+		}
+	})
+	t.Run("media_follows_the_transfer", func(t *testing.T) {
+		counts := rtpByPeerPort(t, carrier, l.media)
+		for _, k := range []string{"to 6000", "from 6000", fmt.Sprintf("to %d", transfereeMedia), fmt.Sprintf("from %d", transfereeMedia)} {
+			if counts[k] < minRTP {
+				t.Errorf("RTP %s: %d packets, want at least %d (all: %v)", k, counts[k], minRTP, counts)
+			}
+		}
+	})
+	checkNoLeaks(t, l, carrierPkts, pbxPkts)
 }
