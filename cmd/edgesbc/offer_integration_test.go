@@ -19,7 +19,8 @@ const earlyOfferConfig = "testdata/early_offer.hcl"
 // (uac_late_offer.xml); the carrier (uas_expect_offer.xml) fails the call
 // unless its INVITE carries an offer with PCMA and its ACK none. A second
 // call's carrier (uas_expect_offer_183.xml) answers in a reliable 183 and
-// sends its 200 without SDP. The SBC
+// sends its 200 without SDP; in a third the PBX re-INVITEs without SDP and
+// the carrier (uas_expect_reoffer.xml) wants an offer in that too. The SBC
 // offers itself toward the carrier, relays the carrier's answer to the PBX
 // as the offer in the 200 and takes the PBX's answer from its ACK; the
 // PBX's audio then crosses both links and comes back.
@@ -58,9 +59,49 @@ func TestIntegrationEarlyOffer(t *testing.T) {
 		}
 	})
 
+	// the PBX's re-INVITE without SDP gets the SBC's own offer toward the
+	// carrier; the carrier's answer is the PBX's offer in the 200
+	reofferPair := scenarioPair{name: "early_offer_reinvite", uac: "uac_reinvite_nosdp.xml", uas: "uas_expect_reoffer.xml",
+		service: dialogOutboundNumber, uasArgs: []string{"-rtp_echo"}, rtp: true}
+	t.Run("reinvite_without_sdp", func(t *testing.T) {
+		pbxCapture := testenv.StartCapture(t, l.topo.PBX, l.topo.PBXIf, "udp")
+		carrierCapture := testenv.StartCapture(t, l.topo.Carrier, l.topo.CarrierIf, "udp")
+		l.call(t, outboundCall(reofferPair))
+		pbx := l.link(t, "pbx", pbxCapture, l.sbcPrivate.Addr(), l.pbx.addr)
+		carrier := l.link(t, "carrier", carrierCapture, l.sbcPublic.Addr(), l.carrier.addr)
+		for _, p := range checkReoffer(flowWire{caller: pbx, callee: carrier, media: l.media}) {
+			t.Error(p)
+		}
+	})
+
 	t.Run("daemon_back_to_idle", func(t *testing.T) { l.assertIdle(t, base) })
 	carrierPkts, pbxPkts := l.stopCaptures(t)
 	checkNoLeaks(t, l, carrierPkts, pbxPkts)
+}
+
+// checkReoffer: the PBX's re-INVITE has no body; the one relayed to the
+// carrier carries the SBC's own offer and the carrier's ACK none; the 200
+// to the PBX carries the carrier's answer as the offer, anchored, and the
+// PBX's ACK the answer; audio flows.
+func checkReoffer(fw flowWire) []string {
+	var p flowProblems
+	if re, ok := p.one("re-INVITEs from the PBX", fw.caller, fw.caller.fromPeer(isReInvite)); ok {
+		p.noBody("PBX's re-INVITE", fw.caller, re)
+		if res, ok := p.final("PBX's re-INVITE", fw.caller, re, 200); ok {
+			p.sdp("offer in the re-INVITE's 200", fw.caller, fw.media, res)
+		}
+		if ack, ok := p.ack("PBX's re-INVITE", fw.caller, re); ok && !strings.Contains(ack.Body, "m=audio") {
+			p.addf("pbx link: ACK %v carries no answer", ack)
+		}
+	}
+	if re, ok := p.one("re-INVITEs to the carrier", fw.callee, fw.callee.fromSBC(isReInvite)); ok {
+		p.sdp("SBC's own re-offer", fw.callee, fw.media, re, "a=rtpmap:8 PCMA/8000")
+		if ack, ok := p.ack("carrier's re-INVITE", fw.callee, re); ok {
+			p.noBody("ACK of the re-INVITE to the carrier", fw.callee, ack)
+		}
+	}
+	p.rtp(fw)
+	return p
 }
 
 // checkEarlyOffer: the PBX's INVITE has no body; the SBC's INVITE to the
