@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -648,4 +649,60 @@ func FuzzNarrowOffer(f *testing.F) {
 			t.Errorf("template does not fit: %v\n%q\n%q", err, narrowed, tmpl)
 		}
 	})
+}
+
+// TestEarlyOfferAttendedTransfer: an attended transfer whose taken-over
+// dialog is with a carrier with offer = "early": the re-INVITE in that
+// dialog carries the SBC's own offer instead of none, the carrier's answer
+// is ACKed at once and bridged to the remaining party as its offer, and
+// the two carrier parties then talk through the SBC.
+func TestEarlyOfferAttendedTransfer(t *testing.T) {
+	r := earlyOfferRig(t)
+	okA, invB := r.establish("eo-10")
+	okA2, invB2 := r.establish("eo-11")
+	time.Sleep(50 * time.Millisecond) // the second call's ACK first
+	replaces := url.QueryEscape(fmt.Sprintf("eo-11;to-tag=%s;from-tag=pbx-tag-1", okA2.To().Params.GetOr("tag", "")))
+	r.pbx.send(r.priv, r.pbxRefer(11, okA, "eo-10", fmt.Sprintf("<sip:x@127.0.0.1?Replaces=%s>", replaces)))
+	r.pbx.recv("SIP/2.0 202", "SIP/2.0 100")
+	for got := map[string]bool{}; !got["BYE"] || !got["NOTIFY"]; {
+		m, raw := r.pbx.recv("", "SIP/2.0")
+		switch req := m.(*sip.Request); {
+		case req.Method == sip.BYE && m.CallID().Value() == "eo-11":
+			got["BYE"] = true
+		case req.Method == sip.NOTIFY && strings.HasPrefix(string(m.Body()), "SIP/2.0 100"):
+			got["NOTIFY"] = true
+		default:
+			t.Fatalf("unexpected at the pbx:\n%s", raw)
+		}
+		r.pbx.send(r.priv, answer(m, 200, "OK", "", "", ""))
+	}
+
+	offerReq, raw := r.car.recv("INVITE", "SIP/2.0 100")
+	offerT := string(offerReq.Body())
+	if offerReq.CallID().Value() != invB2.CallID().Value() || !strings.Contains(offerT, "c=IN IP4 127.0.0.2") ||
+		!strings.Contains(offerT, " RTP/AVP 0 8 101") {
+		t.Fatalf("want a re-INVITE with the SBC's offer on the second carrier dialog:\n%s", raw)
+	}
+	r.car.send(r.pub, answer(offerReq, 200, "OK", "", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), transferSDP))
+	ackT, _ := r.car.recv("ACK", "SIP/2.0 100")
+	if ackT.CallID().Value() != invB2.CallID().Value() || len(ackT.Body()) != 0 {
+		t.Fatalf("the taken-over dialog is ACKed at once, without SDP: %s\n%s", ackT.CallID().Value(), ackT.Body())
+	}
+	bridge, raw := r.car.recv("INVITE", "SIP/2.0 100")
+	assertHidden(t, raw)
+	body := string(bridge.Body())
+	if bridge.CallID().Value() != invB.CallID().Value() || !strings.Contains(body, "c=IN IP4 127.0.0.2") || strings.Contains(body, "42000") {
+		t.Fatalf("want the target's answer as the offer on the first carrier dialog:\n%s", raw)
+	}
+	r.car.send(r.pub, answer(bridge, 200, "OK", "", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP))
+	if ack, _ := r.car.recv("ACK", "SIP/2.0 100"); ack.CallID().Value() != invB.CallID().Value() {
+		t.Fatalf("ACK on the wrong dialog: %s", ack.CallID().Value())
+	}
+	expectNotify(t, r.pbx, r.priv, "SIP/2.0 200 OK", "terminated")
+	bye, _ := r.pbx.recv("BYE", "SIP/2.0 200")
+	r.pbx.send(r.priv, answer(bye, 200, "OK", "", "", ""))
+	if st := r.srv.Status(); st.Calls != 1 {
+		t.Fatalf("one bridged call must remain: %+v", st)
+	}
+	rtpBetween(t, "127.0.0.4:42000", sdpAnchor(t, offerT), "127.0.0.4:41000", sdpAnchor(t, body))
 }
