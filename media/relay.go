@@ -175,6 +175,22 @@ func (r *Relay) OfferFor(id SessionID, to Side, tmpl []byte) ([]byte, error) {
 	return s.negotiate(to.Other(), tmpl, true, template)
 }
 
+// AnswerFor anchors an answer the SBC gives itself toward side to, to an
+// offer from to (received with Offer) that to.Other() cannot answer in
+// time. tmpl is written as if to.Other() had sent it; its addresses are
+// not used. The answer of to.Other() to the same streams, offered to it
+// later, is given to Settle.
+func (r *Relay) AnswerFor(id SessionID, to Side, tmpl []byte) ([]byte, error) {
+	if !to.valid() {
+		return nil, fmt.Errorf("own answer for session %s: invalid side %v", id, to)
+	}
+	s := r.session(id)
+	if s == nil {
+		return nil, fmt.Errorf("own answer for session %s: %w", id, ErrNoSession)
+	}
+	return s.negotiate(to.Other(), tmpl, false, template)
+}
+
 // Settle anchors the last answer of an exchange the SBC began with
 // OfferFor: side from answers the offer it got (the other side's answer,
 // relayed), so its media address becomes known. No body goes anywhere, and
@@ -189,6 +205,36 @@ func (r *Relay) Settle(id SessionID, from Side, body []byte) error {
 	}
 	_, err := s.negotiate(from, body, false, settled)
 	return err
+}
+
+// Rename gives the open session from the ID to, which must not be open.
+// A call that prepared the media of a new leg in a session of its own
+// (the SBC's offer to a transfer target) makes it the call's session this
+// way once the old one is closed. Counters, ports and latched addresses
+// stay as they are.
+func (r *Relay) Rename(from, to SessionID) error {
+	r.mu.Lock()
+	s := r.sessions[from]
+	switch {
+	case s == nil:
+		r.mu.Unlock()
+		return fmt.Errorf("rename session %s: %w", from, ErrNoSession)
+	case r.sessions[to] != nil:
+		r.mu.Unlock()
+		return fmt.Errorf("rename session %s to %s: %w", from, to, ErrSessionExists)
+	}
+	delete(r.sessions, from)
+	r.sessions[to] = s
+	r.mu.Unlock()
+	s.mu.Lock()
+	s.id = to
+	s.mu.Unlock()
+	// the idle clock starts again under the new name: a timeout reported
+	// for the old one reached nobody
+	s.lastActivity.Store(r.nanotime())
+	s.timedOut.Store(false)
+	r.log.Debug("session renamed", "call", string(to), "was", string(from))
+	return nil
 }
 
 // Close ends a session: its sockets are closed, its reader goroutines have
@@ -266,7 +312,11 @@ func (r *Relay) janitor() {
 	defer close(r.janitorDone)
 	t := time.NewTicker(janitorTick(r.cfg.Timeout))
 	defer t.Stop()
-	var batch []*session
+	type entry struct {
+		id SessionID // the map key: a session's own id may change (Rename)
+		s  *session
+	}
+	var batch []entry
 	var links []*link
 	for {
 		select {
@@ -279,12 +329,13 @@ func (r *Relay) janitor() {
 		}
 		batch = batch[:0]
 		r.mu.Lock()
-		for _, s := range r.sessions {
-			batch = append(batch, s)
+		for id, s := range r.sessions {
+			batch = append(batch, entry{id, s})
 		}
 		r.mu.Unlock()
 		now := r.nanotime()
-		for _, s := range batch {
+		for _, e := range batch {
+			s := e.s
 			if s.held.Load() {
 				s.lastActivity.Store(now) // on hold: the clock restarts on resume
 				continue
@@ -293,15 +344,15 @@ func (r *Relay) janitor() {
 			if idle < r.cfg.Timeout || !s.timedOut.CompareAndSwap(false, true) {
 				continue
 			}
-			r.log.Info("media timeout", "call", string(s.id), "idle", idle.Round(time.Millisecond))
+			r.log.Info("media timeout", "call", string(e.id), "idle", idle.Round(time.Millisecond))
 			if cb := r.cfg.OnTimeout; cb != nil {
-				go cb(s.id)
+				go cb(e.id)
 			} else {
 				r.closers.Add(1)
 				go func(id SessionID) {
 					defer r.closers.Done()
 					r.Close(id, "media timeout")
-				}(s.id)
+				}(e.id)
 			}
 		}
 		clear(batch) // do not keep closed sessions reachable

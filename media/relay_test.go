@@ -866,3 +866,104 @@ func TestRelayOwnOffer(t *testing.T) {
 		t.Errorf("re-offer toward B has o= version %d, want 2", v)
 	}
 }
+
+// TestRelayRename: a renamed session keeps its ports and relays on under
+// the new ID only; a timeout reported under the old name does not stop
+// one under the new.
+func TestRelayRename(t *testing.T) {
+	fired := make(chan SessionID, 16)
+	r := newTestRelay(t, ioDefault, func(c *Config) {
+		c.Timeout = 300 * time.Millisecond
+		c.OnTimeout = func(id SessionID) { fired <- id }
+	})
+	c := setupCall(t, r, "call-spare")
+	select {
+	case id := <-fired:
+		if id != "call-spare" {
+			t.Fatalf("first timeout for %s", id)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no timeout for the idle spare session")
+	}
+	openCall(t, r, "call-main")
+	if err := r.Rename("call-spare", "call-main"); !errors.Is(err, ErrSessionExists) {
+		t.Fatalf("rename onto an open session: %v, want ErrSessionExists", err)
+	}
+	if _, ok := r.Close("call-main", "replaced"); !ok {
+		t.Fatal("close call-main")
+	}
+	if err := r.Rename("call-spare", "call-main"); err != nil {
+		t.Fatalf("Rename: %v", err)
+	}
+	if err := r.Rename("call-spare", "call-other"); !errors.Is(err, ErrNoSession) {
+		t.Errorf("rename of a gone session: %v, want ErrNoSession", err)
+	}
+	if _, ok := r.Stats("call-spare"); ok {
+		t.Error("old name still open")
+	}
+	if st, ok := r.Stats("call-main"); !ok || st.ID != "call-main" {
+		t.Fatalf("Stats under the new name: %+v %v", st, ok)
+	}
+	for len(fired) > 0 {
+		<-fired // anything the old call-main reported
+	}
+	sendTo(t, c.a.rtp, c.toA, rtpPacket(t, 0, 1, 0xA))
+	eventually(t, "RTP relayed by the renamed session", func() bool {
+		return flow(t, r, "call-main", 0, A, compRTP).Forwarded > 0
+	})
+	select {
+	case id := <-fired:
+		if id != "call-main" {
+			t.Fatalf("timeout for %s after the rename, want call-main", id)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the renamed session never timed out: its idle clock did not restart")
+	}
+}
+
+// TestRelayOwnAnswer: B offers, the SBC answers B itself from a template
+// (A cannot answer yet), and A's answer to the same streams, offered to it
+// later, is settled: then RTP flows both ways.
+func TestRelayOwnAnswer(t *testing.T) {
+	r := newTestRelay(t, ioImpls()[0], nil)
+	const id = SessionID("call-own-answer")
+	a, b := newPhone(t, phoneAIP, false), newPhone(t, phoneBIP, true)
+	openCall(t, r, id)
+	toAbody, err := r.Offer(id, B, b.sdp(1))
+	if err != nil {
+		t.Fatalf("Offer from B: %v", err)
+	}
+	toA, _ := anchorOf(t, toAbody, 0)
+	ans, err := r.AnswerFor(id, B, sdpBody(relayA, 1, mline{kind: "audio", port: 9}))
+	if err != nil {
+		t.Fatalf("AnswerFor: %v", err)
+	}
+	toB, _ := anchorOf(t, ans, 0)
+	if toB.Addr() != relayB {
+		t.Fatalf("own answer toward B anchors at %v, want %v:\n%s", toB, relayB, ans)
+	}
+	if _, err := r.AnswerFor(id+"-none", B, ans); !errors.Is(err, ErrNoSession) {
+		t.Errorf("AnswerFor on no session: %v, want ErrNoSession", err)
+	}
+	sendTo(t, b.rtp, toB, rtpPacket(t, 0, 1, 0xB))
+	expectSilence(t, a.rtp, 200*time.Millisecond, "RTP toward A before its answer")
+	if err := r.Settle(id, A, a.sdp(1)); err != nil {
+		t.Fatalf("Settle: %v", err)
+	}
+	const n = 10
+	var wg sync.WaitGroup
+	var atA, atB []datagram
+	wg.Add(2)
+	go func() { defer wg.Done(); atA = collect(a.rtp, n, 5*time.Second, 100*time.Millisecond) }()
+	go func() { defer wg.Done(); atB = collect(b.rtp, n, 5*time.Second, 100*time.Millisecond) }()
+	var fromA, fromB [][]byte
+	for i := range n {
+		fromA = append(fromA, rtpPacket(t, 0, uint16(100+i), 0xA))
+		fromB = append(fromB, rtpPacket(t, 0, uint16(500+i), 0xB))
+	}
+	sendTo(t, a.rtp, toA, fromA...)
+	sendTo(t, b.rtp, toB, fromB...)
+	wg.Wait()
+	checkRTP(t, "A→B", atB, 0xA, 100, n, toB)
+	checkRTP(t, "B→A", atA, 0xB, 500, n, toA)
+}

@@ -118,7 +118,16 @@ type Call struct {
 	finalA     chan struct{}
 	// earlyOA: a late-offer call completed its offer/answer in a reliable
 	// provisional and its PRACK; the 2xx and ACK carry no new one.
-	earlyOA   bool
+	earlyOA bool
+	// aOffered: in a call where the SBC offered to leg B itself, the
+	// callee's answer has gone to the caller as the offer in a reliable
+	// provisional; the 2xx repeats it.
+	aOffered bool
+	// ownAnswer: a late-offer call whose callee offered in a reliable
+	// provisional that a caller without 100rel could not answer: the SBC
+	// answered it in leg B's PRACK, and the caller gets the offer in the
+	// 2xx and answers in its ACK (earlyoffer.go).
+	ownAnswer bool
 	cancelled bool // leg A cancelled, or we gave up on leg B
 	cancelTx  bool // CANCEL already sent on leg B
 	aborted   chan int
@@ -145,6 +154,9 @@ type Call struct {
 	// answer late requests.
 	xfer     *transfer
 	released []*Leg
+	// spareOpen: a transfer's own offer is anchored in the spare media
+	// session (refer.go), which the call closes if the transfer fails.
+	spareOpen bool
 	// update is the in-dialog offer/answer in progress (re-INVITE or
 	// UPDATE); one at a time per call, a second one gets 491.
 	update *inDialogTx
@@ -717,6 +729,26 @@ func (c *Call) onInviteResponse(res *sip.Response) bool {
 		}
 		sdp := sdpBody(res)
 		rel := reliable(res)
+		if c.ownOffer {
+			// the callee answers the SBC's offer (earlyoffer.go)
+			if rel && !c.prack(res, false) {
+				return false
+			}
+			body := c.ownOfferEarly(sdp)
+			c.provisionalA(code, body, body != nil)
+			return false
+		}
+		if rel && sdp != nil && c.lateOffer && c.aRel == relNone && c.mediaOpen &&
+			!c.ownAnswer && c.bPrackRSeq == 0 {
+			// the callee's offer, which the caller cannot answer before
+			// its 2xx: the SBC answers it (earlyoffer.go)
+			if !c.prack(res, true) {
+				return false
+			}
+			c.sendPrackB(c.answerOwn(sdp))
+			c.provisionalA(code, nil, false)
+			return false
+		}
 		// in a late-offer call the callee's reliable provisional carries
 		// the offer; a caller doing 100rel answers it in its PRACK, which
 		// leg B's PRACK then carries (RFC 3262 §5)
@@ -878,11 +910,13 @@ func (c *Call) answered(res *sip.Response) bool {
 	// dialog: the 2xx repeats that offer, no answer comes in the ACK
 	early := c.earlyOA || c.bPrackRSeq != 0
 	switch {
-	case c.ownOffer && sdp != nil:
-		// leg B answered the SBC's offer; the answer is leg A's offer
-		body, err = c.anchorAnswer(sdp)
 	case c.ownOffer:
-		err = errors.New("own offer answered without SDP")
+		// leg B answered the SBC's offer; the answer is leg A's offer
+		body, err = c.ownOfferAnswer(sdp)
+	case c.ownAnswer:
+		// the SBC answered leg B's offer in its PRACK; that offer,
+		// narrowed to the answer, is leg A's
+		body = c.earlySDP
 	case c.lateOffer && early:
 		body = c.earlySDP
 	case c.lateOffer && sdp != nil:
@@ -909,7 +943,7 @@ func (c *Call) answered(res *sip.Response) bool {
 		c.end()
 		return true
 	}
-	if !c.lateOffer || c.ownOffer || early {
+	if !c.lateOffer || c.ownOffer || c.ownAnswer || early {
 		c.ackB(nil)
 	}
 	if c.answerWaits() {
@@ -1232,8 +1266,10 @@ func (c *Call) onAck(side media.Side, req *sip.Request) {
 		c.retrans.Stop()
 	}
 	c.legs[media.A].learned.learnFrom(req, c.srv.isOwnHost)
-	if c.ownOffer {
-		c.settleOffer(req)
+	if c.ownOffer || c.ownAnswer {
+		if !c.earlyOA {
+			c.settleOffer(req)
+		}
 		return
 	}
 	if c.lateOffer && !c.earlyOA {
@@ -1332,6 +1368,7 @@ func (c *Call) end() {
 			c.rec.MediaStats = st
 		}
 	}
+	c.dropSpare()
 	c.rec.End = time.Now()
 	c.srv.removeCall(c, c.keys)
 	c.log.Debug("call ended", "reason", c.rec.EndReason, "status", c.rec.Status, "duration_ms", c.rec.End.Sub(c.rec.Start).Milliseconds())

@@ -114,8 +114,9 @@ type PeerConfig struct {
 	// SBC offer itself from its anchored media with Codecs.
 	Offer OfferMode
 	// Codecs are the codecs, in order of preference, of an offer the SBC
-	// makes itself toward this peer (see KnownCodec). Empty means
-	// DefaultCodecs.
+	// makes itself toward this peer (see KnownCodec), and of the answer
+	// it gives a callee's early offer for a caller from this peer that
+	// cannot answer it in time (earlyoffer.go). Empty means DefaultCodecs.
 	Codecs []string
 	// Transport is how requests toward this peer travel: TransportUDP
 	// (the default when empty) or TransportTCP. A UDP peer in a zone that
@@ -150,6 +151,12 @@ type Media interface {
 	// answer that completes it on the other side.
 	OfferFor(id media.SessionID, to media.Side, tmpl []byte) ([]byte, error)
 	Settle(id media.SessionID, from media.Side, body []byte) error
+	// AnswerFor is the answer the SBC gives itself to a side's offer that
+	// the other side cannot answer in time.
+	AnswerFor(id media.SessionID, to media.Side, tmpl []byte) ([]byte, error)
+	// Rename makes a session prepared apart (the SBC's offer to a
+	// transfer target) the call's session once the old one is closed.
+	Rename(from, to media.SessionID) error
 	Close(id media.SessionID, reason string) (media.Stats, bool)
 }
 

@@ -15,7 +15,11 @@
 // and so are reliable provisionals (RFC 3262, prack.go): the SBC PRACKs the
 // callee's and sends the caller its own, with its own RSeq space.
 // A transfer the SBC performs (REFER, refer.go) replaces one leg of the
-// Call with a new one; the Call and its CallID stay.
+// Call with a new one; the Call and its CallID stay. Where one side cannot
+// take part in an offer/answer exchange in time (a peer that needs an
+// offer in every INVITE, a caller that cannot answer a callee's offer in
+// a PRACK), the SBC makes the offer or the answer itself from its anchored
+// media and completes the other side's exchange apart (earlyoffer.go).
 //
 // Each leg has its own transport, UDP or TCP (tcp.go): a call may arrive on
 // one and leave on the other. Every TCP connection, accepted or opened,

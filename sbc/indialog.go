@@ -33,6 +33,11 @@ type inDialogTx struct {
 	cancelled bool
 	// own: the SBC's own session refresh, not relayed from a leg.
 	own bool
+	// ownOffer: a re-INVITE without SDP toward a peer with offer =
+	// "early": the SBC offered to the other leg itself, the other leg's
+	// answer goes to the sender as the offer in the 2xx and the sender's
+	// answer in its ACK is settled here (earlyoffer.go).
+	ownOffer bool
 	// timer is the sender leg's session timer as renegotiated by this
 	// request; it starts when the request succeeds.
 	timer   *sessionTimer
@@ -139,6 +144,18 @@ func (c *Call) relayInDialog(side media.Side, req *sip.Request, tx sip.ServerTra
 				return
 			}
 			u.offered = true
+			u.outBody = out
+			body = out
+		} else if req.Method == sip.INVITE && other.peer.earlyOffer() && c.mediaOpen {
+			out, err := c.reofferOwn(l, other)
+			if err != nil {
+				c.log.Warn("own re-offer failed", "leg", other.side, "error", err)
+				c.rollback()
+				c.srv.respond(l.zone, req, tx, 500, nil)
+				c.mu.Unlock()
+				return
+			}
+			u.offered, u.ownOffer = true, true
 			u.outBody = out
 			body = out
 		}
@@ -428,6 +445,13 @@ func (c *Call) onUpdateAck(u *inDialogTx, req *sip.Request) {
 		u.retrans.Stop()
 	}
 	other := c.legs[u.from.Other()]
+	if u.ownOffer && u.res != nil {
+		if c.update == u {
+			c.update = nil
+		}
+		c.settleReoffer(u, req)
+		return
+	}
 	if !u.acked && u.ack != nil {
 		if sdp := sdpBody(req); sdp != nil {
 			if out, err := c.negotiate(false, u.from, sdp); err == nil {

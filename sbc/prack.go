@@ -204,7 +204,15 @@ func (c *Call) onPrack(side media.Side, req *sip.Request, tx sip.ServerTransacti
 	aborting := false
 	switch {
 	case p.offer && sdp != nil:
-		out, err := c.negotiate(false, media.A, sdp)
+		var out []byte
+		var err error
+		if c.ownOffer {
+			// the answer to the callee's answer relayed as an offer:
+			// the callee has what it needs, nothing goes to leg B
+			err = c.settle(sdp)
+		} else {
+			out, err = c.negotiate(false, media.A, sdp)
+		}
 		if err != nil {
 			c.log.Warn("early answer from caller unusable", "error", err)
 			c.rec.EndReason = "bad answer"

@@ -23,6 +23,9 @@ import (
 // its offer; the media session is re-opened for the new pair of legs, the
 // remaining leg Y gets that offer in a re-INVITE, and Y's answer goes to T
 // in its ACK. T then takes X's place in the Call and X is released.
+// Toward a peer with offer = "early" T's INVITE carries the SBC's own
+// offer, anchored in a spare media session while X's media goes on; T's
+// answer is then Y's offer, and the spare session becomes the call's.
 
 // transfer is a terminated REFER in progress. One at a time per call; its
 // fields are guarded by the Call's mu.
@@ -36,6 +39,53 @@ type transfer struct {
 	// reinvite: T is an existing dialog taken over from another call (an
 	// attended transfer); invite is a re-INVITE in it.
 	reinvite bool
+	// offer is the SBC's own offer in T's INVITE when T's peer has offer
+	// = "early", nil when the INVITE has no SDP. It is anchored in a media
+	// session of its own (spareMedia) while the call's session still
+	// carries the referrer's media.
+	offer []byte
+}
+
+// spareID is the media session a transfer's own offer is anchored in
+// until the bridge makes it the call's.
+func (c *Call) spareID() media.SessionID { return media.SessionID(c.id + "/transfer") }
+
+// transferOffer opens the spare media session for leg t (of a transfer)
+// and returns the SBC's own offer toward t, or nil when t's peer takes an
+// INVITE without SDP. Caller holds mu.
+func (c *Call) transferOffer(t *Leg) ([]byte, error) {
+	m := c.srv.media
+	if m == nil || !c.mediaOpen || !t.peer.earlyOffer() {
+		return nil, nil
+	}
+	y := c.legs[t.side.Other()]
+	zones := [2]*zone{}
+	zones[t.side], zones[y.side] = t.zone, y.zone
+	c.dropSpare()
+	id := c.spareID()
+	if err := m.Open(id, mediaAddress(zones[media.A]), mediaAddress(zones[media.B])); err != nil {
+		return nil, fmt.Errorf("open media for the transfer target: %w", err)
+	}
+	c.spareOpen = true
+	tmpl, err := offerTemplate(t.peer.cfg.Codecs, y.zone.cfg.Address)
+	if err == nil {
+		var out []byte
+		if out, err = m.OfferFor(id, t.side, tmpl); err == nil {
+			c.log.Debug("transfer target gets an offer", "to_peer", t.peer.cfg.Name)
+			return out, nil
+		}
+	}
+	c.dropSpare()
+	return nil, fmt.Errorf("own offer toward %s: %w", t.peer.cfg.Name, err)
+}
+
+// dropSpare closes the spare media session of a transfer, if open. Caller
+// holds mu.
+func (c *Call) dropSpare() {
+	if c.spareOpen {
+		c.spareOpen = false
+		c.srv.media.Close(c.spareID(), "transfer")
+	}
 }
 
 // referMode is the peer's REFER handling, defaulted.
@@ -180,11 +230,19 @@ func (c *Call) startTransfer(x *Leg, to *peer, target sip.Uri) {
 		}
 	}
 	req.AppendHeader(sip.NewHeader("User-Agent", c.srv.cfg.UserAgent))
-	req.SetBody(nil)
+	offer, err := c.transferOffer(t)
+	if err != nil {
+		// the target still gets the INVITE, without SDP
+		c.log.Warn("no offer for the transfer target", "error", err)
+	}
+	if offer != nil {
+		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	}
+	req.SetBody(offer)
 	req.Laddr = t.zone.laddr
 	req.SetDestination(t.dest)
 
-	xf := &transfer{referrer: x, target: t, invite: req}
+	xf := &transfer{referrer: x, target: t, invite: req, offer: offer}
 	c.xfer = xf
 	c.log.Info("transfer accepted", "referrer", x.side, "to_peer", to.cfg.Name, "target", target.User)
 	c.notify(x, "SIP/2.0 100 Trying", false, nil)
@@ -269,8 +327,15 @@ func (c *Call) startAttended(x *Leg, replaces string, ref legRef, req *sip.Reque
 	inv := c.inDialog(t, sip.INVITE, t.localCSeq)
 	inv.AppendHeader(c.srv.contact(t.zone))
 	inv.AppendHeader(sip.NewHeader("Allow", allowMethods))
-	inv.SetBody(nil)
-	xf := &transfer{referrer: x, target: t, invite: inv, reinvite: true, answered: true}
+	offer, err := c.transferOffer(t)
+	if err != nil {
+		c.log.Warn("no offer for the transfer target", "error", err)
+	}
+	if offer != nil {
+		inv.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	}
+	inv.SetBody(offer)
+	xf := &transfer{referrer: x, target: t, invite: inv, reinvite: true, answered: true, offer: offer}
 	c.xfer = xf
 	c.notify(x, "SIP/2.0 100 Trying", false, nil)
 	c.send(t, inv)
@@ -412,6 +477,7 @@ func (c *Call) transferFailed(xf *transfer, code int, reason string) {
 		return
 	}
 	c.xfer = nil
+	c.dropSpare()
 	c.log.Info("transfer failed", "code", code)
 	if xf.answered {
 		c.byeLeg(xf.target)
@@ -432,12 +498,23 @@ func (c *Call) bridge(xf *transfer, res *sip.Response) {
 	y := c.legs[t.side.Other()]
 	sdp := sdpBody(res)
 	ack := c.inDialog(t, sip.ACK, xf.invite.CSeq().SeqNo)
-	offer, err := c.reanchorFor(t, sdp)
+	var offer []byte
+	var err error
+	if xf.offer != nil {
+		offer, err = c.adoptSpare(t, sdp)
+	} else {
+		offer, err = c.reanchorFor(t, sdp)
+	}
 	if err != nil {
 		c.log.Warn("transfer target answer unusable", "error", err)
 		c.sendAck(t, ack)
 		c.transferFailed(xf, 488, "Not Acceptable Here")
 		return
+	}
+	if xf.offer != nil {
+		// T answered the SBC's offer: its ACK has nothing to wait for
+		c.sendAck(t, ack)
+		ack = nil
 	}
 	u := &inDialogTx{method: sip.INVITE, from: t.side, own: true}
 	c.update = u
@@ -502,6 +579,28 @@ func (c *Call) reanchorFor(t *Leg, sdp []byte) ([]byte, error) {
 	return out, nil
 }
 
+// adoptSpare takes T's answer to the SBC's own offer and makes the spare
+// media session the call's: the referrer's media ends here. It returns
+// the offer for Y: T's answer, anchored toward Y. Caller holds mu.
+func (c *Call) adoptSpare(t *Leg, sdp []byte) ([]byte, error) {
+	if sdp == nil {
+		return nil, errors.New("transfer target answered the offer without SDP")
+	}
+	m := c.srv.media
+	out, err := m.Answer(c.spareID(), t.side, sdp)
+	if err != nil {
+		return nil, fmt.Errorf("anchor transfer target's answer: %w", err)
+	}
+	id := media.SessionID(c.id)
+	m.Close(id, "transfer")
+	c.mediaOpen = false
+	if err := m.Rename(c.spareID(), id); err != nil {
+		return nil, fmt.Errorf("adopt transfer media: %w", err)
+	}
+	c.spareOpen, c.mediaOpen = false, true
+	return out, nil
+}
+
 // bridged completes a transfer with Y's answer to the re-INVITE: T gets it
 // in its ACK and takes the referrer's place; the referrer is told and
 // released. If Y refused, the call cannot go back (its media session is
@@ -518,8 +617,13 @@ func (c *Call) bridged(xf *transfer, u *inDialogTx, req *sip.Request, ackT *sip.
 	if res != nil && res.StatusCode < 300 {
 		c.sendAck(y, c.inDialog(y, sip.ACK, req.CSeq().SeqNo))
 	}
+	ackTarget := func() {
+		if ackT != nil { // nil: sent already, T answered the SBC's offer
+			c.sendAck(t, ackT)
+		}
+	}
 	if c.state == stateEnded || c.xfer != xf {
-		c.sendAck(t, ackT)
+		ackTarget()
 		c.byeLeg(t)
 		return
 	}
@@ -530,16 +634,26 @@ func (c *Call) bridged(xf *transfer, u *inDialogTx, req *sip.Request, ackT *sip.
 			y.target = ct.Address
 		}
 		y.learned.learnFrom(res, c.srv.isOwnHost)
-		answer, err = c.negotiate(false, y.side, sdpBody(res))
-		if sdpBody(res) == nil {
+		switch {
+		case sdpBody(res) == nil:
 			err = errors.New("bridging re-INVITE answered without SDP")
+		case xf.offer != nil:
+			// T has its answer: Y's completes the session on Y's side only
+			if err = answerFits(offer, sdpBody(res)); err == nil {
+				err = c.srv.media.Settle(media.SessionID(c.id), y.side, sdpBody(res))
+			}
+			if err == nil {
+				c.lastSDP[y.side] = sdpBody(res)
+			}
+		default:
+			answer, err = c.negotiate(false, y.side, sdpBody(res))
 		}
 	} else if res != nil {
 		err = fmt.Errorf("bridging re-INVITE answered %d", res.StatusCode)
 	}
 	if err != nil {
 		c.log.Warn("transfer bridge failed, ending call", "error", err)
-		c.sendAck(t, ackT)
+		ackTarget()
 		c.transferFailed(xf, 500, "Server Internal Error")
 		if c.state != stateEnded {
 			c.rec.EndReason = "transfer failed"
@@ -551,7 +665,7 @@ func (c *Call) bridged(xf *transfer, u *inDialogTx, req *sip.Request, ackT *sip.
 		ackT.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
 		ackT.SetBody(answer)
 	}
-	c.sendAck(t, ackT)
+	ackTarget()
 
 	// T takes the referrer's place; its offer started the new session
 	c.xfer = nil
@@ -562,6 +676,9 @@ func (c *Call) bridged(xf *transfer, u *inDialogTx, req *sip.Request, ackT *sip.
 	c.released = append(c.released, x)
 	c.lastSDP[t.side] = sdpT
 	c.sentSDP[t.side] = answer
+	if xf.offer != nil {
+		c.sentSDP[t.side] = xf.offer
+	}
 	c.sentSDP[y.side] = offer
 	c.lateOffer = t.side == media.B
 	c.bAckSent = true

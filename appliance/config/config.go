@@ -160,9 +160,10 @@ type Peer struct {
 	// "pass".
 	Offer string
 	// Codecs are the codecs of an offer the SBC makes itself toward this
-	// peer (offer = "early"), canonical names from OfferCodecs in the
-	// file's order. Default none: the SBC's own default list (PCMU, PCMA,
-	// telephone-event).
+	// peer (offer = "early"), and the preference when it answers a callee's
+	// early offer for a caller from this peer; canonical names from
+	// OfferCodecs in the file's order. Default none: the SBC's own default
+	// list (PCMU, PCMA, telephone-event).
 	Codecs []string
 }
 

@@ -4,6 +4,7 @@ package main_test
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/edgesbc/edgesbc/internal/testenv"
@@ -22,17 +23,21 @@ var (
 		service: dialogOutboundNumber, uasArgs: []string{"-rtp_echo"}, rtp: true}
 	glarePair = scenarioPair{name: "reinvite_glare", uac: "uac_glare.xml", uas: "uas_glare.xml",
 		service: dialogOutboundNumber}
+	offer183Pair = scenarioPair{name: "late_offer_in_183", uac: "uac_late_offer.xml", uas: "uas_offer_183.xml",
+		service: dialogOutboundNumber, uasArgs: []string{"-rtp_echo"}, rtp: true}
 )
 
 func init() {
 	sbcOnlyScenarios = append(sbcOnlyScenarios, "uac_100rel.xml", "uas_100rel.xml",
-		"uac_early_update.xml", "uas_early_update.xml", "uac_glare.xml", "uas_glare.xml")
+		"uac_early_update.xml", "uas_early_update.xml", "uac_glare.xml", "uas_glare.xml",
+		"uas_offer_183.xml", "uas_expect_offer_183.xml")
 }
 
 var earlyFlows = []dialogFlow{
 	{"reliable_183_both_legs", outboundCall(reliablePair), checkReliable},
 	{"early_update_from_carrier", outboundCall(earlyUpdatePair), checkEarlyUpdate},
 	{"reinvite_glare", outboundCall(glarePair), checkGlare},
+	{"late_offer_in_183_answered_by_sbc", outboundCall(offer183Pair), checkOfferIn183},
 }
 
 // TestIntegrationEarlyDialogs runs each early dialog flow through one
@@ -192,5 +197,44 @@ func checkGlare(fw flowWire) []string {
 	if bye, ok := p.one("BYEs to the carrier", fw.callee, fw.callee.fromSBC(isRequest("BYE"))); ok {
 		p.final("BYE", fw.callee, bye, 200)
 	}
+	return p
+}
+
+// checkOfferIn183: the carrier offers in a reliable 183 to an INVITE
+// without SDP from a PBX without 100rel. The SBC answers in its PRACK
+// (RFC 3262 §5) with PCMA and telephone-event, anchored; the PBX gets no
+// SDP before the 200, which carries the carrier's offer narrowed to PCMA;
+// the PBX's answer comes in its ACK, the carrier's ACK carries none, and
+// audio flows.
+func checkOfferIn183(fw flowWire) []string {
+	var p flowProblems
+	if prack, ok := p.one("PRACKs from the SBC", fw.callee, fw.callee.fromSBC(isRequest("PRACK"))); ok {
+		p.sdp("SBC's answer in the PRACK", fw.callee, fw.media, prack, "a=rtpmap:8 PCMA/8000")
+		if m := mLine(prack.Body); !strings.HasSuffix(m, " RTP/AVP 8 101") {
+			p.addf("carrier link: the SBC's answer has %q, want PCMA and telephone-event", m)
+		}
+		p.final("PRACK from the SBC", fw.callee, prack, 200)
+	}
+	if inv, ok := p.one("INVITEs relayed to the callee", fw.callee, fw.callee.fromSBC(isInitialInvite)); ok {
+		p.noBody("INVITE", fw.callee, inv)
+		if ack, ok := p.ack("INVITE", fw.callee, inv); ok {
+			p.noBody("ACK after the early offer/answer", fw.callee, ack)
+		}
+	}
+	for _, m := range fw.caller.fromSBC(func(m sipMessage) bool { return m.Status > 100 && m.Status < 200 }) {
+		p.noBody("provisional to a caller that made no offer", fw.caller, m)
+	}
+	if inv, ok := p.one("INVITEs from the caller", fw.caller, fw.caller.fromPeer(isInitialInvite)); ok {
+		if res, ok := p.final("INVITE", fw.caller, inv, 200); ok {
+			p.sdp("200 with the narrowed offer", fw.caller, fw.media, res, "a=rtpmap:8 PCMA/8000")
+			if strings.Contains(res.Body, "G729") {
+				p.addf("pbx link: the offer in the 200 still has G729, which the SBC did not accept:\n%s", res.Body)
+			}
+		}
+		if ack, ok := p.ack("PBX", fw.caller, inv); ok && !strings.Contains(ack.Body, "m=audio") {
+			p.addf("pbx link: ACK %v carries no answer", ack)
+		}
+	}
+	p.rtp(fw)
 	return p
 }

@@ -42,8 +42,8 @@ var sbcOnlyScenarios = []string{
 	// transfer_integration_test.go
 	"uas_attended_referrer.xml", "uac_attended_target.xml",
 	"uac_refer_pass.xml", "uas_refer_pass.xml", "uas_refer_reject.xml",
-	"uas_expect_offer.xml", // offer_integration_test.go
-	"uac_keep.xml",         // offload_integration_test.go: a call across a restart
+	"uas_expect_offer.xml", "uas_transfer_target_offer.xml", "uas_expect_reoffer.xml", // offer_integration_test.go
+	"uac_keep.xml", // offload_integration_test.go: a call across a restart
 }
 
 var timerFlows = []dialogFlow{
