@@ -47,7 +47,10 @@ type Media struct {
 	log  hclog.Logger
 	conn *nftables.Conn
 	ct   *netlink.Handle
-	obj  *mediaObjects
+	// ec carries the element changes of flows and pinholes and the
+	// counter dumps: the hot paths (see elemConn).
+	ec  *elemConn
+	obj *mediaObjects
 
 	mu      sync.Mutex
 	pending []op
@@ -161,11 +164,18 @@ func NewMedia(cfg MediaConfig, log hclog.Logger) (*Media, error) {
 		conn.CloseLasting()
 		return nil, fmt.Errorf("media offload: open conntrack: %w", err)
 	}
+	ec, err := newElemConn(cfg.NetNS, TableName)
+	if err != nil {
+		conn.CloseLasting()
+		ct.Close()
+		return nil, fmt.Errorf("media offload: %w", err)
+	}
 	m := &Media{
 		cfg:         cfg,
 		log:         log.Named("offload"),
 		conn:        conn,
 		ct:          ct,
+		ec:          ec,
 		wake:        make(chan struct{}, 1),
 		stopped:     make(chan struct{}),
 		installed:   make(map[media.Flow]bool),
@@ -180,6 +190,7 @@ func NewMedia(cfg MediaConfig, log hclog.Logger) (*Media, error) {
 	if err := m.setup(); err != nil {
 		conn.CloseLasting()
 		ct.Close()
+		ec.Close()
 		return nil, err
 	}
 	go m.run()
@@ -623,6 +634,7 @@ func (m *Media) Close(keep bool) error {
 	}
 	<-m.stopped
 	defer m.ct.Close()
+	defer m.ec.Close()
 	defer m.conn.CloseLasting()
 	if keep {
 		return nil
@@ -747,20 +759,20 @@ func (m *Media) apply(batch []op) {
 	}
 	// Deletions go first: a withdrawn flow and its replacement (a side
 	// that moved) may share a key.
-	queue := func() {
-		m.queueElements(dels, false)
-		m.queueElements(adds, true)
-		m.queuePins(pinDels, false)
-		m.queuePins(pinAdds, true)
+	commit := func() error {
+		return m.commitElements(func() {
+			m.txnFlows(dels, false)
+			m.txnFlows(adds, true)
+			m.txnPins(pinDels, false)
+			m.txnPins(pinAdds, true)
+		})
 	}
-	queue()
-	err := m.conn.Flush()
+	err := commit()
 	if err != nil && !m.present() {
 		// Removed from outside: rebuilt with what is installed, then the
 		// batch again.
 		if err = m.rebuild(); err == nil {
-			queue()
-			err = m.conn.Flush()
+			err = commit()
 		}
 	}
 	for _, p := range pinDels {
@@ -770,14 +782,12 @@ func (m *Media) apply(batch []op) {
 		m.log.Debug("media offload batch failed, retrying one by one", "flows", len(adds)+len(dels),
 			"pinholes", len(pinAdds)+len(pinDels), "error", err)
 		for _, p := range pinDels {
-			m.queuePins([]pinhole{p}, false)
-			if err := m.conn.Flush(); err != nil {
+			if err := m.commitElements(func() { m.txnPins([]pinhole{p}, false) }); err != nil {
 				m.log.Warn("close media pinhole", "local", p.local, "remote", p.remote, "error", err)
 			}
 		}
 		for _, p := range pinAdds {
-			m.queuePins([]pinhole{p}, true)
-			if err := m.conn.Flush(); err != nil {
+			if err := m.commitElements(func() { m.txnPins([]pinhole{p}, true) }); err != nil {
 				m.log.Warn("open media pinhole: the relay port stays closed to its remote", "local", p.local, "remote", p.remote, "error", err)
 				continue
 			}
@@ -791,15 +801,13 @@ func (m *Media) apply(batch []op) {
 	if err != nil {
 		failed := make(map[media.Flow]error)
 		for _, f := range dels {
-			m.queueElements([]media.Flow{f}, false)
-			if err := m.conn.Flush(); err != nil {
+			if err := m.commitElements(func() { m.txnFlows([]media.Flow{f}, false) }); err != nil {
 				m.log.Warn("withdraw media flow", "flow", f, "error", err)
 			}
 			inKernel[f] = false // gone or unusable either way
 		}
 		for _, f := range adds {
-			m.queueElements([]media.Flow{f}, true)
-			if err := m.conn.Flush(); err != nil {
+			if err := m.commitElements(func() { m.txnFlows([]media.Flow{f}, true) }); err != nil {
 				failed[f] = fmt.Errorf("offload flow %v: %w", f, err)
 				inKernel[f] = false
 			}
@@ -826,7 +834,7 @@ func (m *Media) apply(batch []op) {
 		}
 	}
 	if len(gone) > 0 {
-		if _, err := m.deleteConntrack(m.matchFlows(gone)); err != nil {
+		if err := m.forgetConntrack(gone); err != nil {
 			m.log.Warn("remove conntrack entries of withdrawn flows", "flows", len(gone), "error", err)
 		}
 	}
@@ -983,33 +991,85 @@ func (m *Media) queueElements(flows []media.Flow, add bool) {
 	}
 }
 
-// readCounters dumps media_count4 and maps its elements back to flows.
+// readCounters dumps the count sets and maps their elements back to
+// installed flows.
 func (m *Media) readCounters() (map[media.Flow]media.Counter, error) {
-	var elems []nftables.SetElement
+	type tuple struct{ src, dst netip.AddrPort }
+	byKey := make(map[tuple]media.Counter, 2*len(m.installed))
 	for _, fo := range m.obj.families() {
-		e, err := m.conn.GetSetElements(fo.count)
+		err := m.ec.dumpCounters(fo.count.Name, func(key []byte, packets, bytes uint64) {
+			if src, dst, ok := parseTupleKey(key); ok {
+				byKey[tuple{src, dst}] = media.Counter{Packets: packets, Bytes: bytes}
+			}
+		})
 		if err != nil {
 			return nil, fmt.Errorf("read set %s: %w", fo.count.Name, err)
 		}
-		elems = append(elems, e...)
-	}
-	byKey := make(map[[2]netip.AddrPort]media.Counter, len(elems))
-	for _, e := range elems {
-		src, dst, ok := parseTupleKey(e.Key)
-		if !ok || e.Counter == nil {
-			continue
-		}
-		byKey[[2]netip.AddrPort{src, dst}] = media.Counter{Packets: e.Counter.Packets, Bytes: e.Counter.Bytes}
 	}
 	out := make(map[media.Flow]media.Counter, 2*len(m.installed))
 	for f := range m.installed {
 		for _, d := range []media.Flow{f, f.Reverse()} {
-			if c, ok := byKey[[2]netip.AddrPort{d.Src, d.Dst}]; ok {
+			if c, ok := byKey[tuple{d.Src, d.Dst}]; ok {
 				out[d] = c
 			}
 		}
 	}
 	return out, nil
+}
+
+// commitElements builds one transaction of element changes with fill and
+// commits it.
+func (m *Media) commitElements(fill func()) error {
+	m.ec.begin()
+	fill()
+	return m.ec.commit()
+}
+
+// txnFlows adds the elements of flows to the open transaction, to add or
+// to delete, set by set so that they share few messages.
+func (m *Media) txnFlows(flows []media.Flow, add bool) {
+	if len(flows) == 0 {
+		return
+	}
+	var key [40]byte
+	var val [20]byte
+	value := func(ap netip.AddrPort) []byte {
+		if !add {
+			return nil // a map element is removed by its key
+		}
+		return appendTarget(val[:0], ap)
+	}
+	for _, fo := range m.obj.families() {
+		for _, set := range []*nftables.Set{fo.dnat, fo.snat, fo.count} {
+			for _, f := range flows {
+				if m.obj.of(f) != fo {
+					continue
+				}
+				for _, d := range [2]media.Flow{f, f.Reverse()} {
+					switch set {
+					case fo.dnat:
+						m.ec.elem(set.Name, !add, appendTuple(key[:0], d.Src, d.Local), value(d.Dst))
+					case fo.snat:
+						m.ec.elem(set.Name, !add, appendTuple(key[:0], d.Src, d.Dst), value(d.Out))
+					default:
+						m.ec.elem(set.Name, !add, appendTuple(key[:0], d.Src, d.Dst), nil)
+					}
+				}
+			}
+		}
+	}
+}
+
+// txnPins adds the elements of pins to the open transaction, to add or to
+// delete.
+func (m *Media) txnPins(pins []pinhole, add bool) {
+	for _, fo := range m.obj.families() {
+		for _, p := range pins {
+			if m.obj.ofAddr(p.local.Addr()) == fo {
+				m.ec.elem(fo.pin.Name, !add, pinKey(p.local, p.remote), nil)
+			}
+		}
+	}
 }
 
 // ctFilter selects conntrack entries by their original tuple.
@@ -1019,18 +1079,43 @@ func (f ctFilter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
 	return flow.Forward.Protocol == unix.IPPROTO_UDP && f(flow.Forward)
 }
 
+// ctLookupMax is the most withdrawn flows whose conntrack entries are
+// deleted one by one, each found by its hash. Beyond it one dump of the
+// table with a filter is cheaper: a dump walks every bucket of the
+// conntrack hash (tens of milliseconds here even when nearly empty),
+// while each targeted delete costs a few microseconds.
+const ctLookupMax = 1024
+
+// forgetConntrack removes the conntrack entries of withdrawn flows.
+func (m *Media) forgetConntrack(flows []media.Flow) error {
+	if len(flows) > ctLookupMax {
+		_, err := m.deleteConntrack(m.matchFlows(flows))
+		return err
+	}
+	_, err := m.ec.deleteConntrack(flowTuples(flows))
+	return err
+}
+
 // matchFlows selects the entries of the given flows, whichever direction
 // started them.
 func (m *Media) matchFlows(flows []media.Flow) ctFilter {
-	type tuple struct{ src, dst netip.AddrPort }
-	want := make(map[tuple]bool, 2*len(flows))
-	for _, f := range flows {
-		want[tuple{f.Src, f.Local}] = true
-		want[tuple{f.Dst, f.Out}] = true
+	want := make(map[ctTuple]bool, 2*len(flows))
+	for _, t := range flowTuples(flows) {
+		want[t] = true
 	}
 	return func(t netlink.IPTuple) bool {
-		return want[tuple{addrPort(t.SrcIP, t.SrcPort), addrPort(t.DstIP, t.DstPort)}]
+		return want[ctTuple{addrPort(t.SrcIP, t.SrcPort), addrPort(t.DstIP, t.DstPort)}]
 	}
+}
+
+// flowTuples are the tuples of the conntrack entries of flows, whichever
+// direction started them.
+func flowTuples(flows []media.Flow) []ctTuple {
+	out := make([]ctTuple, 0, 2*len(flows))
+	for _, f := range flows {
+		out = append(out, ctTuple{f.Src, f.Local}, ctTuple{f.Dst, f.Out})
+	}
+	return out
 }
 
 // matchRange selects every entry toward a relay port: what an offloaded
