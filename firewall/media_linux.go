@@ -60,6 +60,10 @@ type Media struct {
 
 	// Owned by run.
 	installed map[media.Flow]bool // A-to-B flows in the kernel (the key of each pair)
+	// counted maps the key of each media_countX element of an installed
+	// flow (see tupleKey) to its direction, so a counter dump finds its
+	// flows without parsing or allocating.
+	counted map[string]media.Flow
 	// pins are the pinholes in the kernel; closedAddrs is the set of
 	// MediaConfig.Closed, fixed at start (read by any goroutine).
 	pins        map[pinhole]bool
@@ -90,19 +94,14 @@ type pinhole struct {
 }
 
 type op struct {
-	kind     opKind
-	flow     media.Flow
-	pin      pinhole
-	pinned   func()
-	done     func(error)
-	final    func(fwd, rev media.Counter)
-	counters chan<- countersResult
-	reply    chan<- error
-}
-
-type countersResult struct {
-	m   map[media.Flow]media.Counter
-	err error
+	kind   opKind
+	flow   media.Flow
+	pin    pinhole
+	pinned func()
+	done   func(error)
+	final  func(fwd, rev media.Counter)
+	into   map[media.Flow]media.Counter // of opCounters
+	reply  chan<- error
 }
 
 // Forwarding reports ErrForwardingOff when the kernel of the calling
@@ -179,6 +178,7 @@ func NewMedia(cfg MediaConfig, log hclog.Logger) (*Media, error) {
 		wake:        make(chan struct{}, 1),
 		stopped:     make(chan struct{}),
 		installed:   make(map[media.Flow]bool),
+		counted:     make(map[string]media.Flow),
 		pins:        make(map[pinhole]bool),
 		closedAddrs: make(map[netip.Addr]bool),
 	}
@@ -571,14 +571,14 @@ func (m *Media) pinOp(o op, local netip.AddrPort, remote netip.Addr) bool {
 	return m.enqueue(o)
 }
 
-// Counters returns the kernel counters of every offloaded flow.
-func (m *Media) Counters() (map[media.Flow]media.Counter, error) {
-	ch := make(chan countersResult, 1)
-	if !m.enqueue(op{kind: opCounters, counters: ch}) {
-		return nil, ErrClosed
+// Counters fills into with the kernel counters of every offloaded flow.
+// See media.Offloader.
+func (m *Media) Counters(into map[media.Flow]media.Counter) error {
+	ch := make(chan error, 1)
+	if !m.enqueue(op{kind: opCounters, into: into, reply: ch}) {
+		return ErrClosed
 	}
-	r := <-ch
-	return r.m, r.err
+	return <-ch
 }
 
 func (m *Media) enqueue(o op) bool {
@@ -707,13 +707,17 @@ func (m *Media) batchLen(work []op) int {
 func (m *Media) apply(batch []op) {
 	switch batch[0].kind {
 	case opCounters:
-		c, err := m.readCounters()
+		into := batch[0].into
+		fill := func(d media.Flow, c media.Counter) { into[d] = c }
+		clear(into)
+		err := m.readCounters(fill)
 		if err != nil && !m.present() {
 			if err = m.rebuild(); err == nil {
-				c, err = m.readCounters()
+				clear(into)
+				err = m.readCounters(fill)
 			}
 		}
-		batch[0].counters <- countersResult{m: c, err: err}
+		batch[0].reply <- err
 		return
 	case opAdopt:
 		batch[0].reply <- m.adopt(batch[0].flow)
@@ -725,11 +729,20 @@ func (m *Media) apply(batch []op) {
 	var final map[media.Flow]media.Counter
 	for _, o := range batch {
 		if o.kind == opWithdraw && m.installed[o.flow] && o.final != nil {
-			var err error
-			if final, err = m.readCounters(); err != nil {
-				m.log.Warn("read final media counters", "error", err)
+			if final == nil {
+				final = make(map[media.Flow]media.Counter)
 			}
-			break
+			final[o.flow], final[o.flow.Reverse()] = media.Counter{}, media.Counter{}
+		}
+	}
+	if final != nil {
+		// Only the withdrawn flows' counters are kept.
+		if err := m.readCounters(func(d media.Flow, c media.Counter) {
+			if _, ok := final[d]; ok {
+				final[d] = c
+			}
+		}); err != nil {
+			m.log.Warn("read final media counters", "error", err)
 		}
 	}
 
@@ -827,9 +840,9 @@ func (m *Media) apply(batch []op) {
 	var gone []media.Flow
 	for f, in := range inKernel {
 		if in {
-			m.installed[f] = true
+			m.install(f)
 		} else if m.installed[f] {
-			delete(m.installed, f)
+			m.uninstall(f)
 			gone = append(gone, f)
 		}
 	}
@@ -908,8 +921,28 @@ func (m *Media) adopt(f media.Flow) error {
 			delete(m.stale[x.set], string(e.Key))
 		}
 	}
-	m.installed[f] = true
+	m.install(f)
 	return nil
+}
+
+// install notes f (and its reverse) as in the kernel.
+func (m *Media) install(f media.Flow) {
+	m.installed[f] = true
+	for _, d := range [2]media.Flow{f, f.Reverse()} {
+		m.counted[string(tupleKey(d.Src, d.Dst))] = d
+	}
+}
+
+// uninstall forgets f (and its reverse).
+func (m *Media) uninstall(f media.Flow) {
+	delete(m.installed, f)
+	var key [40]byte
+	for _, d := range [2]media.Flow{f, f.Reverse()} {
+		k := appendTuple(key[:0], d.Src, d.Dst)
+		if m.counted[string(k)] == d {
+			delete(m.counted, string(k))
+		}
+	}
 }
 
 // prune deletes every stale element and the conntrack entries of their
@@ -991,30 +1024,20 @@ func (m *Media) queueElements(flows []media.Flow, add bool) {
 	}
 }
 
-// readCounters dumps the count sets and maps their elements back to
-// installed flows.
-func (m *Media) readCounters() (map[media.Flow]media.Counter, error) {
-	type tuple struct{ src, dst netip.AddrPort }
-	byKey := make(map[tuple]media.Counter, 2*len(m.installed))
+// readCounters dumps the count sets and calls fn with the counter of
+// each direction of an installed flow. It allocates nothing per element.
+func (m *Media) readCounters(fn func(d media.Flow, c media.Counter)) error {
 	for _, fo := range m.obj.families() {
 		err := m.ec.dumpCounters(fo.count.Name, func(key []byte, packets, bytes uint64) {
-			if src, dst, ok := parseTupleKey(key); ok {
-				byKey[tuple{src, dst}] = media.Counter{Packets: packets, Bytes: bytes}
+			if d, ok := m.counted[string(key)]; ok {
+				fn(d, media.Counter{Packets: packets, Bytes: bytes})
 			}
 		})
 		if err != nil {
-			return nil, fmt.Errorf("read set %s: %w", fo.count.Name, err)
+			return fmt.Errorf("read set %s: %w", fo.count.Name, err)
 		}
 	}
-	out := make(map[media.Flow]media.Counter, 2*len(m.installed))
-	for f := range m.installed {
-		for _, d := range []media.Flow{f, f.Reverse()} {
-			if c, ok := byKey[tuple{d.Src, d.Dst}]; ok {
-				out[d] = c
-			}
-		}
-	}
-	return out, nil
+	return nil
 }
 
 // commitElements builds one transaction of element changes with fill and
