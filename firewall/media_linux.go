@@ -61,9 +61,9 @@ type Media struct {
 	// Owned by run.
 	installed map[media.Flow]bool // A-to-B flows in the kernel (the key of each pair)
 	// counted maps the key of each media_countX element of an installed
-	// flow (see tupleKey) to its direction, so a counter dump finds its
-	// flows without parsing or allocating.
-	counted map[string]media.Flow
+	// flow to its direction, so a counter dump finds its flows without
+	// parsing or allocating.
+	counted map[countKey]media.Flow
 	// pins are the pinholes in the kernel; closedAddrs is the set of
 	// MediaConfig.Closed, fixed at start (read by any goroutine).
 	pins        map[pinhole]bool
@@ -178,7 +178,7 @@ func NewMedia(cfg MediaConfig, log hclog.Logger) (*Media, error) {
 		wake:        make(chan struct{}, 1),
 		stopped:     make(chan struct{}),
 		installed:   make(map[media.Flow]bool),
-		counted:     make(map[string]media.Flow),
+		counted:     make(map[countKey]media.Flow),
 		pins:        make(map[pinhole]bool),
 		closedAddrs: make(map[netip.Addr]bool),
 	}
@@ -925,22 +925,39 @@ func (m *Media) adopt(f media.Flow) error {
 	return nil
 }
 
+// countKey is a media_countX element key (see tupleKey) as a map key: its
+// length (16 for IPv4, 40 for IPv6) and its bytes.
+type countKey struct {
+	n uint8
+	b [40]byte
+}
+
+func countKeyOf(key []byte) countKey {
+	k := countKey{n: uint8(min(len(key), 40))}
+	copy(k.b[:], key)
+	return k
+}
+
+func directionKey(d media.Flow) countKey {
+	var k countKey
+	k.n = uint8(len(appendTuple(k.b[:0], d.Src, d.Dst)))
+	return k
+}
+
 // install notes f (and its reverse) as in the kernel.
 func (m *Media) install(f media.Flow) {
 	m.installed[f] = true
 	for _, d := range [2]media.Flow{f, f.Reverse()} {
-		m.counted[string(tupleKey(d.Src, d.Dst))] = d
+		m.counted[directionKey(d)] = d
 	}
 }
 
 // uninstall forgets f (and its reverse).
 func (m *Media) uninstall(f media.Flow) {
 	delete(m.installed, f)
-	var key [40]byte
 	for _, d := range [2]media.Flow{f, f.Reverse()} {
-		k := appendTuple(key[:0], d.Src, d.Dst)
-		if m.counted[string(k)] == d {
-			delete(m.counted, string(k))
+		if k := directionKey(d); m.counted[k] == d {
+			delete(m.counted, k)
 		}
 	}
 }
@@ -1029,7 +1046,7 @@ func (m *Media) queueElements(flows []media.Flow, add bool) {
 func (m *Media) readCounters(fn func(d media.Flow, c media.Counter)) error {
 	for _, fo := range m.obj.families() {
 		err := m.ec.dumpCounters(fo.count.Name, func(key []byte, packets, bytes uint64) {
-			if d, ok := m.counted[string(key)]; ok {
+			if d, ok := m.counted[countKeyOf(key)]; ok {
 				fn(d, media.Counter{Packets: packets, Bytes: bytes})
 			}
 		})
