@@ -126,15 +126,8 @@ func (e *elemConn) empty() bool { return e.acks == 0 }
 // the kernel's answer to each of its messages. It returns the first error
 // the kernel reported; the kernel then applied nothing.
 func (e *elemConn) commit() error {
-	if e.msg >= 0 {
-		e.closeMsg()
-	}
-	if e.acks == 0 {
-		return nil
-	}
-	e.finish(e.header(unix.NFNL_MSG_BATCH_END, unix.NLM_F_REQUEST, unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES))
-	if e.err != nil {
-		return e.err
+	if err := e.seal(); err != nil || e.acks == 0 {
+		return err
 	}
 	first, last := e.seq-uint32(e.acks)-1, e.seq // sequence numbers of the batch
 	if err := e.send(); err != nil {
@@ -156,6 +149,19 @@ func (e *elemConn) commit() error {
 		return err
 	}
 	return kerr
+}
+
+// seal ends the transaction being built: the open element message and the
+// batch end.
+func (e *elemConn) seal() error {
+	if e.msg >= 0 {
+		e.closeMsg()
+	}
+	if e.acks == 0 {
+		return nil
+	}
+	e.finish(e.header(unix.NFNL_MSG_BATCH_END, unix.NLM_F_REQUEST, unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES))
+	return e.err
 }
 
 // dumpCounters calls fn with the key and counter of every element of set,
