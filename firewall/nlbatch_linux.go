@@ -139,7 +139,13 @@ func (e *elemConn) commit() error {
 		if h.Type != unix.NLMSG_ERROR || h.Seq-first > last-first {
 			return false, nil // not ours: an answer to an earlier, failed exchange
 		}
-		if errno := ackErrno(data); errno != 0 && kerr == nil {
+		errno := ackErrno(data)
+		if errno != 0 && (h.Seq == first || h.Seq == last) {
+			// About the batch as a whole (no permission, say): the
+			// kernel looked at none of its messages.
+			return true, fmt.Errorf("netlink transaction: %w", errno)
+		}
+		if errno != 0 && kerr == nil {
 			kerr = fmt.Errorf("netlink transaction: %w", errno)
 		}
 		acks--
@@ -184,6 +190,12 @@ func (e *elemConn) dumpCounters(set string, fn func(key []byte, packets, bytes u
 		}
 		switch h.Type {
 		case unix.NLMSG_DONE:
+			// It may carry the error that ended the dump.
+			if len(data) >= 4 {
+				if errno := ackErrno(data); errno != 0 {
+					return true, fmt.Errorf("dump set %s: %w", set, errno)
+				}
+			}
 			return true, nil
 		case unix.NLMSG_ERROR:
 			if errno := ackErrno(data); errno != 0 {
