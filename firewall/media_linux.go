@@ -47,7 +47,10 @@ type Media struct {
 	log  hclog.Logger
 	conn *nftables.Conn
 	ct   *netlink.Handle
-	obj  *mediaObjects
+	// ec carries the element changes of flows and pinholes and the
+	// counter dumps: the hot paths (see elemConn).
+	ec  *elemConn
+	obj *mediaObjects
 
 	mu      sync.Mutex
 	pending []op
@@ -57,6 +60,10 @@ type Media struct {
 
 	// Owned by run.
 	installed map[media.Flow]bool // A-to-B flows in the kernel (the key of each pair)
+	// counted maps the key of each media_countX element of an installed
+	// flow to its direction, so a counter dump finds its flows without
+	// parsing or allocating.
+	counted map[countKey]media.Flow
 	// pins are the pinholes in the kernel; closedAddrs is the set of
 	// MediaConfig.Closed, fixed at start (read by any goroutine).
 	pins        map[pinhole]bool
@@ -87,19 +94,14 @@ type pinhole struct {
 }
 
 type op struct {
-	kind     opKind
-	flow     media.Flow
-	pin      pinhole
-	pinned   func()
-	done     func(error)
-	final    func(fwd, rev media.Counter)
-	counters chan<- countersResult
-	reply    chan<- error
-}
-
-type countersResult struct {
-	m   map[media.Flow]media.Counter
-	err error
+	kind   opKind
+	flow   media.Flow
+	pin    pinhole
+	pinned func()
+	done   func(error)
+	final  func(fwd, rev media.Counter)
+	into   map[media.Flow]media.Counter // of opCounters
+	reply  chan<- error
 }
 
 // Forwarding reports ErrForwardingOff when the kernel of the calling
@@ -161,14 +163,22 @@ func NewMedia(cfg MediaConfig, log hclog.Logger) (*Media, error) {
 		conn.CloseLasting()
 		return nil, fmt.Errorf("media offload: open conntrack: %w", err)
 	}
+	ec, err := newElemConn(cfg.NetNS, TableName)
+	if err != nil {
+		conn.CloseLasting()
+		ct.Close()
+		return nil, fmt.Errorf("media offload: %w", err)
+	}
 	m := &Media{
 		cfg:         cfg,
 		log:         log.Named("offload"),
 		conn:        conn,
 		ct:          ct,
+		ec:          ec,
 		wake:        make(chan struct{}, 1),
 		stopped:     make(chan struct{}),
 		installed:   make(map[media.Flow]bool),
+		counted:     make(map[countKey]media.Flow),
 		pins:        make(map[pinhole]bool),
 		closedAddrs: make(map[netip.Addr]bool),
 	}
@@ -180,6 +190,7 @@ func NewMedia(cfg MediaConfig, log hclog.Logger) (*Media, error) {
 	if err := m.setup(); err != nil {
 		conn.CloseLasting()
 		ct.Close()
+		ec.Close()
 		return nil, err
 	}
 	go m.run()
@@ -560,14 +571,14 @@ func (m *Media) pinOp(o op, local netip.AddrPort, remote netip.Addr) bool {
 	return m.enqueue(o)
 }
 
-// Counters returns the kernel counters of every offloaded flow.
-func (m *Media) Counters() (map[media.Flow]media.Counter, error) {
-	ch := make(chan countersResult, 1)
-	if !m.enqueue(op{kind: opCounters, counters: ch}) {
-		return nil, ErrClosed
+// Counters fills into with the kernel counters of every offloaded flow.
+// See media.Offloader.
+func (m *Media) Counters(into map[media.Flow]media.Counter) error {
+	ch := make(chan error, 1)
+	if !m.enqueue(op{kind: opCounters, into: into, reply: ch}) {
+		return ErrClosed
 	}
-	r := <-ch
-	return r.m, r.err
+	return <-ch
 }
 
 func (m *Media) enqueue(o op) bool {
@@ -623,6 +634,7 @@ func (m *Media) Close(keep bool) error {
 	}
 	<-m.stopped
 	defer m.ct.Close()
+	defer m.ec.Close()
 	defer m.conn.CloseLasting()
 	if keep {
 		return nil
@@ -695,13 +707,17 @@ func (m *Media) batchLen(work []op) int {
 func (m *Media) apply(batch []op) {
 	switch batch[0].kind {
 	case opCounters:
-		c, err := m.readCounters()
+		into := batch[0].into
+		fill := func(d media.Flow, c media.Counter) { into[d] = c }
+		clear(into)
+		err := m.readCounters(fill)
 		if err != nil && !m.present() {
 			if err = m.rebuild(); err == nil {
-				c, err = m.readCounters()
+				clear(into)
+				err = m.readCounters(fill)
 			}
 		}
-		batch[0].counters <- countersResult{m: c, err: err}
+		batch[0].reply <- err
 		return
 	case opAdopt:
 		batch[0].reply <- m.adopt(batch[0].flow)
@@ -713,11 +729,20 @@ func (m *Media) apply(batch []op) {
 	var final map[media.Flow]media.Counter
 	for _, o := range batch {
 		if o.kind == opWithdraw && m.installed[o.flow] && o.final != nil {
-			var err error
-			if final, err = m.readCounters(); err != nil {
-				m.log.Warn("read final media counters", "error", err)
+			if final == nil {
+				final = make(map[media.Flow]media.Counter)
 			}
-			break
+			final[o.flow], final[o.flow.Reverse()] = media.Counter{}, media.Counter{}
+		}
+	}
+	if final != nil {
+		// Only the withdrawn flows' counters are kept.
+		if err := m.readCounters(func(d media.Flow, c media.Counter) {
+			if _, ok := final[d]; ok {
+				final[d] = c
+			}
+		}); err != nil {
+			m.log.Warn("read final media counters", "error", err)
 		}
 	}
 
@@ -747,20 +772,20 @@ func (m *Media) apply(batch []op) {
 	}
 	// Deletions go first: a withdrawn flow and its replacement (a side
 	// that moved) may share a key.
-	queue := func() {
-		m.queueElements(dels, false)
-		m.queueElements(adds, true)
-		m.queuePins(pinDels, false)
-		m.queuePins(pinAdds, true)
+	commit := func() error {
+		return m.commitElements(func() {
+			m.txnFlows(dels, false)
+			m.txnFlows(adds, true)
+			m.txnPins(pinDels, false)
+			m.txnPins(pinAdds, true)
+		})
 	}
-	queue()
-	err := m.conn.Flush()
+	err := commit()
 	if err != nil && !m.present() {
 		// Removed from outside: rebuilt with what is installed, then the
 		// batch again.
 		if err = m.rebuild(); err == nil {
-			queue()
-			err = m.conn.Flush()
+			err = commit()
 		}
 	}
 	for _, p := range pinDels {
@@ -770,14 +795,12 @@ func (m *Media) apply(batch []op) {
 		m.log.Debug("media offload batch failed, retrying one by one", "flows", len(adds)+len(dels),
 			"pinholes", len(pinAdds)+len(pinDels), "error", err)
 		for _, p := range pinDels {
-			m.queuePins([]pinhole{p}, false)
-			if err := m.conn.Flush(); err != nil {
+			if err := m.commitElements(func() { m.txnPins([]pinhole{p}, false) }); err != nil {
 				m.log.Warn("close media pinhole", "local", p.local, "remote", p.remote, "error", err)
 			}
 		}
 		for _, p := range pinAdds {
-			m.queuePins([]pinhole{p}, true)
-			if err := m.conn.Flush(); err != nil {
+			if err := m.commitElements(func() { m.txnPins([]pinhole{p}, true) }); err != nil {
 				m.log.Warn("open media pinhole: the relay port stays closed to its remote", "local", p.local, "remote", p.remote, "error", err)
 				continue
 			}
@@ -791,15 +814,13 @@ func (m *Media) apply(batch []op) {
 	if err != nil {
 		failed := make(map[media.Flow]error)
 		for _, f := range dels {
-			m.queueElements([]media.Flow{f}, false)
-			if err := m.conn.Flush(); err != nil {
+			if err := m.commitElements(func() { m.txnFlows([]media.Flow{f}, false) }); err != nil {
 				m.log.Warn("withdraw media flow", "flow", f, "error", err)
 			}
 			inKernel[f] = false // gone or unusable either way
 		}
 		for _, f := range adds {
-			m.queueElements([]media.Flow{f}, true)
-			if err := m.conn.Flush(); err != nil {
+			if err := m.commitElements(func() { m.txnFlows([]media.Flow{f}, true) }); err != nil {
 				failed[f] = fmt.Errorf("offload flow %v: %w", f, err)
 				inKernel[f] = false
 			}
@@ -819,14 +840,14 @@ func (m *Media) apply(batch []op) {
 	var gone []media.Flow
 	for f, in := range inKernel {
 		if in {
-			m.installed[f] = true
+			m.install(f)
 		} else if m.installed[f] {
-			delete(m.installed, f)
+			m.uninstall(f)
 			gone = append(gone, f)
 		}
 	}
 	if len(gone) > 0 {
-		if _, err := m.deleteConntrack(m.matchFlows(gone)); err != nil {
+		if err := m.forgetConntrack(gone); err != nil {
 			m.log.Warn("remove conntrack entries of withdrawn flows", "flows", len(gone), "error", err)
 		}
 	}
@@ -900,8 +921,45 @@ func (m *Media) adopt(f media.Flow) error {
 			delete(m.stale[x.set], string(e.Key))
 		}
 	}
-	m.installed[f] = true
+	m.install(f)
 	return nil
+}
+
+// countKey is a media_countX element key (see tupleKey) as a map key: its
+// length (16 for IPv4, 40 for IPv6) and its bytes.
+type countKey struct {
+	n uint8
+	b [40]byte
+}
+
+func countKeyOf(key []byte) countKey {
+	k := countKey{n: uint8(min(len(key), 40))}
+	copy(k.b[:], key)
+	return k
+}
+
+func directionKey(d media.Flow) countKey {
+	var k countKey
+	k.n = uint8(len(appendTuple(k.b[:0], d.Src, d.Dst)))
+	return k
+}
+
+// install notes f (and its reverse) as in the kernel.
+func (m *Media) install(f media.Flow) {
+	m.installed[f] = true
+	for _, d := range [2]media.Flow{f, f.Reverse()} {
+		m.counted[directionKey(d)] = d
+	}
+}
+
+// uninstall forgets f (and its reverse).
+func (m *Media) uninstall(f media.Flow) {
+	delete(m.installed, f)
+	for _, d := range [2]media.Flow{f, f.Reverse()} {
+		if k := directionKey(d); m.counted[k] == d {
+			delete(m.counted, k)
+		}
+	}
 }
 
 // prune deletes every stale element and the conntrack entries of their
@@ -983,33 +1041,75 @@ func (m *Media) queueElements(flows []media.Flow, add bool) {
 	}
 }
 
-// readCounters dumps media_count4 and maps its elements back to flows.
-func (m *Media) readCounters() (map[media.Flow]media.Counter, error) {
-	var elems []nftables.SetElement
+// readCounters dumps the count sets and calls fn with the counter of
+// each direction of an installed flow. It allocates nothing per element.
+func (m *Media) readCounters(fn func(d media.Flow, c media.Counter)) error {
 	for _, fo := range m.obj.families() {
-		e, err := m.conn.GetSetElements(fo.count)
+		err := m.ec.dumpCounters(fo.count.Name, func(key []byte, packets, bytes uint64) {
+			if d, ok := m.counted[countKeyOf(key)]; ok {
+				fn(d, media.Counter{Packets: packets, Bytes: bytes})
+			}
+		})
 		if err != nil {
-			return nil, fmt.Errorf("read set %s: %w", fo.count.Name, err)
+			return fmt.Errorf("read set %s: %w", fo.count.Name, err)
 		}
-		elems = append(elems, e...)
 	}
-	byKey := make(map[[2]netip.AddrPort]media.Counter, len(elems))
-	for _, e := range elems {
-		src, dst, ok := parseTupleKey(e.Key)
-		if !ok || e.Counter == nil {
-			continue
+	return nil
+}
+
+// commitElements builds one transaction of element changes with fill and
+// commits it.
+func (m *Media) commitElements(fill func()) error {
+	m.ec.begin()
+	fill()
+	return m.ec.commit()
+}
+
+// txnFlows adds the elements of flows to the open transaction, to add or
+// to delete, set by set so that they share few messages.
+func (m *Media) txnFlows(flows []media.Flow, add bool) {
+	if len(flows) == 0 {
+		return
+	}
+	var key [40]byte
+	var val [20]byte
+	value := func(ap netip.AddrPort) []byte {
+		if !add {
+			return nil // a map element is removed by its key
 		}
-		byKey[[2]netip.AddrPort{src, dst}] = media.Counter{Packets: e.Counter.Packets, Bytes: e.Counter.Bytes}
+		return appendTarget(val[:0], ap)
 	}
-	out := make(map[media.Flow]media.Counter, 2*len(m.installed))
-	for f := range m.installed {
-		for _, d := range []media.Flow{f, f.Reverse()} {
-			if c, ok := byKey[[2]netip.AddrPort{d.Src, d.Dst}]; ok {
-				out[d] = c
+	for _, fo := range m.obj.families() {
+		for _, set := range []*nftables.Set{fo.dnat, fo.snat, fo.count} {
+			for _, f := range flows {
+				if m.obj.of(f) != fo {
+					continue
+				}
+				for _, d := range [2]media.Flow{f, f.Reverse()} {
+					switch set {
+					case fo.dnat:
+						m.ec.elem(set.Name, !add, appendTuple(key[:0], d.Src, d.Local), value(d.Dst))
+					case fo.snat:
+						m.ec.elem(set.Name, !add, appendTuple(key[:0], d.Src, d.Dst), value(d.Out))
+					default:
+						m.ec.elem(set.Name, !add, appendTuple(key[:0], d.Src, d.Dst), nil)
+					}
+				}
 			}
 		}
 	}
-	return out, nil
+}
+
+// txnPins adds the elements of pins to the open transaction, to add or to
+// delete.
+func (m *Media) txnPins(pins []pinhole, add bool) {
+	for _, fo := range m.obj.families() {
+		for _, p := range pins {
+			if m.obj.ofAddr(p.local.Addr()) == fo {
+				m.ec.elem(fo.pin.Name, !add, pinKey(p.local, p.remote), nil)
+			}
+		}
+	}
 }
 
 // ctFilter selects conntrack entries by their original tuple.
@@ -1019,18 +1119,43 @@ func (f ctFilter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
 	return flow.Forward.Protocol == unix.IPPROTO_UDP && f(flow.Forward)
 }
 
+// ctLookupMax is the most withdrawn flows whose conntrack entries are
+// deleted one by one, each found by its hash. Beyond it one dump of the
+// table with a filter is cheaper: a dump walks every bucket of the
+// conntrack hash (tens of milliseconds here even when nearly empty),
+// while each targeted delete costs a few microseconds.
+const ctLookupMax = 1024
+
+// forgetConntrack removes the conntrack entries of withdrawn flows.
+func (m *Media) forgetConntrack(flows []media.Flow) error {
+	if len(flows) > ctLookupMax {
+		_, err := m.deleteConntrack(m.matchFlows(flows))
+		return err
+	}
+	_, err := m.ec.deleteConntrack(flowTuples(flows))
+	return err
+}
+
 // matchFlows selects the entries of the given flows, whichever direction
 // started them.
 func (m *Media) matchFlows(flows []media.Flow) ctFilter {
-	type tuple struct{ src, dst netip.AddrPort }
-	want := make(map[tuple]bool, 2*len(flows))
-	for _, f := range flows {
-		want[tuple{f.Src, f.Local}] = true
-		want[tuple{f.Dst, f.Out}] = true
+	want := make(map[ctTuple]bool, 2*len(flows))
+	for _, t := range flowTuples(flows) {
+		want[t] = true
 	}
 	return func(t netlink.IPTuple) bool {
-		return want[tuple{addrPort(t.SrcIP, t.SrcPort), addrPort(t.DstIP, t.DstPort)}]
+		return want[ctTuple{addrPort(t.SrcIP, t.SrcPort), addrPort(t.DstIP, t.DstPort)}]
 	}
+}
+
+// flowTuples are the tuples of the conntrack entries of flows, whichever
+// direction started them.
+func flowTuples(flows []media.Flow) []ctTuple {
+	out := make([]ctTuple, 0, 2*len(flows))
+	for _, f := range flows {
+		out = append(out, ctTuple{f.Src, f.Local}, ctTuple{f.Dst, f.Out})
+	}
+	return out
 }
 
 // matchRange selects every entry toward a relay port: what an offloaded

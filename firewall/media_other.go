@@ -29,7 +29,7 @@ func (m *Media) Withdraw(f media.Flow, done func(fwd, rev media.Counter)) {
 }
 
 // Counters is never reached: NewMedia fails.
-func (m *Media) Counters() (map[media.Flow]media.Counter, error) { return nil, ErrUnsupported }
+func (m *Media) Counters(into map[media.Flow]media.Counter) error { return ErrUnsupported }
 
 // Close is never reached: NewMedia fails.
 func (m *Media) Close(keep bool) error { return nil }

@@ -311,13 +311,27 @@ func addrBytes(a netip.Addr) []byte {
 // tupleKey encodes src . dst as a concatenated key: each field padded to 4
 // bytes, network byte order; 16 bytes for IPv4, 40 for IPv6.
 func tupleKey(src, dst netip.AddrPort) []byte {
-	k := make([]byte, 0, 40)
-	k = append(k, addrBytes(src.Addr())...)
+	return appendTuple(make([]byte, 0, 40), src, dst)
+}
+
+// appendTuple appends the key tupleKey encodes to k.
+func appendTuple(k []byte, src, dst netip.AddrPort) []byte {
+	k = appendAddr(k, src.Addr())
 	k = binary.BigEndian.AppendUint16(k, src.Port())
 	k = append(k, 0, 0)
-	k = append(k, addrBytes(dst.Addr())...)
+	k = appendAddr(k, dst.Addr())
 	k = binary.BigEndian.AppendUint16(k, dst.Port())
 	return append(k, 0, 0)
+}
+
+// appendAddr appends the address in the family's byte length.
+func appendAddr(b []byte, a netip.Addr) []byte {
+	if a.Is4() {
+		a4 := a.As4()
+		return append(b, a4[:]...)
+	}
+	a16 := a.As16()
+	return append(b, a16[:]...)
 }
 
 // parseTupleKey is the inverse of tupleKey.
@@ -340,7 +354,12 @@ func parseTupleKey(k []byte) (src, dst netip.AddrPort, ok bool) {
 
 // target encodes a NAT target address . port as map data.
 func target(ap netip.AddrPort) []byte {
-	v := append(make([]byte, 0, 20), addrBytes(ap.Addr())...)
+	return appendTarget(make([]byte, 0, 20), ap)
+}
+
+// appendTarget appends the data target encodes to v.
+func appendTarget(v []byte, ap netip.AddrPort) []byte {
+	v = appendAddr(v, ap.Addr())
 	v = binary.BigEndian.AppendUint16(v, ap.Port())
 	return append(v, 0, 0)
 }

@@ -18,9 +18,12 @@ import (
 //     inside syscall.RawConn.Read and borrows its batch of buffers from a
 //     shared pool only for the time between a read that found datagrams and
 //     the end of forwarding them. A parked socket holds no buffer at all, so
-//     the batch can be generous: mmsgBatchLen × maxDatagram, and the memory
-//     it costs scales with the number of sockets busy at the same instant
-//     (about GOMAXPROCS), not with the number of sockets.
+//     the batch can be generous: mmsgBatchLen × maxDatagram. A socket woken
+//     by the netpoller first takes one of the relay's forwarding lanes
+//     (Relay.lanes) and only then a batch, so the batches in use never
+//     outnumber the lanes (GOMAXPROCS-1), however many sockets have
+//     datagrams waiting at the same instant; the pool keeps a few more
+//     between garbage collections.
 //   - xnet (portable, golang.org/x/net ReadBatch/WriteBatch) blocks inside
 //     ReadBatch with its buffers, so each socket owns them: xnetBatchRTP
 //     buffers on RTP sockets and xnetBatchRTCP on RTCP sockets, whose few
@@ -42,10 +45,13 @@ const (
 // the socket and writes the admitted ones out of the peer socket (the socket
 // of the same component facing the other side). Exactly one goroutine, the
 // socket's reader, calls its methods; it needs no locking.
+//
+// A successful recv returns holding one of the relay's forwarding lanes
+// (a token of the channel given to newBatchIO); release gives it back.
 type batchIO interface {
 	// recv blocks until at least one datagram is read and returns how many
-	// were. It returns an error wrapping net.ErrClosed once the socket is
-	// closed.
+	// were, holding a lane. It returns an error wrapping net.ErrClosed once
+	// the socket is closed, and holds no lane after an error.
 	recv() (int, error)
 	// datagram returns datagram i of the last recv: its payload (valid until
 	// release), its source and whether it was longer than maxDatagram.
@@ -55,7 +61,8 @@ type batchIO interface {
 	// accepted; a datagram the kernel refuses is skipped, the rest are still
 	// sent, and the first error is returned for logging.
 	send(pkts [][]byte, dst netip.AddrPort) (packets, bytes int, err error)
-	// release ends the use of the last recv's payloads.
+	// release ends the use of the last recv's payloads and gives back the
+	// lane.
 	release()
 }
 
@@ -79,17 +86,17 @@ func (i ioImpl) String() string {
 }
 
 // newBatchIO returns the I/O of a socket reading conn and forwarding out of
-// peer.
-func newBatchIO(impl ioImpl, conn, peer *net.UDPConn, c component) (batchIO, error) {
+// peer; lanes are the relay's forwarding lanes.
+func newBatchIO(impl ioImpl, conn, peer *net.UDPConn, c component, lanes chan struct{}) (batchIO, error) {
 	switch impl {
 	case ioMmsg:
-		return newMmsgIO(conn, peer)
+		return newMmsgIO(conn, peer, lanes)
 	case ioXNet:
 		n := xnetBatchRTP
 		if c == compRTCP {
 			n = xnetBatchRTCP
 		}
-		return newXNetIO(conn, peer, n), nil
+		return newXNetIO(conn, peer, n, lanes), nil
 	}
 	return nil, fmt.Errorf("media: unknown batch i/o %d", impl)
 }

@@ -72,6 +72,7 @@ var mmsgBatches = sync.Pool{New: func() any { return newMmsgBatch() }}
 type mmsgIO struct {
 	rc, peer   syscall.RawConn
 	peerFamily uint16
+	lanes      chan struct{} // the relay's; one is held with b
 
 	b   *mmsgBatch // borrowed from mmsgBatches between recv and release
 	n   int        // result of the last syscall
@@ -84,7 +85,7 @@ type mmsgIO struct {
 	readFn, writeFn func(fd uintptr) bool
 }
 
-func newMmsgIO(conn, peer *net.UDPConn) (batchIO, error) {
+func newMmsgIO(conn, peer *net.UDPConn, lanes chan struct{}) (batchIO, error) {
 	rc, err := conn.SyscallConn()
 	if err != nil {
 		return nil, fmt.Errorf("raw conn %v: %w", conn.LocalAddr(), err)
@@ -93,7 +94,7 @@ func newMmsgIO(conn, peer *net.UDPConn) (batchIO, error) {
 	if err != nil {
 		return nil, fmt.Errorf("raw conn %v: %w", peer.LocalAddr(), err)
 	}
-	m := &mmsgIO{rc: rc, peer: prc, peerFamily: unix.AF_INET6}
+	m := &mmsgIO{rc: rc, peer: prc, peerFamily: unix.AF_INET6, lanes: lanes}
 	if isIPv4Socket(peer) {
 		m.peerFamily = unix.AF_INET
 	}
@@ -114,11 +115,13 @@ func (m *mmsgIO) recv() (int, error) {
 	return m.n, nil
 }
 
-// doRecv runs inside RawConn.Read. The socket is non-blocking: on EAGAIN the
-// batch goes back to the pool and false parks the goroutine in the
-// netpoller until the socket is readable, so an idle socket holds no
-// buffers.
+// doRecv runs inside RawConn.Read. It takes a lane first and a batch
+// second, so that sockets woken together wait for a lane without buffers.
+// The socket is non-blocking: on EAGAIN the batch and the lane go back and
+// false parks the goroutine in the netpoller until the socket is readable,
+// so an idle socket holds no buffers.
 func (m *mmsgIO) doRecv(fd uintptr) bool {
+	m.lanes <- struct{}{}
 	b := mmsgBatches.Get().(*mmsgBatch)
 	for i := range b.rx {
 		b.rx[i].hdr.Namelen = sockaddrLen
@@ -135,9 +138,11 @@ func (m *mmsgIO) doRecv(fd uintptr) bool {
 			continue
 		case errno == unix.EAGAIN:
 			mmsgBatches.Put(b)
+			<-m.lanes
 			return false
 		default:
 			mmsgBatches.Put(b)
+			<-m.lanes
 			m.err = os.NewSyscallError("recvmmsg", errno)
 			return true
 		}
@@ -219,6 +224,7 @@ func (m *mmsgIO) release() {
 	if m.b != nil {
 		mmsgBatches.Put(m.b)
 		m.b = nil
+		<-m.lanes
 	}
 }
 

@@ -34,15 +34,18 @@ type xnetIO struct {
 	tx         []ipv4.Message
 	dst        net.UDPAddr
 	dstIP      [16]byte
+	lanes      chan struct{}
+	laned      bool // a lane is held
 }
 
-func newXNetIO(conn, peer *net.UDPConn, batch int) *xnetIO {
+func newXNetIO(conn, peer *net.UDPConn, batch int, lanes chan struct{}) *xnetIO {
 	x := &xnetIO{
 		conn:    newBatchConn(conn),
 		peer:    newBatchConn(peer),
 		peerIs4: isIPv4Socket(peer),
 		rx:      make([]ipv4.Message, batch),
 		tx:      make([]ipv4.Message, batch),
+		lanes:   lanes,
 	}
 	// One spare byte per buffer: a datagram that fills it was longer than
 	// maxDatagram and has been cut by the kernel.
@@ -59,7 +62,13 @@ func newXNetIO(conn, peer *net.UDPConn, batch int) *xnetIO {
 }
 
 func (x *xnetIO) recv() (int, error) {
-	return x.conn.ReadBatch(x.rx, 0)
+	x.release()
+	n, err := x.conn.ReadBatch(x.rx, 0)
+	if err == nil {
+		x.lanes <- struct{}{}
+		x.laned = true
+	}
+	return n, err
 }
 
 func (x *xnetIO) datagram(i int) ([]byte, netip.AddrPort, bool) {
@@ -123,4 +132,9 @@ func (x *xnetIO) send(pkts [][]byte, dst netip.AddrPort) (int, int, error) {
 	return sent, bytes, first
 }
 
-func (x *xnetIO) release() {}
+func (x *xnetIO) release() {
+	if x.laned {
+		<-x.lanes
+		x.laned = false
+	}
+}

@@ -5,13 +5,19 @@ package media
 import (
 	"bufio"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/net/ipv4"
 )
 
 // TestMemoryBudget opens 2,000 calls with one audio stream each (8,000
@@ -113,5 +119,126 @@ func residentBytes(t *testing.T) uint64 {
 		}
 	}
 	t.Skip("memory budget: no VmRSS in /proc/self/status")
+	return 0
+}
+
+// BenchmarkRelayMemory measures the relay's peak memory with 2,000 calls
+// carrying RTP both ways at once, as in the daemon under load: every call's
+// two RTP sockets get a 172-byte packet every 30 ms (about 133,000 packets
+// per second in all) for three seconds. It reports the process's peak
+// resident set (VmHWM, so run it alone: go test -run '^$' -bench
+// RelayMemory -benchtime 1x ./media), the heap in use and the goroutine
+// stacks at the end of the load, and the packets that came through.
+func BenchmarkRelayMemory(b *testing.B) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur < 4*memCalls+500 {
+		b.Skipf("needs %d file descriptors, limit is %d", 4*memCalls+500, lim.Cur)
+	}
+	for range b.N {
+		memoryUnderLoad(b, defaultIO)
+	}
+}
+
+func memoryUnderLoad(b *testing.B, impl ioImpl) {
+	const (
+		calls  = memCalls
+		every  = 30 * time.Millisecond
+		period = 3 * time.Second
+	)
+	lo, _ := testPortRange(4*calls + 1000)
+	r := newTestRelay(b, impl, func(c *Config) { c.PortMin, c.PortMax = lo, lo+4*calls+999 })
+	defer r.Shutdown()
+	a, bp := newPhone(b, phoneAIP, false), newPhone(b, phoneBIP, true)
+	a.rtp.SetReadBuffer(4 << 20)
+	bp.rtp.SetReadBuffer(4 << 20)
+	a.rtp.SetWriteBuffer(4 << 20)
+	bp.rtp.SetWriteBuffer(4 << 20)
+	offer, answer := a.sdp(1), bp.sdp(1)
+	toA := make([]netip.AddrPort, calls) // where phone A sends
+	toB := make([]netip.AddrPort, calls)
+	for i := range calls {
+		id := SessionID(fmt.Sprintf("call-load-%d", i))
+		openCall(b, r, id)
+		o, err := r.Offer(id, A, offer)
+		if err != nil {
+			b.Fatalf("Offer %d: %v", i, err)
+		}
+		ans, err := r.Answer(id, B, answer)
+		if err != nil {
+			b.Fatalf("Answer %d: %v", i, err)
+		}
+		toB[i], _ = anchorOf(b, o, 0)
+		toA[i], _ = anchorOf(b, ans, 0)
+	}
+	var got atomic.Int64
+	drain := func(c *net.UDPConn) {
+		buf := make([]byte, 2048)
+		for {
+			c.SetReadDeadline(time.Now().Add(time.Second))
+			if _, _, err := c.ReadFromUDPAddrPort(buf); err != nil {
+				return
+			}
+			got.Add(1)
+		}
+	}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); drain(a.rtp) }()
+	go func() { defer wg.Done(); drain(bp.rtp) }()
+
+	pkt := rtpPacket(b, 0, 1, 0x10AD)
+	send := func(c *net.UDPConn, to []netip.AddrPort) int {
+		pc := ipv4.NewPacketConn(c)
+		msgs := make([]ipv4.Message, 64)
+		for i := range msgs {
+			msgs[i].Buffers = [][]byte{pkt}
+		}
+		sent := 0
+		for off := 0; off < len(to); off += len(msgs) {
+			n := min(len(msgs), len(to)-off)
+			for i := range n {
+				msgs[i].Addr = net.UDPAddrFromAddrPort(to[off+i])
+			}
+			k, _ := pc.WriteBatch(msgs[:n], 0)
+			sent += k
+		}
+		return sent
+	}
+	b.ResetTimer()
+	sent := 0
+	start := time.Now()
+	for tick := time.Now(); time.Since(start) < period; tick = tick.Add(every) {
+		sent += send(a.rtp, toA) + send(bp.rtp, toB)
+		time.Sleep(time.Until(tick.Add(every)))
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	goroutines := runtime.NumGoroutine()
+	wg.Wait()
+	b.StopTimer()
+	b.ReportMetric(float64(procStatus(b, "VmHWM:"))/(1<<20), "peak-RSS-MB")
+	b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "heap-MB")
+	b.ReportMetric(float64(ms.StackInuse)/(1<<20), "stacks-MB")
+	b.ReportMetric(float64(goroutines), "goroutines")
+	b.ReportMetric(float64(got.Load())/float64(max(sent, 1)), "delivered")
+}
+
+// procStatus reads a size field (in kB) of /proc/self/status, in bytes.
+func procStatus(t testing.TB, field string) uint64 {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Skipf("read /proc/self/status: %v", err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, field); ok {
+			kb, err := strconv.ParseUint(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			if err != nil {
+				t.Fatalf("parse %s %q: %v", field, rest, err)
+			}
+			return kb << 10
+		}
+	}
+	t.Skipf("no %s in /proc/self/status", field)
 	return 0
 }

@@ -53,9 +53,11 @@ type Offloader interface {
 	// with the final kernel counters of f and of f.Reverse(), never from the
 	// calling goroutine.
 	Withdraw(f Flow, done func(fwd, rev Counter))
-	// Counters returns the current kernel counters of every offloaded flow,
-	// each direction under its own Flow.
-	Counters() (map[Flow]Counter, error)
+	// Counters fills into, after clearing it, with the current kernel
+	// counters of every offloaded flow, each direction under its own Flow.
+	// The caller owns into and reuses it from poll to poll, so a poll
+	// allocates nothing per flow once the map has grown.
+	Counters(into map[Flow]Counter) error
 }
 
 // withdrawWait bounds how long closing a stream waits for the kernel's final
@@ -282,7 +284,7 @@ func (r *Relay) OffloadedLinks() int {
 // pollKernel reads the kernel counters of installed links and marks the
 // sessions whose RTP moved as active: packets the kernel forwards never
 // reach a relay socket, so this is the only sign of life of such a call.
-func (r *Relay) pollKernel(buf []*link) []*link {
+func (r *Relay) pollKernel(buf []*link, m map[Flow]Counter) []*link {
 	buf = buf[:0]
 	r.kmu.Lock()
 	for lk := range r.klinks {
@@ -292,7 +294,7 @@ func (r *Relay) pollKernel(buf []*link) []*link {
 	if len(buf) == 0 {
 		return buf
 	}
-	m, err := r.cfg.Offloader.Counters()
+	err := r.cfg.Offloader.Counters(m)
 	if err != nil {
 		// Once per failure streak: the janitor asks every tick.
 		if !r.countersFailing {

@@ -305,6 +305,17 @@ func janitorTick(timeout time.Duration) time.Duration {
 	return min(time.Second, max(timeout/4, 10*time.Millisecond))
 }
 
+// kernelPollEvery is how often the janitor reads the kernel counters of
+// offloaded links. They serve the media timeout, which only needs a sign
+// of life well within cfg.Timeout, and the live stats of a call (its final
+// counters are read when it ends, whatever the interval): a twelfth of the
+// timeout, at most 5 s (the default 60 s timeout) and at least a janitor
+// tick. Each poll dumps every counter of the kernel, so at thousands of
+// offloaded streams a second-by-second poll was most of the daemon's CPU.
+func kernelPollEvery(timeout time.Duration) time.Duration {
+	return min(5*time.Second, max(janitorTick(timeout), timeout/12))
+}
+
 // janitor reports sessions without admitted RTP for cfg.Timeout. It reads
 // each session's activity clock atomically and holds r.mu only to copy the
 // session list.
@@ -317,15 +328,22 @@ func (r *Relay) janitor() {
 		s  *session
 	}
 	var batch []entry
+	pollEvery := kernelPollEvery(r.cfg.Timeout)
+	var lastPoll time.Time
 	var links []*link
+	var counters map[Flow]Counter
+	if r.cfg.Offloader != nil {
+		counters = make(map[Flow]Counter)
+	}
 	for {
 		select {
 		case <-r.stop:
 			return
 		case <-t.C:
 		}
-		if r.cfg.Offloader != nil {
-			links = r.pollKernel(links)
+		if r.cfg.Offloader != nil && time.Since(lastPoll) >= pollEvery-pollEvery/8 {
+			lastPoll = time.Now()
+			links = r.pollKernel(links, counters)
 		}
 		batch = batch[:0]
 		r.mu.Lock()

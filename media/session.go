@@ -340,7 +340,7 @@ func (s *session) endpoints(index int, get func(Side) (PortPair, error)) ([2]*en
 	}
 	for _, ep := range eps {
 		for _, k := range ep.socks {
-			io, err := newBatchIO(s.relay.cfg.batchIO, k.conn, k.peer.conn, k.comp)
+			io, err := newBatchIO(s.relay.cfg.batchIO, k.conn, k.peer.conn, k.comp, s.relay.lanes)
 			if err != nil {
 				s.dropUnstarted(eps)
 				return [2]*endpoint{}, fmt.Errorf("set up stream %d side %v %v: %w", index, k.side, k.comp, err)

@@ -217,10 +217,7 @@ func (k *relaySocket) run(done *sync.WaitGroup) {
 			continue
 		}
 		backoff = 0
-		lanes := k.sess.relay.lanes
-		lanes <- struct{}{}
-		k.forward(n)
-		<-lanes
+		k.forward(n) // holding a lane: see batchIO
 		k.io.release()
 	}
 }

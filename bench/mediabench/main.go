@@ -94,13 +94,14 @@ func main() {
 				return
 			}
 			if mode == "flowrate" {
-				add, del, err := l.flowRate(n)
+				fr, err := l.flowRate(n)
 				if err != nil {
 					fmt.Fprintf(os.Stderr, "mediabench: flowrate %d: %v\n", n, err)
 					continue
 				}
-				fmt.Printf("%-10s %8d offload %v (%.0f flows/s), withdraw %v (%.0f flows/s)\n", mode, n,
-					add.Round(time.Millisecond), float64(n)/add.Seconds(), del.Round(time.Millisecond), float64(n)/del.Seconds())
+				fmt.Printf("%-10s %8d offload %v (%.0f flows/s, cpu %v), withdraw %v (%.0f flows/s, cpu %v)\n", mode, n,
+					fr.add.Round(time.Millisecond), float64(n)/fr.add.Seconds(), fr.addCPU.Round(time.Millisecond),
+					fr.del.Round(time.Millisecond), float64(n)/fr.del.Seconds(), fr.delCPU.Round(time.Millisecond))
 				continue
 			}
 			res, err := l.measure(ctx, mode, n, fields(*rates), *secs)
@@ -472,19 +473,24 @@ func (l *lab) setupRelay(n int, offload bool) ([]netip.AddrPort, func(), time.Du
 	return targets, teardown, time.Since(t0), nil
 }
 
+// flowTimes are what flowRate measures: wall-clock time and the CPU time
+// of this process (user and system, so including the kernel's work done
+// in its netlink calls) for each step.
+type flowTimes struct{ add, addCPU, del, delCPU time.Duration }
+
 // flowRate offloads n flows (no traffic) through firewall.Media and
 // withdraws them again, timing each until the last callback.
-func (l *lab) flowRate(n int) (add, del time.Duration, err error) {
+func (l *lab) flowRate(n int) (ft flowTimes, err error) {
 	h, err := netns.GetFromName(l.sbc)
 	if err != nil {
-		return 0, 0, err
+		return ft, err
 	}
 	defer h.Close()
 	fw, err := firewall.NewMedia(firewall.MediaConfig{Addrs: []netip.Addr{sbcLeft, sbcRight},
 		PortMin: portMin, PortMax: portMax, NetNS: int(h), Batch: 20000},
 		hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr}))
 	if err != nil {
-		return 0, 0, err
+		return ft, err
 	}
 	defer fw.Close(false)
 	flows := make([]media.Flow, n)
@@ -497,6 +503,7 @@ func (l *lab) flowRate(n int) (add, del time.Duration, err error) {
 		}
 	}
 	errs := make(chan error, n)
+	c0 := rusage()
 	t0 := time.Now()
 	for _, f := range flows {
 		fw.Offload(f, func(err error) { errs <- err })
@@ -506,11 +513,12 @@ func (l *lab) flowRate(n int) (add, del time.Duration, err error) {
 			err = e
 		}
 	}
-	add = time.Since(t0)
+	ft.add, ft.addCPU = time.Since(t0), rusage()-c0
 	if err != nil {
-		return add, 0, err
+		return ft, err
 	}
 	done := make(chan struct{}, n)
+	c0 = rusage()
 	t0 = time.Now()
 	for _, f := range flows {
 		fw.Withdraw(f, func(_, _ media.Counter) { done <- struct{}{} })
@@ -518,7 +526,8 @@ func (l *lab) flowRate(n int) (add, del time.Duration, err error) {
 	for range n {
 		<-done
 	}
-	return add, time.Since(t0), nil
+	ft.del, ft.delCPU = time.Since(t0), rusage()-c0
+	return ft, nil
 }
 
 // inNetns runs fn on a thread inside ns (sockets it creates stay there) and
