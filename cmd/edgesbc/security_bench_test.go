@@ -260,11 +260,10 @@ func TestIntegrationSecurityFloodBench(t *testing.T) {
 	}
 
 	report := b.report(best, notes)
-	t.Logf("results:\n%s", report)
-	if k.out != "" {
-		if err := os.WriteFile(k.out, []byte(report), 0o644); err != nil {
-			t.Errorf("write results: %v", err)
-		}
+	if k.out == "" {
+		t.Logf("results:\n%s", report)
+	} else if err := os.WriteFile(k.out, []byte(report), 0o644); err != nil {
+		t.Errorf("write results: %v\n%s", err, report)
 	}
 }
 
