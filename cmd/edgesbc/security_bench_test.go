@@ -51,10 +51,11 @@ const (
 	benchHoldMS    = 1000
 	benchService   = "4930123456"
 	benchMinCalls  = 100
-	benchRetry     = 1   // a failed step is repeated once before it counts
-	benchBisect    = 2   // bisection steps after the ladder fails
-	benchNice      = -10 // of the daemon and the callers, as bench/run.sh
-	userHZ         = 100 // /proc/stat and /proc/PID/stat ticks per second
+	benchRetry     = 1                // a failed step is repeated once before it counts
+	benchBisect    = 2                // bisection steps after the ladder fails
+	benchNice      = -10              // of the daemon and the callers, as bench/run.sh
+	benchSettle    = 15 * time.Second // longest wait for the calls of a step to end
+	userHZ         = 100              // /proc/stat and /proc/PID/stat ticks per second
 )
 
 // Flood modes: no flood (the baseline), a flood whose sources are not
@@ -146,11 +147,12 @@ func readBenchKnobs(t *testing.T) benchKnobs {
 type benchCounters struct {
 	at         time.Time
 	daemonCPU  time.Duration
-	idleTicks  int64 // idle + iowait of all CPUs, /proc/stat
-	floodTx    int64 // packets the attackers put on their link
-	banDrops   int   // kernel: packets from banned sources dropped
-	meterDrops int   // kernel: packets over the per-source rate dropped
-	sockDrops  int64 // SBC namespace: datagrams dropped on full receive buffers
+	idleTicks  int64         // idle + iowait of all CPUs, /proc/stat
+	floodTx    int64         // packets the attackers put on their link
+	floodCPU   time.Duration // user+system time of the attackers' sipp processes
+	banDrops   int           // kernel: packets from banned sources dropped
+	meterDrops int           // kernel: packets over the per-source rate dropped
+	sockDrops  int64         // SBC namespace: datagrams dropped on full receive buffers
 }
 
 // benchStep is one batch of calls at one rate.
@@ -164,6 +166,7 @@ type benchStep struct {
 	daemonCPU           float64 // percent of one core
 	hostBusy            float64 // percent of all CPUs
 	floodPPS            float64 // offered by the attackers
+	floodCPU            float64 // the attackers' sipp, percent of one core
 	banPPS, meterPPS    float64 // dropped in the kernel
 	sockDrops           int64
 	note                string
@@ -206,6 +209,10 @@ func TestIntegrationSecurityFloodBench(t *testing.T) {
 		// bench/run.sh), and no per-call logging
 		c = strings.Replace(c, `port_range = "20000-20099"`, `port_range = "10000-60999"`, 1)
 		c = strings.Replace(c, `level = "debug"`, `level = "info"`, 1)
+		// calls a failed step leaves behind end (and are answered with
+		// BYE) soon rather than into the steps after it: these calls
+		// carry no RTP and last a second
+		c = strings.Replace(c, `timeout    = "60s"`, `timeout    = "10s"`, 1)
 		enforce = c
 		return strings.Replace(c, `unknown_source_requests = 20`, `unknown_source_requests = 20
   mode                    = "log"`, 1)
@@ -326,7 +333,10 @@ func (b *securityBench) stepRetry(flood string, rate int, deadline time.Time) bo
 		if s.pass {
 			return true
 		}
-		if i >= benchRetry || time.Now().After(deadline) {
+		// a retry is for a near miss (a few calls in thousands, or a
+		// batch a little late), not for a rate far beyond reach
+		nearMiss := s.calls-s.ok <= max(s.calls/100, 5) && s.wall <= 2*s.ideal
+		if i >= benchRetry || !nearMiss || time.Now().After(deadline) {
 			return false
 		}
 	}
@@ -344,9 +354,13 @@ func (b *securityBench) step(flood string, rate int) benchStep {
 	ideal := time.Duration(calls)*time.Second/time.Duration(rate) + benchHoldMS*time.Millisecond
 	timeout := fmt.Sprintf("%ds", int(ideal.Seconds())+20)
 	carrier, pbx := l.topo.CarrierAddr.Addr().String(), l.topo.PBXAddr.Addr().String()
+	leftover := b.settle()
 
+	// The callee has no call limit of its own (a request of a call an
+	// earlier step left behind would count as one); it is stopped once
+	// the caller is done.
 	uas := testenv.StartLoadSIPp(t, l.topo.Carrier, b.sippDir, "-sf", "uas.xml", "-i", carrier, "-p", "5060",
-		"-mi", carrier, "-mp", "6000", "-buff_size", benchBuff, "-m", fmt.Sprint(calls), "-timeout", timeout)
+		"-mi", carrier, "-mp", "6000", "-buff_size", benchBuff, "-m", fmt.Sprint(10*calls), "-timeout", timeout)
 	renice(t, l.topo.Carrier)
 	c0 := b.counters()
 	uac := testenv.StartLoadSIPp(t, l.topo.PBX, b.sippDir, "-sf", "uac.xml", "-i", pbx, "-p", "5060",
@@ -364,6 +378,7 @@ func (b *securityBench) step(flood string, rate int) benchStep {
 	s.daemonCPU = 100 * (c1.daemonCPU - c0.daemonCPU).Seconds() / secs
 	s.hostBusy = max(0, 100*(1-float64(c1.idleTicks-c0.idleTicks)/(secs*userHZ*float64(runtime.NumCPU()))))
 	s.floodPPS = float64(c1.floodTx-c0.floodTx) / secs
+	s.floodCPU = 100 * (c1.floodCPU - c0.floodCPU).Seconds() / secs
 	s.banPPS = float64(c1.banDrops-c0.banDrops) / secs
 	s.meterPPS = float64(c1.meterDrops-c0.meterDrops) / secs
 	s.sockDrops = c1.sockDrops - c0.sockDrops
@@ -377,6 +392,9 @@ func (b *securityBench) step(flood string, rate int) benchStep {
 	default:
 		s.pass = true
 	}
+	if leftover > 0 {
+		s.note = strings.TrimPrefix(fmt.Sprintf("%s; %d calls of earlier steps still in progress at the start", s.note, leftover), "; ")
+	}
 	if !s.pass {
 		for _, side := range []*testenv.SIPp{uac, uas} {
 			if head := fileHead(filepath.Join(side.Dir(), "errors.log"), 1<<10); head != "" {
@@ -388,6 +406,23 @@ func (b *securityBench) step(flood string, rate int) benchStep {
 	t.Logf("%s flood, %d CPS: %s (%d/%d ok, %d failed, %.1f s, daemon CPU %.1f%%, host %.0f%% busy, flood %.0f packets/s, kernel drops %.0f banned + %.0f metered packets/s) %s",
 		flood, rate, passFail(s.pass), s.ok, calls, s.failed, secs, s.daemonCPU, s.hostBusy, s.floodPPS, s.banPPS, s.meterPPS, s.note)
 	return s
+}
+
+// settle waits until the daemon has no call in progress, for at most
+// benchSettle: the calls a failed step leaves behind end by the media
+// timeout. It returns the calls still in progress.
+func (b *securityBench) settle() int {
+	deadline := time.Now().Add(benchSettle)
+	for {
+		st, err := b.l.daemon.QueryStatus()
+		if err == nil && st.Calls == 0 && st.Sessions == 0 {
+			return 0
+		}
+		if time.Now().After(deadline) {
+			return max(st.Calls, 1)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
 
 func passFail(ok bool) string {
@@ -416,8 +451,32 @@ func (b *securityBench) counters() benchCounters {
 	c := benchCounters{at: time.Now(), daemonCPU: l.daemonCPU(t), idleTicks: idleTicks(t),
 		banDrops: l.banDrops(t), meterDrops: l.ruleCounter(t, "@rl_sip_public")}
 	c.floodTx = nsCounter(t, l.attacker, "cat", "/sys/class/net/eth-sbc/statistics/tx_packets")
+	c.floodCPU = nsCPU(t, l.attacker)
 	c.sockDrops = nsCounter(t, l.topo.SBC, "awk", `$1 == "Udp:" && $2 ~ /^[0-9]+$/ {print $6}`, "/proc/net/snmp")
 	return c
+}
+
+// nsCPU is the user+system time of the processes in ns so far (a process
+// that ended since an earlier reading takes its time with it: the flood's
+// processes run through a whole search).
+func nsCPU(t *testing.T, ns *testenv.Netns) time.Duration {
+	t.Helper()
+	pids, err := ns.Pids()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ticks int64
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue // ended
+		}
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+		utime, _ := strconv.ParseInt(f[11], 10, 64)
+		stime, _ := strconv.ParseInt(f[12], 10, 64)
+		ticks += utime + stime
+	}
+	return time.Duration(ticks) * time.Second / userHZ
 }
 
 // nsCounter runs a command printing one number inside ns. /sys/class/net
@@ -658,26 +717,27 @@ func (b *securityBench) report(best map[string]int, notes map[string]string) str
 	p("")
 	p("Host: %d CPUs (%s), kernel %s; %.0f%% busy with other work in the second before the run. The machine may be shared: compare figures from the same run only.", runtime.NumCPU(), model, strings.TrimSpace(string(kernel)), b.busyStart)
 	p("Calls: PBX → edgesbc → carrier over UDP, bench/sipp/uac.xml and uas.xml (INVITE with SDP / 100 / 200 / ACK / %d ms / BYE / 200), SIPp socket buffers 4 MiB, the callers and the daemon at nice %d.", benchHoldMS, benchNice)
-	p("Each step offers rate × %d s calls (at least %d); it passes when every call completes, none fails and SIPp kept the rate. A failed step is repeated %d time(s); the ladder (%v CPS) is followed by %d bisection steps; the three searches share a budget of %.0f s.", b.k.stepSeconds, benchMinCalls, benchRetry, b.k.rates, benchBisect, b.k.budget.Seconds())
-	p("Flood: %d SIPp processes in the attacker namespace, one per source address, each sending %d INVITEs/s (invite_flood.xml, an ordinary User-Agent) to the public SIP port with 4 MiB socket buffers at nice 0, for the whole search: %d packets/s offered in all. Kernel meter: rate_limit \"sip-public\", 50/s per source, burst 100.", floodSources, floodPerSource, floodSources*floodPerSource)
+	p("Each step offers rate × %d s calls (at least %d); it passes when every call completes, none fails and SIPp kept the rate. A step that failed narrowly (at most 1%% of the calls, or late by less than its length) is repeated %d time(s); the ladder (%v CPS) is followed by %d bisection steps; the three searches share a budget of %.0f s.", b.k.stepSeconds, benchMinCalls, benchRetry, b.k.rates, benchBisect, b.k.budget.Seconds())
+	p("Flood: %d SIPp processes in the attacker namespace, each sending from %d source addresses in turn (-t ui), %d INVITEs/s per source (invite_flood.xml, an ordinary User-Agent) to the public SIP port with 4 MiB socket buffers at nice 0, running through every step of its search: %d packets/s from %d addresses. Kernel meter: rate_limit \"sip-public\", 50/s per source, burst 100.", floodProcs, floodSources/floodProcs, floodPerSource, floodSources*floodPerSource, floodSources)
 	p("- unbanned: the unsolicited policy in mode \"log\" (it reported %d would-be bans and made none): the per-source meter alone thins the flood, %d × 50 packets/s reach the daemon, which ignores requests from strangers on the public side.", b.wouldBan, floodSources)
 	p("- banned: the unsolicited policy enforcing (%d of %d sources banned): the kernel drops every packet from a banned source before conntrack.", b.banned, floodSources)
 	p("")
 	p("## Highest call rate with zero failed calls")
 	p("")
-	p("| flood | max CPS | ratio to no flood (aim ≥ 0.9) | common CPS | daemon CPU @common, no flood → flood | CPU points (aim ≤ +10) | daemon CPU @max | host CPU busy @max | flood offered, packets/s (ramp; min–max over steps) | kernel drops @max, packets/s (banned / metered) | note |")
-	p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+	p("| flood | max CPS | ratio to no flood (aim ≥ 0.9) | common CPS | daemon CPU @common, no flood → flood | CPU points @common (aim ≤ +10) | CPU points, range over all rates both passed | daemon CPU @max | host CPU busy @max | attackers' SIPp CPU @max | flood offered, packets/s (ramp; min–max over steps) | kernel drops @max, packets/s (banned / metered) | note |")
+	p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 	base := best[floodNone]
 	for _, f := range []string{floodNone, floodUnbanned, floodBanned} {
 		atMax, okMax := b.lastPass(f, best[f])
-		cpuMax, busyMax, drops := "-", "-", "-"
+		cpuMax, busyMax, drops, attackCPU := "-", "-", "-", "-"
 		if okMax {
 			cpuMax, busyMax = fmt.Sprintf("%.1f%%", atMax.daemonCPU), fmt.Sprintf("%.0f%%", atMax.hostBusy)
 			if f != floodNone {
 				drops = fmt.Sprintf("%.0f / %.0f", atMax.banPPS, atMax.meterPPS)
+				attackCPU = fmt.Sprintf("%.0f%%", atMax.floodCPU)
 			}
 		}
-		ratio, common, cpuCommon, points, offered := "-", "-", "-", "-", "-"
+		ratio, common, cpuCommon, points, pointsRange, offered := "-", "-", "-", "-", "-", "-"
 		if f != floodNone {
 			if base > 0 {
 				r := float64(best[f]) / float64(base)
@@ -690,6 +750,13 @@ func (b *securityBench) report(best map[string]int, notes map[string]string) str
 				cpuCommon = fmt.Sprintf("%.1f%% → %.1f%%", s0.daemonCPU, s1.daemonCPU)
 				d := s1.daemonCPU - s0.daemonCPU
 				points = fmt.Sprintf("%+.1f (%s)", d, map[bool]string{true: "met", false: "not met"}[d <= 10])
+				lo, hi := 1e9, -1e9
+				for _, s1 := range b.steps {
+					if s0, ok := b.lastPass(floodNone, s1.rate); ok && s1.flood == f && s1.pass {
+						lo, hi = min(lo, s1.daemonCPU-s0.daemonCPU), max(hi, s1.daemonCPU-s0.daemonCPU)
+					}
+				}
+				pointsRange = fmt.Sprintf("%+.1f … %+.1f", lo, hi)
 			}
 			lo, hi := -1.0, 0.0
 			for _, s := range b.steps {
@@ -702,18 +769,18 @@ func (b *securityBench) report(best map[string]int, notes map[string]string) str
 			}
 			offered = fmt.Sprintf("%.0f; %.0f–%.0f", b.floodRamp[f], max(lo, 0), hi)
 		}
-		p("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |", f, best[f], ratio, common, cpuCommon, points, cpuMax, busyMax, offered, drops, notes[f])
+		p("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |", f, best[f], ratio, common, cpuCommon, points, pointsRange, cpuMax, busyMax, attackCPU, offered, drops, notes[f])
 	}
 	p("")
-	p("Daemon CPU: user + system time of the edgesbc process over the step (/proc/PID/stat), percent of one core. Common CPS: the highest rate passed both without and with that flood. Host CPU busy: one minus the idle time of all CPUs (/proc/stat) over the step's wall time, SIPp and other work on the machine included. Flood offered: packets the attackers put on their link (veth tx counter). Kernel drops: the counters of the guard's ban and rate-limit rules.")
+	p("Daemon CPU: user + system time of the edgesbc process over the step (/proc/PID/stat), percent of one core. Common CPS: the highest rate passed both without and with that flood. Host CPU busy: one minus the idle time of all CPUs (/proc/stat) over the step's wall time, SIPp and other work on the machine included. Attackers' SIPp CPU: the flood generator's own share of the same two cores (percent of one core), which a real attacker would not take from the SBC. Flood offered: packets the attackers put on their link (veth tx counter). Kernel drops: the counters of the guard's ban and rate-limit rules.")
 	p("")
 	p("## Every step")
 	p("")
-	p("| flood | rate | calls | ok | failed | retrans | wall s | result | daemon CPU | host CPU busy | flood offered pkt/s | banned drops pkt/s | metered drops pkt/s | daemon socket drops | note |")
-	p("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|")
+	p("| flood | rate | calls | ok | failed | retrans | wall s | result | daemon CPU | host CPU busy | attackers' CPU | flood offered pkt/s | banned drops pkt/s | metered drops pkt/s | daemon socket drops | note |")
+	p("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
 	for _, s := range b.steps {
-		p("| %s | %d | %d | %d | %d | %d | %.1f | %s | %.1f%% | %.0f%% | %.0f | %.0f | %.0f | %d | %s |", s.flood, s.rate, s.calls, s.ok, s.failed, s.retrans,
-			s.wall.Seconds(), passFail(s.pass), s.daemonCPU, s.hostBusy, s.floodPPS, s.banPPS, s.meterPPS, s.sockDrops, s.note)
+		p("| %s | %d | %d | %d | %d | %d | %.1f | %s | %.1f%% | %.0f%% | %.0f%% | %.0f | %.0f | %.0f | %d | %s |", s.flood, s.rate, s.calls, s.ok, s.failed, s.retrans,
+			s.wall.Seconds(), passFail(s.pass), s.daemonCPU, s.hostBusy, s.floodCPU, s.floodPPS, s.banPPS, s.meterPPS, s.sockDrops, s.note)
 	}
 	p("")
 	p("Run took %.0f s.", time.Since(b.start).Seconds())
