@@ -194,10 +194,10 @@ type securityBench struct {
 // while 50 attacker addresses send 20,000 INVITEs/s in all at the public
 // SIP port: once with the unsolicited policy in log mode (the sources stay
 // unbanned and only the kernel's per-source meter stands between the flood
-// and the daemon), once with it enforcing (the sources are banned at once
-// and the kernel drops the rest). It reports both maxima, their ratio, the
-// daemon's CPU, how busy the host was, the flood rate actually offered and
-// the kernel's drop counters.
+// and the daemon), once with it enforcing (each source is banned after its
+// first 20 requests and the kernel drops the rest). It reports both maxima,
+// their ratio, the daemon's CPU, how busy the host was, the flood rate
+// actually offered and the kernel's drop counters.
 func TestIntegrationSecurityFloodBench(t *testing.T) {
 	if os.Getenv(benchEnv) == "" {
 		t.Skipf("benchmark: set %s=1 (make bench-security)", benchEnv)
@@ -205,17 +205,24 @@ func TestIntegrationSecurityFloodBench(t *testing.T) {
 	k := readBenchKnobs(t)
 	enforce := ""
 	l := newSecLabWith(t, func(c string) string {
+		edit := func(old, new string) {
+			if !strings.Contains(c, old) {
+				t.Fatalf("configuration of the lab has no %q to replace", old)
+			}
+			c = strings.Replace(c, old, new, 1)
+		}
 		// room for every call in progress at the highest rates (as
 		// bench/run.sh), and no per-call logging
-		c = strings.Replace(c, `port_range = "20000-20099"`, `port_range = "10000-60999"`, 1)
-		c = strings.Replace(c, `level = "debug"`, `level = "info"`, 1)
+		edit(`port_range = "20000-20099"`, `port_range = "10000-60999"`)
+		edit(`level = "debug"`, `level = "info"`)
 		// calls a failed step leaves behind end (and are answered with
 		// BYE) soon rather than into the steps after it: these calls
 		// carry no RTP and last a second
-		c = strings.Replace(c, `timeout    = "60s"`, `timeout    = "10s"`, 1)
+		edit(`timeout    = "60s"`, `timeout    = "10s"`)
 		enforce = c
-		return strings.Replace(c, `unknown_source_requests = 20`, `unknown_source_requests = 20
-  mode                    = "log"`, 1)
+		edit(`unknown_source_requests = 20`, `unknown_source_requests = 20
+  mode                    = "log"`)
+		return c
 	})
 	sippDir, err := filepath.Abs("../../bench/sipp")
 	if err != nil {
@@ -251,7 +258,8 @@ func TestIntegrationSecurityFloodBench(t *testing.T) {
 		t.Errorf("the log-mode policy reported %d would-be bans, want %d (one per flooding source)", b.wouldBan, floodSources)
 	}
 
-	// Now it enforces: the sources are banned at their first requests.
+	// Now it enforces: each source is banned after 20 requests, and the
+	// kernel drops the rest.
 	if err := os.WriteFile(l.daemon.Config, []byte(enforce), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -280,8 +288,8 @@ func (b *securityBench) deadline(searchesLeft int) time.Time {
 	return time.Now().Add(left / time.Duration(searchesLeft))
 }
 
-// search walks the rate ladder until a step fails (each failed step is
-// repeated once), then bisects between the last passing and the first
+// search walks the rate ladder until a step fails (a narrowly failed step
+// is repeated once), then bisects between the last passing and the first
 // failing rate. It returns the highest passing rate (0 if none) and a note.
 func (b *securityBench) search(flood string, deadline time.Time) (int, string) {
 	b.t.Helper()
