@@ -49,6 +49,9 @@ type SIPp struct {
 	files    sippFiles
 	stdout   *os.File
 	scenario string
+	// load marks a load generator (StartLoadSIPp): no message or screen
+	// trace, and no trace tails in the test log.
+	load bool
 }
 
 // SIPpResult is the outcome of a sipp run.
@@ -81,7 +84,23 @@ type sippFiles struct {
 // running, in t's cleanup.
 func StartSIPp(t testing.TB, ns *Netns, dir string, args ...string) *SIPp {
 	t.Helper()
-	s := &SIPp{t: t, dir: t.TempDir(), done: make(chan struct{})}
+	return startSIPp(t, ns, dir, false, args)
+}
+
+// StartLoadSIPp is StartSIPp for a load generator, such as a benchmark's
+// caller at hundreds of calls a second: it keeps the error and statistics
+// traces but leaves out the message and screen traces, which would write
+// every message to disk and cost sipp more than the calls, and Wait copies
+// no trace tails into the test log, since a benchmark step at a rate too
+// high is expected to fail.
+func StartLoadSIPp(t testing.TB, ns *Netns, dir string, args ...string) *SIPp {
+	t.Helper()
+	return startSIPp(t, ns, dir, true, args)
+}
+
+func startSIPp(t testing.TB, ns *Netns, dir string, load bool, args []string) *SIPp {
+	t.Helper()
+	s := &SIPp{t: t, dir: t.TempDir(), done: make(chan struct{}), load: load}
 	s.files = sippFiles{
 		errors:   filepath.Join(s.dir, "errors.log"),
 		stats:    filepath.Join(s.dir, "stats.csv"),
@@ -116,9 +135,13 @@ func StartSIPp(t testing.TB, ns *Netns, dir string, args ...string) *SIPp {
 	full = append(full,
 		"-trace_err", "-error_file", s.files.errors,
 		"-trace_stat", "-stf", s.files.stats,
-		"-trace_screen", "-screen_file", s.files.screen,
-		"-trace_msg", "-message_file", s.files.messages,
 	)
+	if !load {
+		full = append(full,
+			"-trace_screen", "-screen_file", s.files.screen,
+			"-trace_msg", "-message_file", s.files.messages,
+		)
+	}
 
 	var err error
 	s.stdout, err = os.Create(s.files.stdout)
@@ -199,12 +222,21 @@ func (s *SIPp) Wait() (SIPpResult, error) {
 	s.waited = true
 	<-s.done
 	s.result, s.waitErr = s.collect()
-	if s.waitErr != nil || s.result.Exit != 0 || s.result.Failed != 0 {
+	if !s.load && (s.waitErr != nil || s.result.Exit != 0 || s.result.Failed != 0) {
 		s.t.Logf("%s: exit %d, %d successful, %d failed calls, error: %v",
 			s.label, s.result.Exit, s.result.Successful, s.result.Failed, s.waitErr)
 		s.logTails()
 	}
 	return s.result, s.waitErr
+}
+
+// Stop kills sipp if it still runs, for a peer that would otherwise wait
+// for calls that never come, and waits for it to end. Its result is that of
+// Wait: an error when sipp had to be killed.
+func (s *SIPp) Stop() (SIPpResult, error) {
+	s.t.Helper()
+	s.cancel()
+	return s.Wait()
 }
 
 func (s *SIPp) collect() (SIPpResult, error) {
