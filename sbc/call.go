@@ -325,9 +325,12 @@ func (c *Call) run() {
 	body, err := c.anchorOffer()
 	if err != nil {
 		c.mu.Unlock()
-		code := 488
-		if errors.Is(err, media.ErrPoolExhausted) {
-			code = 503
+		// the offer is the caller's fault only when the relay says so;
+		// no free port pair, a failed bind or a descriptor limit is the
+		// SBC's own shortage: 503, so the caller may try elsewhere
+		code := 503
+		if errors.Is(err, media.ErrBadSDP) {
+			code = 488
 		}
 		c.finishEarly(code, err, nil)
 		return

@@ -696,3 +696,15 @@ func TestAdvertisedAddress(t *testing.T) {
 	r.pbx.recv("SIP/2.0 486", "SIP/2.0 100")
 	r.waitIdle()
 }
+
+// TestUnusableOfferRefused: an offer the relay cannot anchor (here a media
+// address of the other family than the SBC's address in that zone) is
+// the caller's fault: 488, and nothing reaches the callee.
+func TestUnusableOfferRefused(t *testing.T) {
+	r := newRig(t, nil)
+	inv := strings.Replace(r.pbxInvite("pbx-call-bad-sdp", "z9hG4bK-bad-sdp"), "c=IN IP4 127.0.0.3", "c=IN IP6 2001:db8::3", 1)
+	r.pbx.send(r.priv, inv)
+	r.pbx.recv("SIP/2.0 488", "SIP/2.0 100")
+	r.car.expectNothing(200*time.Millisecond, "INVITE")
+	r.waitIdle()
+}
