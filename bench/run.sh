@@ -12,11 +12,14 @@
 #   media-direct  G.711 RTP both ways for 30 s per call, SIPp to SIPp through
 #             the kernel: how much RTP SIPp itself can generate here.
 #   media     the same through edgesbc, at several numbers of concurrent
-#             calls.
+#             calls, every packet in the userspace relay (ip_forward=0 in
+#             the middle namespace, so kernel offload is off).
+#   media-offload  the same with ip_forward=1: latched streams are
+#             offloaded to the kernel (nftables maps), as on the appliance.
 # bench/README.md explains the method and every column of the output.
 #
 # Knobs (environment):
-#   BENCH_TARGETS       which parts to run           "direct kamailio edgesbc media-direct media"
+#   BENCH_TARGETS       which parts to run           "direct kamailio edgesbc media-direct media media-offload"
 #   BENCH_RATES         call-rate ladder (calls/s)   "250 500 1000 1500 2000 3000 4000 5000 6000 8000 10000 12000"
 #   BENCH_STEP_SECONDS  each step offers rate x this many calls   8
 #   BENCH_MIN_CALLS     ... but never fewer calls than this        2000
@@ -36,7 +39,7 @@ set -Eeuo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 
-TARGETS=${BENCH_TARGETS:-"direct kamailio edgesbc media-direct media"}
+TARGETS=${BENCH_TARGETS:-"direct kamailio edgesbc media-direct media media-offload"}
 RATES=${BENCH_RATES:-"250 500 1000 1500 2000 3000 4000 5000 6000 8000 10000 12000"}
 STEP_SECONDS=${BENCH_STEP_SECONDS:-8}
 MIN_CALLS=${BENCH_MIN_CALLS:-2000}
@@ -196,7 +199,7 @@ done
 
 edgesbc_bin=""
 edgesbc_note=""
-if [[ " $TARGETS " == *" edgesbc "* || " $TARGETS " == *" media "* ]]; then
+if [[ " $TARGETS " == *" edgesbc "* || " $TARGETS " == *" media "* || " $TARGETS " == *" media-offload "* ]]; then
 	if [ -n "${BENCH_EDGESBC:-}" ]; then
 		edgesbc_bin=$BENCH_EDGESBC
 	elif command -v go >/dev/null; then
@@ -283,23 +286,25 @@ mid_mem_kb() {
 # admin socket reports.
 start_sampler() {
 	local file=$1 admin=${2:-}
-	echo "NA NA NA" >"$file"
+	echo "NA NA NA NA" >"$file"
 	(
 		# A slow status query or a process exiting between listing and
 		# reading is normal here and must not end the sampler.
 		set +e
 		trap - ERR
-		maxp=0 maxr=0 maxc=0
+		maxp=0 maxr=0 maxc=0 maxo=0
 		while :; do
 			read -r p r < <(mid_mem_kb)
 			((p > maxp)) && maxp=$p
 			((r > maxr)) && maxr=$r
 			if [ -n "$admin" ] && [ -S "$admin" ]; then
-				c=$(timeout 2 "$edgesbc_bin" status -admin "$admin" 2>/dev/null |
-					sed -n 's/.*"calls": *\([0-9]*\).*/\1/p' | head -1)
+				st=$(timeout 2 "$edgesbc_bin" status -admin "$admin" 2>/dev/null)
+				c=$(sed -n 's/.*"calls": *\([0-9]*\).*/\1/p' <<<"$st" | head -1)
+				o=$(sed -n 's/.*"offloaded": *\([0-9]*\).*/\1/p' <<<"$st" | head -1)
 				((${c:-0} > maxc)) && maxc=$c
+				((${o:-0} > maxo)) && maxo=$o
 			fi
-			echo "$maxp $maxr $maxc" >"$file.tmp" && mv "$file.tmp" "$file"
+			echo "$maxp $maxr $maxc $maxo" >"$file.tmp" && mv "$file.tmp" "$file"
 			sleep 0.25
 		done
 	) &
@@ -739,6 +744,11 @@ run_media() {
 	local ideal=$(((n + ramp - 1) / ramp + MEDIA_HOLD_S))
 	local tmo=$((ideal + 30))
 	local target=$MID_PRIV admin="" idle_rss=NA
+	# edgesbc-offload: the middle namespace forwards, so the daemon's
+	# kernel offload is on and latched streams leave userspace; plain
+	# edgesbc runs with ip_forward=0, the daemon logs that offload is off
+	# and every packet goes through the userspace relay.
+	[ "$kind" = edgesbc-offload ] && set_forwarding 1
 	if [ "$kind" = direct ]; then
 		target=$UAS_IP
 		set_forwarding 1
@@ -756,7 +766,7 @@ run_media() {
 	read -r -a uac0 < <(link_counters "$NS_UAC" "$V_UAC")
 	read -r -a uas0 < <(link_counters "$NS_UAS" "$V_UAS")
 	local drops0=0
-	if [ "$kind" = edgesbc ]; then
+	if [ "$kind" != direct ]; then
 		start_sampler "$prefix-mem" "$admin"
 		drops0=$(udp_drops "$NS_MID")
 		cpu0=$(mid_cpu_ticks)
@@ -772,14 +782,16 @@ run_media() {
 	read -r -a uac1 < <(link_counters "$NS_UAC" "$V_UAC")
 	read -r -a uas1 < <(link_counters "$NS_UAS" "$V_UAS")
 	local hwm=NA pss rss peak_calls=NA per1000=NA cpu_pct=NA note=""
-	if [ "$kind" = edgesbc ]; then
+	if [ "$kind" != direct ]; then
 		cpu1=$(mid_cpu_ticks)
 		local drops=$(($(udp_drops "$NS_MID") - drops0)) sipdrops
 		sipdrops=$(sip_socket_drops)
 		((drops > 0)) && note="edgesbc dropped $drops datagrams, $sipdrops of them SIP (receive buffer full)"
 		hwm=$(awk '$1 == "VmHWM:" {print $2}' "/proc/$MID_PID/status" 2>/dev/null || echo NA)
 		stop_sampler
-		read -r pss rss peak_calls <"$prefix-mem" || true
+		local peak_off
+		read -r pss rss peak_calls peak_off <"$prefix-mem" || true
+		[ "$kind" = edgesbc-offload ] && note="peak streams in the kernel: ${peak_off:-NA}${note:+; $note}"
 		alive "$MID_PID" || note="${note:+$note; }edgesbc exited during the run"
 		per1000=$(awk -v p="$hwm" -v i="$idle_rss" -v n="$n" \
 			'BEGIN {if (p ~ /^[0-9]+$/ && i ~ /^[0-9]+$/ && n > 0) printf "%.0f", (p - i) * 1000 / n; else print "NA"}')
@@ -787,11 +799,10 @@ run_media() {
 			'BEGIN {printf "%.0f%%", 100 * t / hz / (b - a)}')
 	fi
 	stop_uas
-	if [ "$kind" = direct ]; then
-		set_forwarding 0
-	else
+	if [ "$kind" != direct ]; then
 		stop_middle
 	fi
+	set_forwarding 0
 
 	# Packets on the two outer links (SIP included, about 0.5% of them):
 	# what the UAC sends towards the middle, what the middle delivers to
@@ -865,6 +876,22 @@ if [[ " $TARGETS " == *" media "* ]]; then
 				break
 			fi
 			run_media edgesbc "$n"
+		done
+	fi
+fi
+if [[ " $TARGETS " == *" media-offload "* ]]; then
+	if [ -z "$edgesbc_bin" ]; then
+		media_note="${media_note:+$media_note; }edgesbc not run: $edgesbc_note"
+	else
+		wait_quiet
+		busy[media-offload]=$QUIET
+		log "== edgesbc media with kernel offload: the same calls, ip_forward=1 in the middle (machine ${QUIET}% busy before it)"
+		for n in $MEDIA_CALLS; do
+			if (($(elapsed_budget) > BUDGET)); then
+				media_note="${media_note:+$media_note; }time budget reached before $n offloaded calls"
+				break
+			fi
+			run_media edgesbc-offload "$n"
 		done
 	fi
 fi
@@ -944,7 +971,7 @@ bounded_ratio() {
 	echo "| max CPS Kamailio / direct | $(bounded_ratio "$k" "$d" direct kamailio) |"
 	echo "| CPU per call @${REF_RATE} CPS edgesbc / Kamailio | $(ratio "$(step_value edgesbc "$REF_RATE" cpu_us_per_call)" "$(step_value kamailio "$REF_RATE" cpu_us_per_call)") |"
 	echo
-	if [[ " $TARGETS " == *" media "* || " $TARGETS " == *" media-direct "* ]]; then
+	if [[ " $TARGETS " == *" media "* || " $TARGETS " == *" media-direct "* || " $TARGETS " == *" media-offload "* ]]; then
 		echo "## G.711 media, ${MEDIA_HOLD_S} s per call, RTP both ways"
 		echo
 		if [ -n "$media_note" ]; then
@@ -955,7 +982,7 @@ bounded_ratio() {
 		echo "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
 		awk -F'\t' 'NR > 1 {printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s -> %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19}' "$media_tsv"
 		echo
-		echo "direct: SIPp to SIPp routed by the kernel, to show how much RTP SIPp itself can send and echo here. Middle-box CPU is percent of one core over the whole run (ramp, hold, hang-up); host CPU busy is the whole machine (all cores, SIPp included) over the same time. RTP columns count packets on the outer links (SIP included, about 0.5%): sent by the UAC against ${RTP_PER_CALL} packets per completed call; arriving at the UAS against sent by the UAC (the middle box, forward); echoed by the UAS against arrived (SIPp's echo thread; what it cannot take is dropped in its receive buffer); arriving back at the UAC against echoed (the middle box, backward)."
+		echo "direct: SIPp to SIPp routed by the kernel, to show how much RTP SIPp itself can send and echo here. edgesbc: every packet through the userspace relay (the middle namespace does not forward, so kernel offload is off). edgesbc-offload: the same calls with ip_forward=1, so latched streams are forwarded by nftables in the kernel. Middle-box CPU is percent of one core over the whole run (ramp, hold, hang-up); host CPU busy is the whole machine (all cores, SIPp included) over the same time. RTP columns count packets on the outer links (SIP included, about 0.5%): sent by the UAC against ${RTP_PER_CALL} packets per completed call; arriving at the UAS against sent by the UAC (the middle box, forward); echoed by the UAS against arrived (SIPp's echo thread; what it cannot take is dropped in its receive buffer); arriving back at the UAC against echoed (the middle box, backward)."
 		echo
 	fi
 	echo "## Every step"
