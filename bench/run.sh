@@ -34,6 +34,8 @@
 #                       to settle before each part (busy CPU below 20%)    120
 #   BENCH_PORT_RANGE    edgesbc media port_range                "10000-60999"
 #   BENCH_EDGESBC       an edgesbc binary to use instead of building bin/edgesbc
+#   BENCH_MEDIA_EXTRA   extra lines for edgesbc's media block, e.g.
+#                       'pinhole_zones = []' to see what a feature costs
 set -Eeuo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -52,6 +54,7 @@ RETRY=${BENCH_RETRY:-1}
 NICE=${BENCH_NICE:--10}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-120}
 PORT_RANGE=${BENCH_PORT_RANGE:-10000-60999}
+MEDIA_EXTRA=${BENCH_MEDIA_EXTRA:-}
 # The rate the CPU-per-call column compares all middle boxes at, when each
 # of them passed it.
 REF_RATE=500
@@ -507,6 +510,7 @@ write_edgesbc_config() {
 		}
 		media {
 		  port_range = "$PORT_RANGE"
+		  $MEDIA_EXTRA
 		}
 		log {
 		  level = "warn"

@@ -4,10 +4,8 @@ package main_test
 
 import (
 	"fmt"
-	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/edgesbc/edgesbc/internal/testenv"
 )
@@ -173,20 +171,7 @@ func checkAnswerIn183(fw flowWire) []string {
 func TestIntegrationTransferEarlyOffer(t *testing.T) {
 	l := newLabConfig(t, earlyOfferConfig)
 	base := l.daemon.Status(t)
-	dir := scenarioDir(t)
-	timeout := fmt.Sprintf("%ds", int((callBound+3*time.Second)/time.Second))
-	target := testenv.StartSIPp(t, l.carrier.ns, dir, "-sf", "uas_transfer_target_offer.xml", "-i", l.carrier.addr.String(),
-		"-p", strconv.Itoa(sipPort), "-rtp_echo", "-timeout", timeout)
-	referrer := testenv.StartSIPp(t, l.pbx.ns, dir, "-sf", "uas_refer.xml", "-i", l.pbx.addr.String(),
-		"-p", strconv.Itoa(sipPort), "-timeout", timeout)
-	res, err := testenv.StartSIPp(t, l.carrier.ns, dir, "-sf", "uac_transferee.xml", "-i", l.carrier.addr.String(),
-		"-p", strconv.Itoa(transfereePort), "-mp", strconv.Itoa(transfereeMedia), "-s", dialogInboundNumber,
-		"-timeout", fmt.Sprintf("%ds", int(callBound/time.Second)), l.sbcPublic.String()).Wait()
-	expectOneCall(t, "transferee uac_transferee.xml", res, err)
-	res, err = referrer.Wait()
-	expectOneCall(t, "referrer uas_refer.xml", res, err)
-	res, err = target.Wait()
-	expectOneCall(t, "target uas_transfer_target_offer.xml", res, err)
+	blindTransfer(t, l, "uas_transfer_target_offer.xml")
 
 	t.Run("daemon_back_to_idle", func(t *testing.T) { l.assertIdle(t, base) })
 	carrierPkts, pbxPkts := l.stopCaptures(t)

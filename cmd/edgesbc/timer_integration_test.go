@@ -5,7 +5,6 @@ package main_test
 import (
 	"fmt"
 	"net/netip"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -210,21 +209,7 @@ func checkRetry422(fw flowWire) []string {
 func TestIntegrationTransfer(t *testing.T) {
 	l := newLab(t)
 	base := l.daemon.Status(t)
-	dir := scenarioDir(t)
-	const transfereePort, transfereeMedia = 5070, 6100
-	timeout := fmt.Sprintf("%ds", int((callBound+3*time.Second)/time.Second))
-	target := testenv.StartSIPp(t, l.carrier.ns, dir, "-sf", "uas_transfer_target.xml", "-i", l.carrier.addr.String(),
-		"-p", strconv.Itoa(sipPort), "-rtp_echo", "-timeout", timeout)
-	referrer := testenv.StartSIPp(t, l.pbx.ns, dir, "-sf", "uas_refer.xml", "-i", l.pbx.addr.String(),
-		"-p", strconv.Itoa(sipPort), "-timeout", timeout)
-	res, err := testenv.StartSIPp(t, l.carrier.ns, dir, "-sf", "uac_transferee.xml", "-i", l.carrier.addr.String(),
-		"-p", strconv.Itoa(transfereePort), "-mp", strconv.Itoa(transfereeMedia), "-s", dialogInboundNumber,
-		"-timeout", fmt.Sprintf("%ds", int(callBound/time.Second)), l.sbcPublic.String()).Wait()
-	expectOneCall(t, "transferee uac_transferee.xml", res, err)
-	res, err = referrer.Wait()
-	expectOneCall(t, "referrer uas_refer.xml", res, err)
-	res, err = target.Wait()
-	expectOneCall(t, "target uas_transfer_target.xml", res, err)
+	blindTransfer(t, l, "uas_transfer_target.xml")
 
 	t.Run("daemon_back_to_idle", func(t *testing.T) { l.assertIdle(t, base) })
 	carrierPkts, pbxPkts := l.stopCaptures(t)

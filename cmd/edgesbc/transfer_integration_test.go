@@ -30,6 +30,29 @@ const (
 	targetPort, targetMedia         = 5080, 6200
 )
 
+// blindTransfer runs the three parties of a blind transfer the SBC
+// performs: the carrier's transferee (port 5070, uac_transferee.xml) calls
+// the PBX, the PBX (uas_refer.xml) REFERs it to a number on the carrier,
+// where targetScenario answers with an RTP echo. Each party must complete
+// exactly one call.
+func blindTransfer(t *testing.T, l *lab, targetScenario string) {
+	t.Helper()
+	dir := scenarioDir(t)
+	timeout := fmt.Sprintf("%ds", int((callBound+3*time.Second)/time.Second))
+	target := testenv.StartSIPp(t, l.carrier.ns, dir, "-sf", targetScenario, "-i", l.carrier.addr.String(),
+		"-p", strconv.Itoa(sipPort), "-rtp_echo", "-timeout", timeout)
+	referrer := testenv.StartSIPp(t, l.pbx.ns, dir, "-sf", "uas_refer.xml", "-i", l.pbx.addr.String(),
+		"-p", strconv.Itoa(sipPort), "-timeout", timeout)
+	res, err := testenv.StartSIPp(t, l.carrier.ns, dir, "-sf", "uac_transferee.xml", "-i", l.carrier.addr.String(),
+		"-p", strconv.Itoa(transfereePort), "-mp", strconv.Itoa(transfereeMedia), "-s", dialogInboundNumber,
+		"-timeout", fmt.Sprintf("%ds", int(callBound/time.Second)), l.sbcPublic.String()).Wait()
+	expectOneCall(t, "transferee uac_transferee.xml", res, err)
+	res, err = referrer.Wait()
+	expectOneCall(t, "referrer uas_refer.xml", res, err)
+	res, err = target.Wait()
+	expectOneCall(t, "target "+targetScenario, res, err)
+}
+
 // TestIntegrationAttendedTransfer: the carrier's transferee (port 5070)
 // and target (port 5080) each call the PBX; the PBX REFERs the
 // transferee's call with a Refer-To whose Replaces names its call with the

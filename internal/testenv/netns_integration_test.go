@@ -235,9 +235,18 @@ func TestIntegrationNetnsCleanup(t *testing.T) {
 			t.Fatal(err)
 		}
 		go func() { done <- cmd.Wait() }()
-		pids, err := ns.Pids()
-		if err != nil {
-			t.Fatal(err)
+		// ip netns exec enters the namespace just after it starts: wait
+		// (bounded) until the process is in it.
+		var pids []int
+		for range 100 {
+			var err error
+			if pids, err = ns.Pids(); err != nil {
+				t.Fatal(err)
+			}
+			if len(pids) > 0 {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 		if len(pids) != 1 || pids[0] != cmd.Process.Pid {
 			t.Fatalf("pids in %s = %v, want [%d]", name, pids, cmd.Process.Pid)
