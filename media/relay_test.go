@@ -115,6 +115,28 @@ func TestRelayForwardsBothWays(t *testing.T) {
 	}
 }
 
+// exchangeRTP sends n RTP packets each way at once, a to the relay's toA
+// and b to its toB, and checks that each side receives the other's n
+// packets in order from the relay port it talks to.
+func exchangeRTP(t *testing.T, a, b *phone, toA, toB netip.AddrPort, n int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	var atA, atB []datagram
+	wg.Add(2)
+	go func() { defer wg.Done(); atA = collect(a.rtp, n, 5*time.Second, 100*time.Millisecond) }()
+	go func() { defer wg.Done(); atB = collect(b.rtp, n, 5*time.Second, 100*time.Millisecond) }()
+	var fromA, fromB [][]byte
+	for i := range n {
+		fromA = append(fromA, rtpPacket(t, 0, uint16(100+i), 0xA))
+		fromB = append(fromB, rtpPacket(t, 0, uint16(500+i), 0xB))
+	}
+	sendTo(t, a.rtp, toA, fromA...)
+	sendTo(t, b.rtp, toB, fromB...)
+	wg.Wait()
+	checkRTP(t, "A→B", atB, 0xA, 100, n, toB)
+	checkRTP(t, "B→A", atA, 0xB, 500, n, toA)
+}
+
 // checkRTP asserts that got holds exactly the packets seq first..first+n-1
 // of ssrc, each once, with intact payloads, all sent by from.
 func checkRTP(t *testing.T, what string, got []datagram, ssrc uint32, first, n int, from netip.AddrPort) {
@@ -839,22 +861,7 @@ func TestRelayOwnOffer(t *testing.T) {
 	if err := r.Settle(id+"-none", A, a.sdp(1)); !errors.Is(err, ErrNoSession) {
 		t.Errorf("Settle on no session: %v, want ErrNoSession", err)
 	}
-	const n = 20
-	var wg sync.WaitGroup
-	var atA, atB []datagram
-	wg.Add(2)
-	go func() { defer wg.Done(); atA = collect(a.rtp, n, 5*time.Second, 100*time.Millisecond) }()
-	go func() { defer wg.Done(); atB = collect(b.rtp, n, 5*time.Second, 100*time.Millisecond) }()
-	var fromA, fromB [][]byte
-	for i := range n {
-		fromA = append(fromA, rtpPacket(t, 0, uint16(100+i), 0xA))
-		fromB = append(fromB, rtpPacket(t, 0, uint16(500+i), 0xB))
-	}
-	sendTo(t, a.rtp, toA, fromA...)
-	sendTo(t, b.rtp, toB, fromB...)
-	wg.Wait()
-	checkRTP(t, "A→B", atB, 0xA, 100, n, toB)
-	checkRTP(t, "B→A", atA, 0xB, 500, n, toA)
+	exchangeRTP(t, a, b, toA, toB, 20)
 
 	// the next body toward B (a re-offer from A) is version 2: the
 	// settled answer sent nothing to B
@@ -950,20 +957,5 @@ func TestRelayOwnAnswer(t *testing.T) {
 	if err := r.Settle(id, A, a.sdp(1)); err != nil {
 		t.Fatalf("Settle: %v", err)
 	}
-	const n = 10
-	var wg sync.WaitGroup
-	var atA, atB []datagram
-	wg.Add(2)
-	go func() { defer wg.Done(); atA = collect(a.rtp, n, 5*time.Second, 100*time.Millisecond) }()
-	go func() { defer wg.Done(); atB = collect(b.rtp, n, 5*time.Second, 100*time.Millisecond) }()
-	var fromA, fromB [][]byte
-	for i := range n {
-		fromA = append(fromA, rtpPacket(t, 0, uint16(100+i), 0xA))
-		fromB = append(fromB, rtpPacket(t, 0, uint16(500+i), 0xB))
-	}
-	sendTo(t, a.rtp, toA, fromA...)
-	sendTo(t, b.rtp, toB, fromB...)
-	wg.Wait()
-	checkRTP(t, "A→B", atB, 0xA, 100, n, toB)
-	checkRTP(t, "B→A", atA, 0xB, 500, n, toA)
+	exchangeRTP(t, a, b, toA, toB, 10)
 }
