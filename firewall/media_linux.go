@@ -1073,27 +1073,19 @@ func (m *Media) txnFlows(flows []media.Flow, add bool) {
 	}
 	var key [40]byte
 	var val [20]byte
-	value := func(ap netip.AddrPort) []byte {
-		if !add {
-			return nil // a map element is removed by its key
-		}
-		return appendTarget(val[:0], ap)
-	}
 	for _, fo := range m.obj.families() {
-		for _, set := range []*nftables.Set{fo.dnat, fo.snat, fo.count} {
+		for kind, set := range []*nftables.Set{setDNAT: fo.dnat, setSNAT: fo.snat, setCount: fo.count} {
 			for _, f := range flows {
 				if m.obj.of(f) != fo {
 					continue
 				}
 				for _, d := range [2]media.Flow{f, f.Reverse()} {
-					switch set {
-					case fo.dnat:
-						m.ec.elem(set.Name, !add, appendTuple(key[:0], d.Src, d.Local), value(d.Dst))
-					case fo.snat:
-						m.ec.elem(set.Name, !add, appendTuple(key[:0], d.Src, d.Dst), value(d.Out))
-					default:
-						m.ec.elem(set.Name, !add, appendTuple(key[:0], d.Src, d.Dst), nil)
+					src, dst, nat := elemOf(setKind(kind), d)
+					var v []byte // a map element is removed by its key
+					if add && nat.IsValid() {
+						v = appendTarget(val[:0], nat)
 					}
+					m.ec.elem(set.Name, !add, appendTuple(key[:0], src, dst), v)
 				}
 			}
 		}

@@ -375,20 +375,38 @@ func appendTarget(v []byte, ap netip.AddrPort) []byte {
 // direction is its reply and needs no lookup, but both are listed so
 // either may start.
 func flowElements(f media.Flow) (dnat, snat, count []nftables.SetElement) {
-	r := f.Reverse()
-	dnat = []nftables.SetElement{
-		{Key: tupleKey(f.Src, f.Local), Val: target(f.Dst)},
-		{Key: tupleKey(r.Src, r.Local), Val: target(r.Dst)},
-	}
-	snat = []nftables.SetElement{
-		{Key: tupleKey(f.Src, f.Dst), Val: target(f.Out)},
-		{Key: tupleKey(r.Src, r.Dst), Val: target(r.Out)},
-	}
-	count = []nftables.SetElement{
-		{Key: tupleKey(f.Src, f.Dst)},
-		{Key: tupleKey(r.Src, r.Dst)},
+	for _, d := range [2]media.Flow{f, f.Reverse()} {
+		src, dst, nat := elemOf(setDNAT, d)
+		dnat = append(dnat, nftables.SetElement{Key: tupleKey(src, dst), Val: target(nat)})
+		src, dst, nat = elemOf(setSNAT, d)
+		snat = append(snat, nftables.SetElement{Key: tupleKey(src, dst), Val: target(nat)})
+		src, dst, _ = elemOf(setCount, d)
+		count = append(count, nftables.SetElement{Key: tupleKey(src, dst)})
 	}
 	return dnat, snat, count
+}
+
+// setKind names the per-flow sets of a family.
+type setKind int
+
+const (
+	setDNAT setKind = iota
+	setSNAT
+	setCount
+)
+
+// elemOf is the one place that lays out the element of direction d in a
+// set of kind: its key src . dst and, for the NAT maps, the NAT target
+// (invalid for the counted set).
+func elemOf(kind setKind, d media.Flow) (src, dst, nat netip.AddrPort) {
+	switch kind {
+	case setDNAT:
+		return d.Src, d.Local, d.Dst
+	case setSNAT:
+		return d.Src, d.Dst, d.Out
+	default:
+		return d.Src, d.Dst, netip.AddrPort{}
+	}
 }
 
 // localElements are the relay's bind addresses of one family.

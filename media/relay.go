@@ -132,14 +132,7 @@ func (r *Relay) session(id SessionID) *session {
 // lines keeps every port; added m= lines get new streams; m= lines with port
 // 0 get no sockets (and lose them if they had some).
 func (r *Relay) Offer(id SessionID, from Side, body []byte) ([]byte, error) {
-	if !from.valid() {
-		return nil, fmt.Errorf("offer for session %s: invalid side %v", id, from)
-	}
-	s := r.session(id)
-	if s == nil {
-		return nil, fmt.Errorf("offer for session %s: %w", id, ErrNoSession)
-	}
-	return s.negotiate(from, body, true, received)
+	return r.negotiate("offer", id, from, body, true, received)
 }
 
 // Answer anchors an SDP answer received from side from and returns the body
@@ -147,14 +140,7 @@ func (r *Relay) Offer(id SessionID, from Side, body []byte) ([]byte, error) {
 // (early media in a 183, then the 200): each call updates the expected
 // remote and allocates nothing.
 func (r *Relay) Answer(id SessionID, from Side, body []byte) ([]byte, error) {
-	if !from.valid() {
-		return nil, fmt.Errorf("answer for session %s: invalid side %v", id, from)
-	}
-	s := r.session(id)
-	if s == nil {
-		return nil, fmt.Errorf("answer for session %s: %w", id, ErrNoSession)
-	}
-	return s.negotiate(from, body, false, received)
+	return r.negotiate("answer", id, from, body, false, received)
 }
 
 // OfferFor anchors an offer the SBC makes itself toward side to, for a call
@@ -168,11 +154,7 @@ func (r *Relay) OfferFor(id SessionID, to Side, tmpl []byte) ([]byte, error) {
 	if !to.valid() {
 		return nil, fmt.Errorf("own offer for session %s: invalid side %v", id, to)
 	}
-	s := r.session(id)
-	if s == nil {
-		return nil, fmt.Errorf("own offer for session %s: %w", id, ErrNoSession)
-	}
-	return s.negotiate(to.Other(), tmpl, true, template)
+	return r.negotiate("own offer", id, to.Other(), tmpl, true, template)
 }
 
 // AnswerFor anchors an answer the SBC gives itself toward side to, to an
@@ -184,11 +166,7 @@ func (r *Relay) AnswerFor(id SessionID, to Side, tmpl []byte) ([]byte, error) {
 	if !to.valid() {
 		return nil, fmt.Errorf("own answer for session %s: invalid side %v", id, to)
 	}
-	s := r.session(id)
-	if s == nil {
-		return nil, fmt.Errorf("own answer for session %s: %w", id, ErrNoSession)
-	}
-	return s.negotiate(to.Other(), tmpl, false, template)
+	return r.negotiate("own answer", id, to.Other(), tmpl, false, template)
 }
 
 // Settle anchors the last answer of an exchange the SBC began with
@@ -196,15 +174,22 @@ func (r *Relay) AnswerFor(id SessionID, to Side, tmpl []byte) ([]byte, error) {
 // relayed), so its media address becomes known. No body goes anywhere, and
 // the o= version toward the other side stays as it was.
 func (r *Relay) Settle(id SessionID, from Side, body []byte) error {
+	_, err := r.negotiate("settle answer", id, from, body, false, settled)
+	return err
+}
+
+// negotiate runs one offer/answer step of session id, what naming it in
+// errors: from is the side the SDP comes from (for the SBC's own offers
+// and answers, the side opposite the one they go to).
+func (r *Relay) negotiate(what string, id SessionID, from Side, body []byte, offer bool, how negotiation) ([]byte, error) {
 	if !from.valid() {
-		return fmt.Errorf("settle answer for session %s: invalid side %v", id, from)
+		return nil, fmt.Errorf("%s for session %s: invalid side %v", what, id, from)
 	}
 	s := r.session(id)
 	if s == nil {
-		return fmt.Errorf("settle answer for session %s: %w", id, ErrNoSession)
+		return nil, fmt.Errorf("%s for session %s: %w", what, id, ErrNoSession)
 	}
-	_, err := s.negotiate(from, body, false, settled)
-	return err
+	return s.negotiate(from, body, offer, how)
 }
 
 // Rename gives the open session from the ID to, which must not be open.

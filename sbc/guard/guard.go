@@ -363,10 +363,10 @@ func (g *Guard) Key(src netip.Addr) netip.Addr {
 }
 
 func (g *Guard) key(src netip.Addr) netip.Addr {
-	if !src.Is6() || g.cfg.IPv6Prefix >= 128 {
-		return src
+	if p := g.prefix(src); p.IsValid() {
+		return p.Addr()
 	}
-	return netip.PrefixFrom(src.WithZone(""), g.cfg.IPv6Prefix).Masked().Addr()
+	return src
 }
 
 // prefix is the range a ban of src covers, when wider than src.
