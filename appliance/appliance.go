@@ -58,7 +58,10 @@ type Status struct {
 	sbc.Status
 	Sessions   int `json:"sessions"`
 	PortsInUse int `json:"ports_in_use"`
-	Goroutines int `json:"goroutines"`
+	// QuarantineShortened counts port pairs reused before their
+	// quarantine ended because the range had no free pair.
+	QuarantineShortened uint64 `json:"ports_quarantine_shortened"`
+	Goroutines          int    `json:"goroutines"`
 	// KernelOffload is whether latched media goes to the kernel;
 	// Offloaded counts the stream components it forwards now.
 	KernelOffload bool `json:"kernel_offload"`
@@ -247,15 +250,16 @@ func (a *Agent) Status() Status {
 		return Status{Mode: a.mode, Goroutines: runtime.NumGoroutine()}
 	}
 	return Status{
-		Mode:          a.mode,
-		Status:        a.sbc.Status(),
-		Sessions:      a.relay.Sessions(),
-		PortsInUse:    a.relay.PortsInUse(),
-		Goroutines:    runtime.NumGoroutine(),
-		KernelOffload: a.offload,
-		Offloaded:     a.relay.OffloadedLinks(),
-		Guard:         a.guard.Stats(),
-		BansInKernel:  a.guard.Kernel(),
+		Mode:                a.mode,
+		Status:              a.sbc.Status(),
+		Sessions:            a.relay.Sessions(),
+		PortsInUse:          a.relay.PortsInUse(),
+		QuarantineShortened: a.relay.QuarantineShortened(),
+		Goroutines:          runtime.NumGoroutine(),
+		KernelOffload:       a.offload,
+		Offloaded:           a.relay.OffloadedLinks(),
+		Guard:               a.guard.Stats(),
+		BansInKernel:        a.guard.Kernel(),
 	}
 }
 

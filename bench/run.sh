@@ -61,6 +61,9 @@ REF_RATE=500
 # edgesbc's default media quarantine (media.DefaultQuarantine): a released
 # port pair is not reused for this long.
 QUARANTINE_S=5
+# media.QuarantineFloor: with no free pair, the oldest quarantined pair is
+# taken once it has waited this long.
+QUARANTINE_FLOOR_S=1
 
 BUFF=4194304
 # Played by sipp/uac-media.xml, which names it literally.
@@ -572,12 +575,12 @@ reject_summary() {
 		sort | uniq -c | sort -rn | awk '{printf ", %s x %s", $1, $2}'
 }
 
-# pool_ceiling prints the call rate at which edgesbc's port pool runs dry:
-# every call holds one RTP/RTCP pair per leg for the hold time plus the
-# quarantine.
+# pool_ceiling Q prints the call rate at which edgesbc's port pool runs dry
+# when every call holds one RTP/RTCP pair per leg for the hold time plus Q
+# seconds of quarantine.
 pool_ceiling() {
 	local lo=${PORT_RANGE%-*} hi=${PORT_RANGE#*-}
-	awk -v lo="$lo" -v hi="$hi" -v hold="$HOLD_MS" -v q="$QUARANTINE_S" 'BEGIN {
+	awk -v lo="$lo" -v hi="$hi" -v hold="$HOLD_MS" -v q="$1" 'BEGIN {
 		first = lo + lo % 2; pairs = int((hi - first + 1) / 2)
 		printf "%d", pairs / 2 / (hold / 1000 + q) }'
 }
@@ -959,7 +962,7 @@ bounded_ratio() {
 	done
 	echo
 	if [[ " $TARGETS " == *" edgesbc "* ]]; then
-		echo "edgesbc port pool: port_range ${PORT_RANGE}, quarantine ${QUARANTINE_S} s, two pairs per call: it runs dry above about $(pool_ceiling) CPS with a ${HOLD_MS} ms hold, and the SBC answers 503 from there on, whatever the CPU."
+		echo "edgesbc port pool: port_range ${PORT_RANGE}, quarantine ${QUARANTINE_S} s, two pairs per call: with a ${HOLD_MS} ms hold it runs out of fully quarantined pairs above about $(pool_ceiling "$QUARANTINE_S") CPS (from there pairs are reused after ${QUARANTINE_FLOOR_S} s, counted in ports_quarantine_shortened) and out of pairs altogether above about $(pool_ceiling "$QUARANTINE_FLOOR_S") CPS, where the SBC answers 503 whatever the CPU."
 		echo
 	fi
 	echo "Other load before: CPU busy with work outside the bench in the second before the part started (should be near 0%)."

@@ -28,6 +28,14 @@ type PortPair struct {
 // (least recently used first, which spreads reuse over the whole range) and
 // a FIFO of quarantined pairs ordered by release time, moved back lazily.
 //
+// When no pair is free, the pair that has waited longest in quarantine is
+// taken early, but never before it has waited QuarantineFloor (or the whole
+// quarantine, when that is shorter): under a burst of short calls the pool
+// trades some of its margin for calls instead of refusing them. Late packets
+// of an ended call come within a network delay of its end, well inside the
+// floor, and the next call's latching still admits only the sources its own
+// SDP announced. Shortened counts these early reuses.
+//
 // The pool serves every bind address of the relay from one range, so each
 // port number is in use at most once per host, whichever side it faces.
 // PortPool is safe for concurrent use; mu guards all mutable fields.
@@ -42,7 +50,12 @@ type PortPool struct {
 	held        ring[heldPair] // quarantined pairs, oldest first
 	allocated   int
 	quarantined int
+	shortened   uint64
 }
+
+// QuarantineFloor is the least time a released pair waits before a pool
+// with no free pair takes it back early.
+const QuarantineFloor = time.Second
 
 type pairState uint8
 
@@ -54,7 +67,8 @@ const (
 
 type heldPair struct {
 	pair  int
-	until time.Time
+	since time.Time // released (or found busy)
+	until time.Time // since + quarantine
 }
 
 // NewPortPool returns a pool of the even-aligned pairs whose both ports lie
@@ -125,6 +139,32 @@ func (p *PortPool) Allocate(bind netip.Addr) (PortPair, error) {
 			return PortPair{}, err
 		}
 	}
+	// No free pair: take quarantined ones early, oldest first, if they
+	// have waited the floor. A pair some other socket holds goes back to
+	// the end of the queue; at most one pass over the queue.
+	floor := min(p.quarantine, QuarantineFloor)
+	for tries := p.held.len(); tries > 0; tries-- {
+		h, _ := p.held.peek()
+		if now.Sub(h.since) < floor {
+			break
+		}
+		p.held.pop()
+		p.quarantined--
+		port := p.first + 2*h.pair
+		pair, err := bindPair(network, bind.Unmap(), port)
+		switch {
+		case err == nil:
+			p.state[h.pair] = pairAllocated
+			p.allocated++
+			p.shortened++
+			return pair, nil
+		case errors.Is(err, syscall.EADDRINUSE):
+			p.hold(h.pair, now)
+		default:
+			p.hold(h.pair, now)
+			return PortPair{}, err
+		}
+	}
 	return PortPair{}, ErrPoolExhausted
 }
 
@@ -191,7 +231,7 @@ func (p *PortPool) Release(port int) {
 func (p *PortPool) hold(i int, now time.Time) {
 	p.state[i] = pairQuarantined
 	p.quarantined++
-	p.held.push(heldPair{pair: i, until: now.Add(p.quarantine)})
+	p.held.push(heldPair{pair: i, since: now, until: now.Add(p.quarantine)})
 }
 
 // expire frees the quarantined pairs whose time is up. Entries are pushed
@@ -208,6 +248,14 @@ func (p *PortPool) expire(now time.Time) {
 		p.quarantined--
 		p.free.push(h.pair)
 	}
+}
+
+// Shortened returns how many pairs were handed out before their quarantine
+// was over, because no pair was free.
+func (p *PortPool) Shortened() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.shortened
 }
 
 // Size returns the number of pairs in the range.

@@ -73,7 +73,7 @@ func TestPortPoolPairsAreEvenAndBound(t *testing.T) {
 }
 
 func TestPortPoolQuarantine(t *testing.T) {
-	const q = 5 * time.Second
+	const q = QuarantineFloor // a longer one would be cut short by the dry pool
 	lo, _ := testPortRange(10)
 	p, clk := newTestPool(t, lo, lo+3, q) // two pairs
 	a, err := p.Allocate(poolIP)
@@ -112,6 +112,80 @@ func TestPortPoolQuarantine(t *testing.T) {
 	}
 	if p.Quarantined() != 0 || p.Allocated() != 2 {
 		t.Errorf("Allocated = %d, Quarantined = %d, want 2, 0", p.Allocated(), p.Quarantined())
+	}
+	if p.Shortened() != 0 {
+		t.Errorf("Shortened = %d after a full quarantine, want 0", p.Shortened())
+	}
+}
+
+// With no free pair, a quarantined pair is taken back once it has waited
+// QuarantineFloor, oldest first, and counted; before the floor the pool is
+// exhausted.
+func TestPortPoolQuarantineShortenedWhenDry(t *testing.T) {
+	const q = 5 * time.Second
+	lo, _ := testPortRange(10)
+	p, clk := newTestPool(t, lo, lo+5, q) // three pairs
+	var pairs []PortPair
+	for range 3 {
+		pp, err := p.Allocate(poolIP)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pairs = append(pairs, pp)
+	}
+	defer closePair(pairs[2])
+	closePair(pairs[0])
+	p.Release(pairs[0].Port)
+	clk.advance(300 * time.Millisecond)
+	closePair(pairs[1])
+	p.Release(pairs[1].Port)
+
+	clk.advance(QuarantineFloor - 300*time.Millisecond - time.Nanosecond)
+	if _, err := p.Allocate(poolIP); !errors.Is(err, ErrPoolExhausted) {
+		t.Fatalf("Allocate before the floor: err = %v, want ErrPoolExhausted", err)
+	}
+	clk.advance(time.Nanosecond)
+	got, err := p.Allocate(poolIP)
+	if err != nil {
+		t.Fatalf("Allocate at the floor with no free pair: %v", err)
+	}
+	defer closePair(got)
+	if got.Port != pairs[0].Port {
+		t.Errorf("early reuse took %d, want the oldest quarantined %d", got.Port, pairs[0].Port)
+	}
+	if p.Shortened() != 1 || p.Quarantined() != 1 || p.Allocated() != 2 {
+		t.Errorf("Shortened = %d, Quarantined = %d, Allocated = %d, want 1, 1, 2",
+			p.Shortened(), p.Quarantined(), p.Allocated())
+	}
+	// The second one has waited only 700 ms.
+	if _, err := p.Allocate(poolIP); !errors.Is(err, ErrPoolExhausted) {
+		t.Fatalf("Allocate of a pair under the floor: err = %v, want ErrPoolExhausted", err)
+	}
+}
+
+// A quarantine shorter than the floor is never cut.
+func TestPortPoolShortQuarantineNotCut(t *testing.T) {
+	const q = 200 * time.Millisecond
+	lo, _ := testPortRange(10)
+	p, clk := newTestPool(t, lo, lo+1, q) // one pair
+	a, err := p.Allocate(poolIP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closePair(a)
+	p.Release(a.Port)
+	clk.advance(q - time.Nanosecond)
+	if _, err := p.Allocate(poolIP); !errors.Is(err, ErrPoolExhausted) {
+		t.Fatalf("Allocate before a short quarantine ends: err = %v, want ErrPoolExhausted", err)
+	}
+	clk.advance(time.Nanosecond)
+	b, err := p.Allocate(poolIP)
+	if err != nil {
+		t.Fatalf("Allocate after the quarantine: %v", err)
+	}
+	closePair(b)
+	if p.Shortened() != 0 {
+		t.Errorf("Shortened = %d, want 0", p.Shortened())
 	}
 }
 

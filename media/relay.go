@@ -262,6 +262,10 @@ func (r *Relay) Sessions() int {
 // bound to a stream or waiting out their quarantine.
 func (r *Relay) PortsInUse() int { return r.pool.InUse() }
 
+// QuarantineShortened returns how many port pairs went to a new stream
+// before their quarantine was over because none was free (see PortPool).
+func (r *Relay) QuarantineShortened() uint64 { return r.pool.Shortened() }
+
 // Shutdown stops the janitor and closes every session. Open fails with
 // ErrRelayClosed afterwards. It does not wait for OnTimeout callbacks that
 // are still running: they belong to the caller, which may itself be
@@ -320,11 +324,19 @@ func (r *Relay) janitor() {
 	if r.cfg.Offloader != nil {
 		counters = make(map[Flow]Counter)
 	}
+	var shortened uint64 // as last logged
+	var shortenedLog time.Time
 	for {
 		select {
 		case <-r.stop:
 			return
 		case <-t.C:
+		}
+		if n := r.pool.Shortened(); n > shortened && time.Since(shortenedLog) >= time.Minute {
+			r.log.Warn("port pool ran dry: pairs reused before their quarantine ended",
+				"pairs", n-shortened, "total", n, "floor", min(r.cfg.Quarantine, QuarantineFloor),
+				"quarantine", r.cfg.Quarantine, "hint", "widen media.port_range")
+			shortened, shortenedLog = n, time.Now()
 		}
 		if r.cfg.Offloader != nil && time.Since(lastPoll) >= pollEvery-pollEvery/8 {
 			lastPoll = time.Now()
