@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/emiago/sipgo/sip"
 )
@@ -45,13 +47,47 @@ func (f *foreignSet) leaks(s string) bool {
 	if len(f.hosts) == 0 {
 		return false
 	}
-	for _, h := range f.hosts {
-		if containsFold(s, h) {
-			return true
+	return f.mentionsHost(s)
+}
+
+// mentionsHost reports whether s contains one of the learned hostnames,
+// ignoring case. A hostname only ever sits inside a run of hostname
+// characters with a dot in it, so only such runs are compared, not every
+// position of s.
+func (f *foreignSet) mentionsHost(s string) bool {
+	for i := 0; i < len(s); {
+		if !hostChar[s[i]] {
+			i++
+			continue
 		}
+		j, dot := i, false
+		for j < len(s) && hostChar[s[j]] {
+			dot = dot || s[j] == '.'
+			j++
+		}
+		if tok := s[i:j]; dot && len(tok) >= 4 {
+			for _, h := range f.hosts {
+				if len(h) <= len(tok) && containsFold(tok, h) {
+					return true
+				}
+			}
+		}
+		i = j
 	}
 	return false
 }
+
+// hostChar marks the bytes a hostname is made of; addrChar those of IPv4
+// and IPv6 literals (hex digits, dots, colons).
+var hostChar, addrChar = func() (h, a [256]bool) {
+	for c := 0; c < 256; c++ {
+		b := byte(c)
+		digit, hex := b >= '0' && b <= '9', b >= 'a' && b <= 'f' || b >= 'A' && b <= 'F'
+		h[c] = digit || b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b == '.' || b == '-'
+		a[c] = digit || hex || b == '.' || b == ':'
+	}
+	return h, a
+}()
 
 // containsFold reports whether s contains the lower-case ASCII string sub,
 // ignoring ASCII case, without allocating.
@@ -218,9 +254,7 @@ func trailingIPv4(tok string) (netip.Addr, bool) {
 	return a, err == nil
 }
 
-func isAddrChar(c byte) bool {
-	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' || c == '.' || c == ':'
-}
+func isAddrChar(c byte) bool { return addrChar[c] }
 
 // leakGuard is the last line of defence: every message is checked just
 // before it is sent into a zone. Messages are built from scratch so this
@@ -238,7 +272,7 @@ var mandatoryHeaders = map[string]bool{"via": true, "from": true, "to": true, "c
 func (g *leakGuard) scrub(msg sip.Message, f *foreignSet) []string {
 	// fast path: one serialisation and one scan of the whole message;
 	// messages are clean by construction, so this is almost always it
-	if !f.leaks(msg.String()) {
+	if !f.leaksIn(msg) {
 		return nil
 	}
 	var touched []string
@@ -295,6 +329,29 @@ func (g *leakGuard) scrub(msg sip.Message, f *foreignSet) []string {
 		g.fired.Add(1)
 	}
 	return touched
+}
+
+// wireBufs holds the buffers the fast path serialises messages into: every
+// message sent is scanned once, so a fresh string each time was a large
+// share of the allocations per call.
+var wireBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// leaksIn reports whether msg, as it would be written, mentions a foreign
+// address or hostname.
+func (f *foreignSet) leaksIn(msg sip.Message) bool {
+	buf := wireBufs.Get().(*bytes.Buffer)
+	buf.Reset()
+	msg.StringWrite(buf)
+	var leak bool
+	if b := buf.Bytes(); len(b) > 0 {
+		// the buffer is neither changed nor kept while the string view of
+		// it is in use
+		leak = f.leaks(unsafe.String(unsafe.SliceData(b), len(b)))
+	}
+	if buf.Cap() <= 64<<10 { // an oversized message's buffer is not kept
+		wireBufs.Put(buf)
+	}
+	return leak
 }
 
 func scrubBody(body []byte, f *foreignSet) []byte {

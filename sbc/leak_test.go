@@ -86,3 +86,42 @@ func TestLearnAndScrub(t *testing.T) {
 		t.Errorf("clean message touched: %v", touched)
 	}
 }
+
+// FuzzMentionsHost checks the token-wise hostname search against a plain
+// case-insensitive substring search over the whole text: for the hostnames
+// learnFrom keeps (lower case, a dot, at least four hostname characters)
+// both must always agree.
+func FuzzMentionsHost(f *testing.F) {
+	f.Add("Via: SIP/2.0/UDP PBX01.Corp.Internal:5060;branch=z9hG4bK1", "corp.internal")
+	f.Add("o=- 1 1 IN IP4 host.example.com\r\n", "example.com")
+	f.Add("sip:alice@a.b-c.d", "b-c.d")
+	f.Add("x.corp.internalx", "corp.internal")
+	f.Fuzz(func(t *testing.T, text, host string) {
+		host = strings.ToLower(host)
+		if len(host) < 4 || !strings.Contains(host, ".") {
+			return
+		}
+		for i := 0; i < len(host); i++ {
+			if !hostChar[host[i]] {
+				return
+			}
+		}
+		fs := &foreignSet{hosts: []string{host}}
+		want := strings.Contains(strings.ToLower(asciiOnly(text)), host)
+		if got := fs.mentionsHost(asciiOnly(text)); got != want {
+			t.Fatalf("mentionsHost(%q, %q) = %v, substring search says %v", text, host, got, want)
+		}
+	})
+}
+
+// asciiOnly replaces non-ASCII bytes, which strings.ToLower would rewrite
+// as runes while the guard compares bytes.
+func asciiOnly(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c >= 0x80 {
+			b[i] = '?'
+		}
+	}
+	return string(b)
+}
