@@ -209,7 +209,7 @@ func newCall(s *Server, from, to *peer, req *sip.Request, tx sip.ServerTransacti
 	} else {
 		a.target = fromH.Address
 	}
-	for _, h := range req.GetHeaders("Record-Route") {
+	for h := range headersNamed(req, "Record-Route") {
 		if rr, ok := h.(*sip.RecordRouteHeader); ok {
 			a.routes = append(a.routes, rr.Address)
 		}
@@ -562,7 +562,7 @@ func (c *Call) buildInvite(body []byte) *sip.Request {
 
 func copyAllowed(from, to sip.Message, toward *peer) {
 	for _, name := range passHeaders {
-		for _, h := range from.GetHeaders(name) {
+		for h := range headersNamed(from, name) {
 			to.AppendHeader(sip.NewHeader(h.Name(), h.Value()))
 		}
 	}
@@ -570,7 +570,7 @@ func copyAllowed(from, to sip.Message, toward *peer) {
 		return
 	}
 	for name := range toward.keep {
-		for _, h := range from.GetHeaders(name) {
+		for h := range headersNamed(from, name) {
 			to.AppendHeader(sip.NewHeader(h.Name(), rehomeIdentity(h.Value(), toward.zone.host)))
 		}
 	}
@@ -818,7 +818,7 @@ func (c *Call) onInviteResponse(res *sip.Response) bool {
 			}
 			var extra []sip.Header
 			for _, name := range []string{"Retry-After", "Reason", "WWW-Authenticate", "Proxy-Authenticate", "Unsupported"} {
-				for _, h := range res.GetHeaders(name) {
+				for h := range headersNamed(res, name) {
 					extra = append(extra, sip.NewHeader(h.Name(), h.Value()))
 				}
 			}
@@ -863,10 +863,10 @@ func (c *Call) takeRetry() *sip.Request {
 
 // reliable reports whether a provisional response must be PRACKed.
 func reliable(res *sip.Response) bool {
-	for _, h := range res.GetHeaders("Require") {
+	for h := range headersNamed(res, "Require") {
 		for _, opt := range strings.Split(h.Value(), ",") {
 			if strings.EqualFold(strings.TrimSpace(opt), "100rel") {
-				return len(res.GetHeaders("RSeq")) > 0
+				return countHeaders(res, "RSeq") > 0
 			}
 		}
 	}
@@ -981,7 +981,7 @@ func (c *Call) setTarget(l *Leg, res *sip.Response) {
 	}
 	// the UAC's route set is the Record-Route of the 2xx in reverse order
 	var routes []sip.Uri
-	for _, h := range res.GetHeaders("Record-Route") {
+	for h := range headersNamed(res, "Record-Route") {
 		if rr, ok := h.(*sip.RecordRouteHeader); ok {
 			routes = append([]sip.Uri{rr.Address}, routes...)
 		}
@@ -1143,7 +1143,7 @@ func (c *Call) cancelFor(l *Leg, inv *sip.Request) *sip.Request {
 	req.AppendHeader(inv.Via().Clone())
 	mf := sip.MaxForwardsHeader(70)
 	req.AppendHeader(&mf)
-	for _, h := range inv.GetHeaders("Route") {
+	for h := range headersNamed(inv, "Route") {
 		if r, ok := h.(*sip.RouteHeader); ok {
 			req.AppendHeader(&sip.RouteHeader{Address: r.Address})
 		}

@@ -153,7 +153,7 @@ func checkMandatory(req *sip.Request) error {
 	}
 	// RFC 4475 §3.3.8: more than one value of a single-value header
 	for _, name := range []string{"Call-ID", "CSeq", "From", "To", "Max-Forwards", "Content-Length"} {
-		if len(req.GetHeaders(name)) > 1 {
+		if countHeaders(req, name) > 1 {
 			return fmt.Errorf("%w: %s", errDuplicateHeader, name)
 		}
 	}

@@ -183,7 +183,7 @@ func (c *Call) relayInDialog(side media.Side, req *sip.Request, tx sip.ServerTra
 			return
 		}
 		out.AppendHeader(referTo)
-		for _, h := range req.GetHeaders("Referred-By") {
+		for h := range headersNamed(req, "Referred-By") {
 			out.AppendHeader(sip.NewHeader("Referred-By", rehomeIdentity(h.Value(), other.zone.host)))
 		}
 	}
@@ -191,7 +191,7 @@ func (c *Call) relayInDialog(side media.Side, req *sip.Request, tx sip.ServerTra
 		if name == "Content-Type" && (body == nil || offerAnswer) {
 			continue
 		}
-		for _, h := range req.GetHeaders(name) {
+		for h := range headersNamed(req, name) {
 			out.AppendHeader(sip.NewHeader(h.Name(), h.Value()))
 		}
 	}
@@ -612,7 +612,7 @@ func (c *Call) sendAck(l *Leg, ack *sip.Request) {
 func copyHeaders(from sip.Message, names ...string) []sip.Header {
 	var out []sip.Header
 	for _, name := range names {
-		for _, h := range from.GetHeaders(name) {
+		for h := range headersNamed(from, name) {
 			out = append(out, sip.NewHeader(h.Name(), h.Value()))
 		}
 	}

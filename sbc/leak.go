@@ -156,7 +156,7 @@ func (f *foreignSet) learnFrom(msg sip.Message, own func(string) bool) {
 			f.hosts = append(f.hosts, host)
 		}
 	}
-	for _, h := range msg.GetHeaders("Via") {
+	for h := range headersNamed(msg, "Via") {
 		if v, ok := h.(*sip.ViaHeader); ok {
 			add(v.Host)
 		}
@@ -167,7 +167,7 @@ func (f *foreignSet) learnFrom(msg sip.Message, own func(string) bool) {
 	if fr := msg.From(); fr != nil {
 		add(fr.Address.Host)
 	}
-	for _, h := range msg.GetHeaders("Record-Route") {
+	for h := range headersNamed(msg, "Record-Route") {
 		if rr, ok := h.(*sip.RecordRouteHeader); ok {
 			add(rr.Address.Host)
 		}
@@ -180,7 +180,7 @@ func (f *foreignSet) learnFrom(msg sip.Message, own func(string) bool) {
 }
 
 func msgContact(msg sip.Message) *sip.ContactHeader {
-	for _, h := range msg.GetHeaders("Contact") {
+	for h := range headersNamed(msg, "Contact") {
 		if c, ok := h.(*sip.ContactHeader); ok {
 			return c
 		}

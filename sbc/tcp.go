@@ -609,7 +609,7 @@ func setTransport(msg sip.Message, z *zone, via, contact string) {
 			v.Transport = strings.ToUpper(via)
 		}
 	}
-	for _, h := range msg.GetHeaders("Contact") {
+	for h := range headersNamed(msg, "Contact") {
 		ct, ok := h.(*sip.ContactHeader)
 		if !ok || ct.Address.Host != z.host || ct.Address.Port != z.port {
 			continue

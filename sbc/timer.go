@@ -50,7 +50,7 @@ type timerRequest struct {
 func headerValues(msg sip.Message, names ...string) []string {
 	var out []string
 	for _, name := range names {
-		for _, h := range msg.GetHeaders(name) {
+		for h := range headersNamed(msg, name) {
 			for _, v := range strings.Split(h.Value(), ",") {
 				if v = strings.TrimSpace(v); v != "" {
 					out = append(out, v)
