@@ -275,7 +275,7 @@ func TestDefenderUserspaceRateLimit(t *testing.T) {
 		d := newDefender(cfg, kernel, nil, hclog.NewNullLogger())
 		flood := func(src netip.Addr, zone string) (passed int) {
 			for range 200 {
-				if d.Inbound(src, guard.Request{Zone: zone, Datagram: true}) {
+				if d.Inbound(src, guard.Request{Zone: zone, Metered: true}) {
 					passed++
 				}
 			}

@@ -21,8 +21,8 @@ type Guard interface {
 	// a TCP connection, and every TCP connection accepted) from a source
 	// that is no peer, before the SBC does anything else with it: before
 	// the public side's unknown-source drop and before parsing. r.Method
-	// is empty when the datagram is not a request, r.Datagram is set for
-	// UDP and r.Zone names the zone. Returning false drops it.
+	// is empty when the datagram is not a request, r.Metered is set for
+	// what the rate limits count (all of these) and r.Zone names the zone. Returning false drops it.
 	Inbound(src netip.Addr, r guard.Request) bool
 	// Outcome is called for each final response the SBC sends to a source
 	// that is no peer, with the request it answers.
@@ -45,9 +45,9 @@ func (s *Server) SetGuard(g Guard) {
 
 // guardInbound runs the guard on a message from a non-peer source and
 // reports whether it may go on.
-func (s *Server) guardInbound(g Guard, z *zone, src netip.AddrPort, data []byte, datagram bool) bool {
+func (s *Server) guardInbound(g Guard, z *zone, src netip.AddrPort, data []byte) bool {
 	r, inDialog := summarize(data)
-	r.Zone, r.Datagram, r.InDialog = z.cfg.Name, datagram, inDialog
+	r.Zone, r.Metered, r.InDialog = z.cfg.Name, true, inDialog
 	r.Unsolicited = r.Method != "" && r.Method != "ACK" && !inDialog && !z.private
 	return g.Inbound(src.Addr(), r)
 }

@@ -451,7 +451,7 @@ func (s *Server) readFilter(z *zone) sip.TransportReadFilter {
 type admission struct {
 	pass    bool   // hand it to sipgo
 	reply   []byte // a stateless answer to send back first
-	garbage bool   // not SIP at all: a stream that carries it is closed
+	garbage bool   // not SIP at all, or dropped by the guard: a stream that carries it is closed
 }
 
 // admit is the entry filter, the same for a UDP datagram and a message
@@ -460,8 +460,10 @@ type admission struct {
 // strangers, admission control, then inspect.
 func (s *Server) admit(z *zone, src netip.AddrPort, data []byte, datagram bool) admission {
 	peer := s.peerBySource(z, src.Addr()) != nil
-	if g := s.sec.Load(); !peer && g != nil && !s.guardInbound(g.Guard, z, src, data, datagram) {
-		return admission{} // banned, rate limited, or banned now
+	if g := s.sec.Load(); !peer && g != nil && !s.guardInbound(g.Guard, z, src, data) {
+		// banned, rate limited, or banned now; a stream from such a
+		// source is closed rather than read on
+		return admission{garbage: !datagram}
 	}
 	if !z.private && !peer {
 		// The public side never answers strangers: a scanner learns

@@ -185,7 +185,7 @@ func (s *Server) acceptTCP(z *zone) {
 		src := addrPortOf(raw.RemoteAddr())
 		p := s.peerBySource(z, src.Addr())
 		if p == nil {
-			if g := s.sec.Load(); g != nil && !g.Inbound(src.Addr(), guard.Request{Zone: z.cfg.Name}) {
+			if g := s.sec.Load(); g != nil && !g.Inbound(src.Addr(), guard.Request{Zone: z.cfg.Name, Metered: true}) {
 				_ = raw.Close()
 				continue
 			}

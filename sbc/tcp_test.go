@@ -16,6 +16,8 @@ import (
 
 	"github.com/emiago/sipgo/sip"
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/edgesbc/edgesbc/sbc/guard"
 )
 
 // tcpPhone is a SIP peer on TCP driven by the test: it listens on its own
@@ -878,4 +880,48 @@ func TestSentBy(t *testing.T) {
 			t.Errorf("sentBy(Via %q from %s) = %q, %v; want %q", tt.via, tt.src, got, ok, tt.want)
 		}
 	}
+}
+
+// TestTCPUserspaceRateLimit: without the kernel meter, a stranger's TCP
+// connections and the messages framed on them draw from the same
+// per-source bucket as its datagrams; the message over the limit closes
+// the connection instead of being dropped from the middle of a stream.
+func TestTCPUserspaceRateLimit(t *testing.T) {
+	r := newTCPRig(t, false, nil)
+	g := guard.New(guard.Config{
+		RateLimits: []guard.RateLimit{{Name: "sip-private", Zone: "private", Rate: 1, Per: time.Hour, Burst: 4}},
+	})
+	r.srv.SetGuard(&policyGuard{g: g})
+	t.Cleanup(func() { r.srv.SetGuard(nil) })
+
+	// The accept takes one token, each INVITE one: 403, 403, 403, then
+	// the fifth token is missing and the connection ends unanswered.
+	c := rawTCP(t, "127.0.0.11", r.priv)
+	for i := range 3 {
+		raw := strings.Replace(options("127.0.0.11:5060", r.priv.String(), fmt.Sprintf("tl%d", i)), "OPTIONS", "INVITE", -1)
+		_, _ = c.Write([]byte(raw))
+		if res := readResponse(t, c); !strings.HasPrefix(res, "SIP/2.0 403") {
+			t.Fatalf("INVITE %d within the burst: want 403, got %q", i, res)
+		}
+	}
+	raw := strings.Replace(options("127.0.0.11:5060", r.priv.String(), "tl3"), "OPTIONS", "INVITE", -1)
+	_, _ = c.Write([]byte(raw))
+	if got, closed := readClosed(t, c, 3*time.Second); !closed || got != "" {
+		t.Errorf("message over the limit: closed=%v, got %q; want closed unanswered", closed, got)
+	}
+	// A new connection from the same source: refused at accept.
+	c2 := rawTCP(t, "127.0.0.11", r.priv)
+	if got, closed := readClosed(t, c2, 3*time.Second); !closed || got != "" {
+		t.Errorf("connection over the limit: closed=%v, got %q; want closed", closed, got)
+	}
+	if st := g.Stats(); st.RateLimited["sip-private"] != 2 {
+		t.Errorf("rate_limited = %d, want 2 (one message, one connection)", st.RateLimited["sip-private"])
+	}
+	// Another source has its own bucket.
+	c3 := rawTCP(t, "127.0.0.12", r.priv)
+	_, _ = c3.Write([]byte(strings.Replace(options("127.0.0.12:5060", r.priv.String(), "tl9"), "OPTIONS", "INVITE", -1)))
+	if res := readResponse(t, c3); !strings.HasPrefix(res, "SIP/2.0 403") {
+		t.Errorf("another stranger: want 403, got %q", res)
+	}
+	r.waitIdle()
 }

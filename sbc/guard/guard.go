@@ -100,10 +100,11 @@ type Request struct {
 	UserAgent string
 	// Zone is the zone the request arrived on, for the rate limits.
 	Zone string
-	// Datagram is set for a UDP datagram, which the rate limits count
-	// (as the kernel meters do); Method may be empty then, when the
-	// datagram is not a request.
-	Datagram bool
+	// Metered is set for what the rate limits count, as the kernel
+	// meters count packets: a UDP datagram, a TCP connection accepted and
+	// a message framed on one. Method may be empty then (a datagram that
+	// is not a request, a connection).
+	Metered bool
 	// InDialog is set for a request whose To header carries a tag.
 	InDialog bool
 	// Unsolicited is set for a request outside any dialog from a source
@@ -430,7 +431,7 @@ func (g *Guard) Check(now time.Time, src netip.Addr, r Request) Verdict {
 		return Verdict{Action: Drop}
 	}
 	key := g.key(src)
-	if r.Datagram {
+	if r.Metered {
 		if name, over := g.limits.over(now, r.Zone, key); over {
 			g.stats.RateLimited[name]++
 			return Verdict{Action: Drop, Limited: name}

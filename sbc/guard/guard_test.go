@@ -186,7 +186,7 @@ func TestDistinctUnknownUsersWindow(t *testing.T) {
 func TestDistinctUnknownUsersByRequest(t *testing.T) {
 	g := New(Config{Policies: []Policy{enumeration()}})
 	reg := func(user string) Request {
-		return Request{Method: "REGISTER", User: user, UserAgent: "Phone/1.0", Zone: "public", Datagram: true, Unsolicited: true}
+		return Request{Method: "REGISTER", User: user, UserAgent: "Phone/1.0", Zone: "public", Metered: true, Unsolicited: true}
 	}
 	// not counted: in-dialog requests, ACKs, requests without a user,
 	// repeats of one user

@@ -12,7 +12,7 @@ func publicLimit() RateLimit {
 }
 
 func datagram(zone string) Request {
-	return Request{Method: "INVITE", User: "100", Zone: zone, Datagram: true}
+	return Request{Method: "INVITE", User: "100", Zone: zone, Metered: true}
 }
 
 func TestRateLimitBurstThenRate(t *testing.T) {
@@ -70,8 +70,8 @@ func TestRateLimitScope(t *testing.T) {
 	}
 	// a datagram that is no request counts too
 	g2 := New(Config{RateLimits: []RateLimit{{Name: "one", Zone: "public", Rate: 1, Per: time.Hour, Burst: 1}}})
-	g2.Check(t0, attacker, Request{Zone: "public", Datagram: true})
-	if v := g2.Check(t0, attacker, Request{Zone: "public", Datagram: true}); v.Action != Drop {
+	g2.Check(t0, attacker, Request{Zone: "public", Metered: true})
+	if v := g2.Check(t0, attacker, Request{Zone: "public", Metered: true}); v.Action != Drop {
 		t.Fatalf("keepalive beyond the limit: %v", v.Action)
 	}
 }
