@@ -7,6 +7,11 @@
 #             namespace (ip_forward=1): the load generator's own ceiling.
 #   kamailio  the same calls through Debian's Kamailio as a stateful proxy
 #             with record_route, topoh and dialog (bench/kamailio.cfg).
+#   kamailio-rtpengine  the same Kamailio anchoring media as well: every
+#             offer and answer rewritten by Debian's rtpengine (userspace
+#             only), which binds a port pair per side and call, as edgesbc
+#             does. The fair comparison for an SBC; its CPU and memory are
+#             Kamailio's and rtpengine's together.
 #   edgesbc   the same calls through bin/edgesbc (B2BUA, SDP in the INVITE,
 #             so every call allocates and releases relay ports).
 #   media-direct  G.711 RTP both ways for 30 s per call, SIPp to SIPp through
@@ -19,7 +24,7 @@
 # bench/README.md explains the method and every column of the output.
 #
 # Knobs (environment):
-#   BENCH_TARGETS       which parts to run           "direct kamailio edgesbc media-direct media media-offload"
+#   BENCH_TARGETS       which parts to run           "direct kamailio kamailio-rtpengine edgesbc media-direct media media-offload"
 #   BENCH_RATES         call-rate ladder (calls/s)   "250 500 1000 1500 2000 3000 4000 5000 6000 8000 10000 12000"
 #   BENCH_STEP_SECONDS  each step offers rate x this many calls   8
 #   BENCH_MIN_CALLS     ... but never fewer calls than this        2000
@@ -41,7 +46,7 @@ set -Eeuo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 
-TARGETS=${BENCH_TARGETS:-"direct kamailio edgesbc media-direct media media-offload"}
+TARGETS=${BENCH_TARGETS:-"direct kamailio kamailio-rtpengine edgesbc media-direct media media-offload"}
 RATES=${BENCH_RATES:-"250 500 1000 1500 2000 3000 4000 5000 6000 8000 10000 12000"}
 STEP_SECONDS=${BENCH_STEP_SECONDS:-8}
 MIN_CALLS=${BENCH_MIN_CALLS:-2000}
@@ -184,6 +189,16 @@ command -v ss >/dev/null || die "ss not found: apt-get install iproute2"
 mkdir -p "$work"
 
 have_kamailio=0
+have_rtpengine=0
+if [[ " $TARGETS " == *" kamailio-rtpengine "* ]]; then
+	if command -v rtpengine >/dev/null && command -v kamailio >/dev/null; then
+		have_rtpengine=1
+		kamailio -A WITH_RTPENGINE -c -f "$here/kamailio.cfg" >"$work/kamailio-rtpengine-check.log" 2>&1 ||
+			die "bench/kamailio.cfg with WITH_RTPENGINE does not parse, see $work/kamailio-rtpengine-check.log"
+	else
+		log "kamailio or rtpengine not installed (apt-get install kamailio rtpengine-daemon): skipping kamailio-rtpengine"
+	fi
+fi
 if [[ " $TARGETS " == *" kamailio "* ]]; then
 	if command -v kamailio >/dev/null; then
 		have_kamailio=1
@@ -453,6 +468,26 @@ start_middle() {
 			-x tlsf -m 1024 -M 32 -P "$prefix-kamailio.pid" \
 			>"$logf" 2>&1 </dev/null &
 		;;
+	kamailio-rtpengine)
+		# rtpengine first: Kamailio's module looks for it at start. Its
+		# port range is edgesbc's; a deleted call's ports are kept for
+		# edgesbc's quarantine, so both hold ports equally long.
+		ip netns exec "$NS_MID" nice -n "$NICE" rtpengine --foreground --log-stderr --log-level=3 \
+			--table=-1 --no-fallback --interface="priv/$MID_PRIV" --interface="pub/$MID_PUB" \
+			--listen-ng=127.0.0.1:22222 --port-min="${PORT_RANGE%-*}" --port-max="${PORT_RANGE#*-}" \
+			--delete-delay="$QUARANTINE_S" --num-threads="$(nproc)" --pidfile=/dev/null \
+			>"$prefix-rtpengine.log" 2>&1 </dev/null &
+		RTPE_PID=$!
+		started+=("$RTPE_PID")
+		for ((i = 0; i < 100; i++)); do
+			ip netns exec "$NS_MID" ss -Huln "sport = :22222" | grep -q 127.0.0.1 && break
+			sleep 0.1
+		done
+		logf="$prefix-kamailio.log"
+		ip netns exec "$NS_MID" nice -n "$NICE" kamailio -A WITH_RTPENGINE -DD -E -f "$here/kamailio.cfg" \
+			-x tlsf -m 1024 -M 32 -P "$prefix-kamailio.pid" \
+			>"$logf" 2>&1 </dev/null &
+		;;
 	*)
 		logf="$prefix-edgesbc.log"
 		rm -f "$ADMIN_SOCK"
@@ -471,7 +506,7 @@ start_middle() {
 			MID_PID=""
 			return 1
 		fi
-		if [ "$kind" = kamailio ]; then
+		if [[ $kind == kamailio* ]]; then
 			listening_both && sleep 0.3 && return 0
 		else
 			# edgesbc logs "edgesbc ready" once listening; with log level
@@ -488,9 +523,12 @@ start_middle() {
 	return 1
 }
 
+RTPE_PID=""
 stop_middle() {
 	stop_pid "$MID_PID"
 	MID_PID=""
+	stop_pid "$RTPE_PID"
+	RTPE_PID=""
 }
 
 write_edgesbc_config() {
@@ -842,10 +880,14 @@ write_edgesbc_config
 log "topology: $NS_UAC ($UAC_IP) -- $NS_MID ($MID_PRIV | $MID_PUB) -- $NS_UAS ($UAS_IP); logs in $work"
 
 declare -A best=() note=() busy=() bound=()
-for kind in direct kamailio edgesbc; do
+for kind in direct kamailio kamailio-rtpengine edgesbc; do
 	[[ " $TARGETS " == *" $kind "* ]] || continue
 	if [ "$kind" = kamailio ] && ((have_kamailio == 0)); then
 		note[$kind]="kamailio not installed"
+		continue
+	fi
+	if [ "$kind" = kamailio-rtpengine ] && ((have_rtpengine == 0)); then
+		note[$kind]="kamailio or rtpengine not installed"
 		continue
 	fi
 	if [ "$kind" = edgesbc ] && [ -z "$edgesbc_bin" ]; then
@@ -945,7 +987,7 @@ bounded_ratio() {
 	echo
 	echo "| target | max CPS | CPU us/call @${REF_RATE} CPS | CPU us/call @max | peak memory @max (KiB) | other load before | note |"
 	echo "|---|---:|---:|---:|---:|---:|---|"
-	for kind in direct kamailio edgesbc; do
+	for kind in direct kamailio kamailio-rtpengine edgesbc; do
 		[[ " $TARGETS " == *" $kind "* ]] || continue
 		b=${best[$kind]:-}
 		if [ -z "$b" ]; then
@@ -966,17 +1008,19 @@ bounded_ratio() {
 		echo
 	fi
 	echo "Other load before: CPU busy with work outside the bench in the second before the part started (should be near 0%)."
-	echo "Memory: Kamailio is the sum of PSS over its processes (shared memory counted once), sampled every 0.25 s; edgesbc is VmHWM (peak RSS)."
+	echo "Memory: Kamailio (with rtpengine, when it runs) is the sum of PSS over its processes (shared memory counted once), sampled every 0.25 s; edgesbc is VmHWM (peak RSS). CPU is every process in the middle namespace: Kamailio's workers and, for kamailio-rtpengine, rtpengine's too."
 	echo
 	echo "## Ratios"
 	echo
-	e=${best[edgesbc]:-} k=${best[kamailio]:-} d=${best[direct]:-}
+	e=${best[edgesbc]:-} k=${best[kamailio]:-} d=${best[direct]:-} kr=${best[kamailio-rtpengine]:-}
 	echo "| ratio | value |"
 	echo "|---|---:|"
 	echo "| max CPS edgesbc / Kamailio | $(bounded_ratio "$e" "$k" kamailio edgesbc) |"
+	echo "| max CPS edgesbc / Kamailio+rtpengine | $(bounded_ratio "$e" "$kr" kamailio-rtpengine edgesbc) |"
 	echo "| max CPS edgesbc / direct | $(bounded_ratio "$e" "$d" direct edgesbc) |"
 	echo "| max CPS Kamailio / direct | $(bounded_ratio "$k" "$d" direct kamailio) |"
 	echo "| CPU per call @${REF_RATE} CPS edgesbc / Kamailio | $(ratio "$(step_value edgesbc "$REF_RATE" cpu_us_per_call)" "$(step_value kamailio "$REF_RATE" cpu_us_per_call)") |"
+	echo "| CPU per call @${REF_RATE} CPS edgesbc / Kamailio+rtpengine | $(ratio "$(step_value edgesbc "$REF_RATE" cpu_us_per_call)" "$(step_value kamailio-rtpengine "$REF_RATE" cpu_us_per_call)") |"
 	echo
 	if [[ " $TARGETS " == *" media "* || " $TARGETS " == *" media-direct "* || " $TARGETS " == *" media-offload "* ]]; then
 		echo "## G.711 media, ${MEDIA_HOLD_S} s per call, RTP both ways"
