@@ -27,11 +27,13 @@
 //	  map media_dnat4  { type ipv4_addr . inet_service . ipv4_addr . inet_service : ipv4_addr . inet_service }
 //	  map media_snat4  { type ipv4_addr . inet_service . ipv4_addr . inet_service : ipv4_addr . inet_service }
 //	  set media_count4 { type ipv4_addr . inet_service . ipv4_addr . inet_service; counter }
-//	  chain media_notrack_in  { type filter hook prerouting priority raw; ... notrack }
+//	  chain media_notrack_in  { type filter hook prerouting priority raw;
+//	    ip saddr . udp sport . ip daddr . udp dport @media_count4 return
+//	    ip daddr @media_local4 udp dport LO-HI notrack }
 //	  chain media_notrack_out { type filter hook output priority raw; ... notrack }
 //	  chain media_dnat  { type nat hook prerouting priority dstnat; dnat ip to ip saddr . udp sport . ip daddr . udp dport map @media_dnat4 }
-//	  chain media_count { type filter hook forward priority filter; ip saddr . udp sport . ip daddr . udp dport @media_count4 }
-//	  chain media_snat  { type nat hook postrouting priority srcnat; snat ip to ip saddr . udp sport . ip daddr . udp dport map @media_snat4 }
+//	  chain media_snat  { type nat hook postrouting priority srcnat; snat ip to ct original ip saddr . ct original proto-src .
+//	    ct original ip daddr . ct original proto-dst map @media_snat4 }
 //	  set media_closed4 { type ipv4_addr }                   # MediaConfig.Closed: the public side
 //	  set media_pin4    { type ipv4_addr . inet_service . ipv4_addr }
 //	  chain media_pin   { type filter hook input priority filter;
@@ -43,7 +45,13 @@
 // forwards. Offloading a flow adds its elements; the next packet of the
 // flow is then tracked, DNATed to the other side's address and SNATed to
 // the relay's port facing that side, and every later packet of both
-// directions follows that conntrack entry without any rule lookup. The
+// directions follows that conntrack entry without any NAT lookup. Every
+// key is the tuple a packet arrives with, before DNAT, which names the
+// relay port it was sent to: the count lookup that lets it pass the
+// notrack chain counts it, and the SNAT map is looked up with the
+// conntrack entry's original tuple. So streams of different calls between
+// the same two far-end addresses and ports (as SIPp sends its calls'
+// media) are told apart by the relay ports each has. The
 // relay sockets stay bound: no other flow can take their ports, and the
 // kernel's tuple never collides with userspace's, which is untracked.
 // Withdrawing deletes the elements and the conntrack entry, and packets

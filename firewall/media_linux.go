@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/expr"
-	"github.com/google/nftables/userdata"
 	"github.com/hashicorp/go-hclog"
 	mnl "github.com/mdlayher/netlink"
 	"github.com/vishvananda/netlink"
@@ -51,6 +49,12 @@ type Media struct {
 	// counter dumps: the hot paths (see elemConn).
 	ec  *elemConn
 	obj *mediaObjects
+	// tx encodes, without sending, the transactions that build the media
+	// objects; flushTx sends what it recorded (txMsgs) over ec, followed
+	// by the rules queued in txRules, which the library cannot encode.
+	tx      *nftables.Conn
+	txMsgs  [][]byte
+	txRules []txRule
 
 	mu      sync.Mutex
 	pending []op
@@ -72,6 +76,12 @@ type Media struct {
 	// that no Adopt has claimed yet: set name -> key -> value. Owned by
 	// run after setup.
 	stale map[string]map[string]string
+}
+
+// txRule is a rule encoded for elemConn.rule.
+type txRule struct {
+	chain string
+	exprs [][]byte
 }
 
 type opKind int
@@ -182,6 +192,13 @@ func NewMedia(cfg MediaConfig, log hclog.Logger) (*Media, error) {
 		pins:        make(map[pinhole]bool),
 		closedAddrs: make(map[netip.Addr]bool),
 	}
+	m.tx, err = nftables.New(nftables.WithTestDial(m.record))
+	if err != nil {
+		conn.CloseLasting()
+		ct.Close()
+		ec.Close()
+		return nil, fmt.Errorf("media offload: %w", err)
+	}
 	for _, a := range cfg.Closed {
 		if a.IsValid() {
 			m.closedAddrs[a.Unmap()] = true
@@ -197,6 +214,41 @@ func NewMedia(cfg MediaConfig, log hclog.Logger) (*Media, error) {
 	m.log.Info("kernel media offload ready", "table", "inet "+TableName,
 		"port_min", cfg.PortMin, "port_max", cfg.PortMax, "closed", len(m.closedAddrs))
 	return m, nil
+}
+
+// record is m.tx's netlink: it keeps the messages of a transaction for
+// flushTx, without the batch's begin and end, and acknowledges them.
+func (m *Media) record(req []mnl.Message) ([]mnl.Message, error) {
+	for _, r := range req {
+		if t := r.Header.Type; t == unix.NFNL_MSG_BATCH_BEGIN || t == unix.NFNL_MSG_BATCH_END {
+			continue
+		}
+		b, err := r.MarshalBinary()
+		if err != nil {
+			return nil, err
+		}
+		m.txMsgs = append(m.txMsgs, b)
+	}
+	return req, nil
+}
+
+// flushTx sends what m.tx recorded and the queued rules as one
+// transaction.
+func (m *Media) flushTx() error {
+	m.txMsgs = m.txMsgs[:0]
+	rules := m.txRules
+	m.txRules = nil
+	if err := m.tx.Flush(); err != nil {
+		return fmt.Errorf("encode: %w", err)
+	}
+	m.ec.begin()
+	for _, b := range m.txMsgs {
+		m.ec.raw(b)
+	}
+	for _, r := range rules {
+		m.ec.rule(r.chain, r.exprs)
+	}
+	return m.ec.commit()
 }
 
 // bufferOption raises the netlink socket buffers beyond the sysctl limits
@@ -266,7 +318,7 @@ func (m *Media) create(flows []media.Flow) error {
 			if s == fo.local {
 				vals = localElements(m.cfg.Addrs, fo.fam == inet4)
 			}
-			if err := m.conn.AddSet(s, vals); err != nil {
+			if err := m.tx.AddSet(s, vals); err != nil {
 				return fmt.Errorf("media offload: add set %s: %w", s.Name, err)
 			}
 		}
@@ -276,8 +328,10 @@ func (m *Media) create(flows []media.Flow) error {
 	}
 	m.queueElements(flows, true)
 	m.queuePins(m.installedPins(), true)
-	m.addChains()
-	if err := m.conn.Flush(); err != nil {
+	if err := m.addChains(); err != nil {
+		return err
+	}
+	if err := m.flushTx(); err != nil {
 		return fmt.Errorf("media offload: create chains and sets in inet %s: %w", TableName, err)
 	}
 	return nil
@@ -351,13 +405,13 @@ func (m *Media) addPinSets() error {
 			}
 		}
 		for _, s := range []*nftables.Set{fo.closed, fo.pin} {
-			if err := m.conn.AddSet(s, nil); err != nil {
+			if err := m.tx.AddSet(s, nil); err != nil {
 				return fmt.Errorf("media offload: add set %s: %w", s.Name, err)
 			}
-			m.conn.FlushSet(s)
+			m.tx.FlushSet(s)
 		}
 		if len(closed) > 0 {
-			if err := m.conn.SetAddElements(fo.closed, closed); err != nil {
+			if err := m.tx.SetAddElements(fo.closed, closed); err != nil {
 				return fmt.Errorf("media offload: add set %s elements: %w", fo.closed.Name, err)
 			}
 		}
@@ -376,9 +430,9 @@ func (m *Media) installedPins() []pinhole {
 // queuePins adds to the pending transaction the elements of pins, to add
 // or to delete.
 func (m *Media) queuePins(pins []pinhole, add bool) {
-	do := m.conn.SetAddElements
+	do := m.tx.SetAddElements
 	if !add {
-		do = m.conn.SetDeleteElements
+		do = m.tx.SetDeleteElements
 	}
 	for _, fo := range m.obj.families() {
 		var elems []nftables.SetElement
@@ -398,25 +452,25 @@ func (m *Media) queuePins(pins []pinhole, add bool) {
 }
 
 // addChains queues the chains and their rules.
-func (m *Media) addChains() {
+func (m *Media) addChains() error {
 	o, table := m.obj, m.obj.table
 	lo, hi := m.cfg.PortMin, m.cfg.PortMax
 	for _, c := range o.chains() {
-		m.conn.AddChain(c)
+		m.tx.AddChain(c)
 	}
 	for _, fo := range o.families() {
-		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.notrackIn, Exprs: fo.offloadedReturn(),
-			// nft does not print a map lookup whose result no expression
-			// uses: say what the rule matches.
-			UserData: userdata.AppendString(nil, userdata.TypeComment,
-				"offloaded flows: saddr . sport . daddr . dport in @"+fo.dnat.Name)})
-		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.notrackIn, Exprs: fo.notrackInRule(lo, hi)})
-		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.notrackOut, Exprs: fo.notrackOutRule(lo, hi)})
-		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.dnatChain, Exprs: fo.natRule(fo.dnat, expr.NATTypeDestNAT)})
-		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.countC, Exprs: fo.countRule()})
-		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.snatChain, Exprs: fo.natRule(fo.snat, expr.NATTypeSourceNAT)})
-		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.pinChain, Exprs: fo.pinRule(lo, hi)})
+		m.tx.AddRule(&nftables.Rule{Table: table, Chain: o.notrackIn, Exprs: fo.offloadedReturn()})
+		m.tx.AddRule(&nftables.Rule{Table: table, Chain: o.notrackIn, Exprs: fo.notrackInRule(lo, hi)})
+		m.tx.AddRule(&nftables.Rule{Table: table, Chain: o.notrackOut, Exprs: fo.notrackOutRule(lo, hi)})
+		m.tx.AddRule(&nftables.Rule{Table: table, Chain: o.dnatChain, Exprs: fo.dnatRule()})
+		snat, err := fo.snatRule()
+		if err != nil {
+			return fmt.Errorf("media offload: %w", err)
+		}
+		m.txRules = append(m.txRules, txRule{chain: o.snatChain.Name, exprs: snat})
+		m.tx.AddRule(&nftables.Rule{Table: table, Chain: o.pinChain, Exprs: fo.pinRule(lo, hi)})
 	}
+	return nil
 }
 
 // keepFlows is setup for a restart that keeps the flows an earlier run left:
@@ -444,18 +498,18 @@ func (m *Media) keepFlows() error {
 	}
 	for _, c := range chains {
 		if c.Table.Name == TableName && strings.HasPrefix(c.Name, mediaPrefix) {
-			m.conn.DelChain(c)
+			m.tx.DelChain(c)
 		}
 	}
 	// One transaction: the old chains go and the new ones come at once.
 	for _, s := range o.sets() {
-		if err := m.conn.AddSet(s, nil); err != nil {
+		if err := m.tx.AddSet(s, nil); err != nil {
 			return fmt.Errorf("add set %s: %w", s.Name, err)
 		}
 	}
 	for _, fo := range o.families() {
-		m.conn.FlushSet(fo.local)
-		if err := m.conn.SetAddElements(fo.local, localElements(m.cfg.Addrs, fo.fam == inet4)); err != nil {
+		m.tx.FlushSet(fo.local)
+		if err := m.tx.SetAddElements(fo.local, localElements(m.cfg.Addrs, fo.fam == inet4)); err != nil {
 			return fmt.Errorf("add set %s elements: %w", fo.local.Name, err)
 		}
 	}
@@ -464,8 +518,10 @@ func (m *Media) keepFlows() error {
 	if err := m.addPinSets(); err != nil {
 		return err
 	}
-	m.addChains()
-	if err := m.conn.Flush(); err != nil {
+	if err := m.addChains(); err != nil {
+		return err
+	}
+	if err := m.flushTx(); err != nil {
 		return fmt.Errorf("rebuild chains in inet %s: %w", TableName, err)
 	}
 	m.stale = make(map[string]map[string]string)
@@ -940,7 +996,8 @@ func countKeyOf(key []byte) countKey {
 
 func directionKey(d media.Flow) countKey {
 	var k countKey
-	k.n = uint8(len(appendTuple(k.b[:0], d.Src, d.Dst)))
+	src, dst, _ := elemOf(setCount, d)
+	k.n = uint8(len(appendTuple(k.b[:0], src, dst)))
 	return k
 }
 
@@ -1013,9 +1070,9 @@ func (m *Media) queueElements(flows []media.Flow, add bool) {
 	if len(flows) == 0 {
 		return
 	}
-	do := m.conn.SetAddElements
+	do := m.tx.SetAddElements
 	if !add {
-		do = m.conn.SetDeleteElements
+		do = m.tx.SetDeleteElements
 	}
 	for _, fo := range m.obj.families() {
 		var dnat, snat, count []nftables.SetElement

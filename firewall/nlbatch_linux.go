@@ -119,6 +119,51 @@ func (e *elemConn) elem(set string, del bool, key, val []byte) {
 	e.close(el)
 }
 
+// rule appends a rule with the encoded expressions exprs to chain.
+func (e *elemConn) rule(chain string, exprs [][]byte) {
+	if e.msg >= 0 {
+		e.closeMsg()
+	}
+	off := e.header(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWRULE,
+		unix.NLM_F_REQUEST|unix.NLM_F_ACK|unix.NLM_F_CREATE|unix.NLM_F_APPEND, unix.NFPROTO_INET, 0)
+	e.out = appendAttr(e.out, unix.NFTA_RULE_TABLE, cstring(e.table))
+	e.out = appendAttr(e.out, unix.NFTA_RULE_CHAIN, cstring(chain))
+	list := e.open(unix.NFTA_RULE_EXPRESSIONS)
+	for _, x := range exprs {
+		e.out = appendAttr(e.out, unix.NLA_F_NESTED|unix.NFTA_LIST_ELEM, x)
+	}
+	e.close(list)
+	e.finish(off)
+	e.acks++
+}
+
+// raw adds a message encoded elsewhere (header included) to the
+// transaction, with this transaction's sequence number and asking for an
+// acknowledgement.
+func (e *elemConn) raw(msg []byte) {
+	if len(msg) < unix.NLMSG_HDRLEN+nfgenmsgLen {
+		if e.err == nil {
+			e.err = fmt.Errorf("netlink message of %d bytes is too short", len(msg))
+		}
+		return
+	}
+	if e.msg >= 0 {
+		e.closeMsg()
+	}
+	e.seq++
+	off := len(e.out)
+	e.out = append(e.out, msg...)
+	for len(e.out)%4 != 0 {
+		e.out = append(e.out, 0)
+	}
+	h := e.out[off:]
+	binary.NativeEndian.PutUint32(h[0:4], uint32(len(e.out)-off))
+	binary.NativeEndian.PutUint16(h[6:8], binary.NativeEndian.Uint16(h[6:8])|unix.NLM_F_REQUEST|unix.NLM_F_ACK)
+	binary.NativeEndian.PutUint32(h[8:12], e.seq)
+	binary.NativeEndian.PutUint32(h[12:16], 0)
+	e.acks++
+}
+
 // empty reports whether the transaction changes nothing yet.
 func (e *elemConn) empty() bool { return e.acks == 0 }
 

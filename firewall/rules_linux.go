@@ -4,6 +4,7 @@ package firewall
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 
 	"github.com/google/nftables"
@@ -23,7 +24,6 @@ const (
 	chainNotrackOut = "media_notrack_out"
 	chainDNAT       = "media_dnat"
 	chainSNAT       = "media_snat"
-	chainCount      = "media_count"
 	chainPin        = "media_pin"
 )
 
@@ -77,11 +77,11 @@ type famObjects struct {
 
 // mediaObjects are the sets and chains of media offload, built for table t.
 type mediaObjects struct {
-	table                        *nftables.Table
-	v4, v6                       famObjects
-	notrackIn, notrackOut        *nftables.Chain
-	dnatChain, snatChain, countC *nftables.Chain
-	pinChain                     *nftables.Chain
+	table                 *nftables.Table
+	v4, v6                famObjects
+	notrackIn, notrackOut *nftables.Chain
+	dnatChain, snatChain  *nftables.Chain
+	pinChain              *nftables.Chain
 }
 
 func newFamObjects(t *nftables.Table, fam family) famObjects {
@@ -113,8 +113,6 @@ func newMediaObjects(t *nftables.Table) *mediaObjects {
 			Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityRaw},
 		dnatChain: &nftables.Chain{Table: t, Name: chainDNAT, Type: nftables.ChainTypeNAT,
 			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest},
-		countC: &nftables.Chain{Table: t, Name: chainCount, Type: nftables.ChainTypeFilter,
-			Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter},
 		snatChain: &nftables.Chain{Table: t, Name: chainSNAT, Type: nftables.ChainTypeNAT,
 			Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource},
 		// Input, not prerouting: an offloaded flow is DNATed in prerouting
@@ -141,7 +139,7 @@ func (o *mediaObjects) pinSets() []*nftables.Set {
 
 // chains returns every chain.
 func (o *mediaObjects) chains() []*nftables.Chain {
-	return []*nftables.Chain{o.notrackIn, o.notrackOut, o.dnatChain, o.countC, o.snatChain, o.pinChain}
+	return []*nftables.Chain{o.notrackIn, o.notrackOut, o.dnatChain, o.snatChain, o.pinChain}
 }
 
 // ofAddr returns the objects of a's family.
@@ -201,15 +199,16 @@ func cat(parts ...[]expr.Any) []expr.Any {
 }
 
 // offloadedReturn: meta nfproto ipvX meta l4proto udp
-// ipX saddr . udp sport . ipX daddr . udp dport map @media_dnatX return
+// ipX saddr . udp sport . ipX daddr . udp dport @media_countX return
 //
 // A packet of an offloaded flow leaves the chain before notrackInRule: it
-// must be tracked, since its conntrack entry carries the NAT. The map is
-// looked up with a destination register, as the NAT rule does; a lookup of
-// a map as a set (no destination) is refused by older kernels (6.1).
+// must be tracked, since its conntrack entry carries the NAT. The lookup
+// is also what counts it: before DNAT the packet of either direction still
+// carries the relay port it was sent to, so the key names one direction of
+// one stream even when several streams join the same two far ends.
 func (o *famObjects) offloadedReturn() []expr.Any {
 	return cat(o.fam.matchUDP(), o.fam.loadTuple(), []expr.Any{
-		&expr.Lookup{SourceRegister: reg32_00, DestRegister: reg1, IsDestRegSet: true, SetName: o.dnat.Name, SetID: o.dnat.ID},
+		&expr.Lookup{SourceRegister: reg32_00, SetName: o.count.Name, SetID: o.count.ID},
 		&expr.Verdict{Kind: expr.VerdictReturn},
 	})
 }
@@ -244,25 +243,79 @@ func (o *famObjects) notrackOutRule(lo, hi int) []expr.Any {
 		[]expr.Any{&expr.Notrack{}})
 }
 
-// natRule: meta nfproto ipvX meta l4proto udp
-// (dnat|snat) ipX to ipX saddr . udp sport . ipX daddr . udp dport map @m
-func (o *famObjects) natRule(m *nftables.Set, typ expr.NATType) []expr.Any {
-	return cat(o.fam.matchUDP(), o.fam.loadTuple(), []expr.Any{
-		&expr.Lookup{SourceRegister: reg32_00, DestRegister: reg1, IsDestRegSet: true, SetName: m.Name, SetID: m.ID},
-		&expr.NAT{Type: typ, Family: uint32(o.fam.nfproto), RegAddrMin: reg1, RegProtoMin: o.fam.portReg(), Specified: true},
-	})
+// dnatRule: meta nfproto ipvX meta l4proto udp
+// dnat ipX to ipX saddr . udp sport . ipX daddr . udp dport map @media_dnatX
+func (o *famObjects) dnatRule() []expr.Any {
+	return cat(o.fam.matchUDP(), o.fam.loadTuple(), o.natTo(o.dnat, expr.NATTypeDestNAT))
 }
 
-// countRule: meta nfproto ipvX meta l4proto udp
-// ipX saddr . udp sport . ipX daddr . udp dport @media_countX
+// snatRule: meta nfproto ipvX meta l4proto udp snat ipX to
+// ct original ipX saddr . ct original proto-src . ct original ipX daddr .
+// ct original proto-dst map @media_snatX
 //
-// In the forward hook a packet of an offloaded flow carries its DNATed
-// destination and its original source, so (src . dst) names the direction;
-// the matching element's counter counts it.
-func (o *famObjects) countRule() []expr.Any {
-	return cat(o.fam.matchUDP(), o.fam.loadTuple(), []expr.Any{
-		&expr.Lookup{SourceRegister: reg32_00, SetName: o.count.Name, SetID: o.count.ID},
-	})
+// The key is the tuple the flow's first packet arrived with, before DNAT:
+// it holds the relay port that packet was sent to, which the tuple after
+// DNAT (the two far ends) lacks. The rule comes encoded, ready for
+// elemConn.rule: the client library cannot send the direction of the
+// address keys of ct.
+func (o *famObjects) snatRule() ([][]byte, error) {
+	var out [][]byte
+	for _, e := range o.fam.matchUDP() {
+		b, err := expr.Marshal(byte(nftables.TableFamilyINet), e)
+		if err != nil {
+			return nil, fmt.Errorf("encode %s rule: %w", chainSNAT, err)
+		}
+		out = append(out, b)
+	}
+	out = append(out, o.fam.loadOrigTuple()...)
+	for _, e := range o.natTo(o.snat, expr.NATTypeSourceNAT) {
+		b, err := expr.Marshal(byte(nftables.TableFamilyINet), e)
+		if err != nil {
+			return nil, fmt.Errorf("encode %s rule: %w", chainSNAT, err)
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+// natTo looks the key registers up in map m and translates to its data.
+func (o *famObjects) natTo(m *nftables.Set, typ expr.NATType) []expr.Any {
+	return []expr.Any{
+		&expr.Lookup{SourceRegister: reg32_00, DestRegister: reg1, IsDestRegSet: true, SetName: m.Name, SetID: m.ID},
+		&expr.NAT{Type: typ, Family: uint32(o.fam.nfproto), RegAddrMin: reg1, RegProtoMin: o.fam.portReg(), Specified: true},
+	}
+}
+
+// loadOrigTuple loads the original-direction tuple of the packet's
+// conntrack entry into the key registers, laid out as loadTuple does, as
+// encoded expressions.
+func (fam family) loadOrigTuple() [][]byte {
+	sa, sp, da, dp := fam.regs()
+	srcKey, dstKey := uint32(unix.NFT_CT_SRC_IP), uint32(unix.NFT_CT_DST_IP)
+	if fam.addrLen == 16 {
+		srcKey, dstKey = unix.NFT_CT_SRC_IP6, unix.NFT_CT_DST_IP6
+	}
+	return [][]byte{
+		ctOriginal(srcKey, sa),
+		ctOriginal(unix.NFT_CT_PROTO_SRC, sp),
+		ctOriginal(dstKey, da),
+		ctOriginal(unix.NFT_CT_PROTO_DST, dp),
+	}
+}
+
+// ctOriginal encodes a ct expression that loads key of the original
+// direction into register reg. The address keys of a family
+// (NFT_CT_SRC_IP and the like) need the direction, which the client
+// library sends only with the family-less ones; those load 16 bytes in an
+// inet table whatever the family, and nft cannot print them in a
+// concatenation.
+func ctOriginal(key, reg uint32) []byte {
+	var data []byte
+	data = appendAttr(data, unix.NFTA_CT_KEY, binary.BigEndian.AppendUint32(nil, key))
+	data = appendAttr(data, unix.NFTA_CT_DREG, binary.BigEndian.AppendUint32(nil, reg))
+	data = appendAttr(data, unix.NFTA_CT_DIRECTION, []byte{0}) // IP_CT_DIR_ORIGINAL
+	b := appendAttr(nil, unix.NFTA_EXPR_NAME, cstring("ct"))
+	return appendAttr(b, unix.NLA_F_NESTED|unix.NFTA_EXPR_DATA, data)
 }
 
 // pinRule: meta nfproto ipvX meta l4proto udp ipX daddr @media_closedX
@@ -368,12 +421,13 @@ func appendTarget(v []byte, ap netip.AddrPort) []byte {
 // kernel (in the maps of f's family):
 //
 //	media_dnatX:  src . local  : dst     and  dst . out   : src
-//	media_snatX:  src . dst    : out     and  dst . src   : local
-//	media_countX: src . dst              and  dst . src
+//	media_snatX:  src . local  : out     and  dst . out   : local
+//	media_countX: src . local            and  dst . out
 //
-// Whichever direction sends first creates the conntrack entry; the other
-// direction is its reply and needs no lookup, but both are listed so
-// either may start.
+// Every key is the tuple a packet of that direction arrives with, before
+// DNAT. Whichever direction sends first creates the conntrack entry; the
+// other direction is its reply and needs no NAT lookup, but both are
+// listed so either may start.
 func flowElements(f media.Flow) (dnat, snat, count []nftables.SetElement) {
 	for _, d := range [2]media.Flow{f, f.Reverse()} {
 		src, dst, nat := elemOf(setDNAT, d)
@@ -403,9 +457,9 @@ func elemOf(kind setKind, d media.Flow) (src, dst, nat netip.AddrPort) {
 	case setDNAT:
 		return d.Src, d.Local, d.Dst
 	case setSNAT:
-		return d.Src, d.Dst, d.Out
+		return d.Src, d.Local, d.Out
 	default:
-		return d.Src, d.Dst, netip.AddrPort{}
+		return d.Src, d.Local, netip.AddrPort{}
 	}
 }
 
