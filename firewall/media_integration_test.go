@@ -453,8 +453,8 @@ func TestIntegrationMediaOffload(t *testing.T) {
 			t.Errorf("after the call, map %s holds %d elements", name, n)
 		}
 	}
-	if n := nftElements(t, l.sbc, "set", "media_count4"); n != 0 {
-		t.Errorf("after the call, set media_count4 holds %d elements", n)
+	if n := nftElements(t, l.sbc, "map", "media_dnat4"); n != 0 {
+		t.Errorf("after the call, map media_dnat4 holds %d elements", n)
 	}
 }
 
@@ -515,8 +515,8 @@ func TestIntegrationMediaOffloadMany(t *testing.T) {
 			t.Errorf("after withdrawing everything, %s holds %d elements", name, got)
 		}
 	}
-	if got := nftElements(t, l.sbc, "set", "media_count4"); got != 0 {
-		t.Errorf("after withdrawing everything, media_count4 holds %d elements", got)
+	if got := nftElements(t, l.sbc, "map", "media_dnat4"); got != 0 {
+		t.Errorf("after withdrawing everything, media_dnat4 holds %d elements", got)
 	}
 }
 
@@ -574,11 +574,73 @@ func TestIntegrationMediaStaleRemoved(t *testing.T) {
 	}
 	// No Close: the process "died". A new instance takes over.
 	l.offload(t, 30000, 30099)
-	if n := nftElements(t, l.sbc, "map", "media_dnat4"); n != 0 {
-		t.Errorf("media_dnat4 holds %d elements after a restart, want 0", n)
+	for _, name := range []string{"media_dnat4", "media_snat4"} {
+		if n := nftElements(t, l.sbc, "map", name); n != 0 {
+			t.Errorf("%s holds %d elements after a restart, want 0", name, n)
+		}
 	}
-	if n := nftElements(t, l.sbc, "set", "media_count4"); n != 0 {
-		t.Errorf("media_count4 holds %d elements after a restart, want 0", n)
+}
+
+// TestIntegrationMediaKeepOldLayout starts media offload with Keep over the
+// objects of an earlier version, which counted in sets of their own and
+// keyed its SNAT map after DNAT: their flows cannot be adopted, so the new
+// instance starts afresh with its own layout, and the calls' media goes
+// through userspace until it is offloaded again.
+func TestIntegrationMediaKeepOldLayout(t *testing.T) {
+	l := newLab(t)
+	const tuple4 = "ipv4_addr . inet_service . ipv4_addr . inet_service"
+	const tuple6 = "ipv6_addr . inet_service . ipv6_addr . inet_service"
+	old := fmt.Sprintf(`table inet %s {
+	set media_local4 { type ipv4_addr; elements = { %v, %v } }
+	map media_dnat4 { type %s : ipv4_addr . inet_service; elements = { %v . 4000 . %v . 30000 : %v . 5000 } }
+	map media_snat4 { type %s : ipv4_addr . inet_service; elements = { %v . 4000 . %v . 5000 : %v . 30002 } }
+	set media_count4 { type %s; counter; elements = { %v . 4000 . %v . 5000 } }
+	set media_local6 { type ipv6_addr; }
+	map media_dnat6 { type %s : ipv6_addr . inet_service; }
+	map media_snat6 { type %s : ipv6_addr . inet_service; }
+	set media_count6 { type %s; counter; }
+}
+`, firewall.TableName, l.sbcLeft, l.sbcRight,
+		tuple4, l.leftIP, l.sbcLeft, l.rightIP,
+		tuple4, l.leftIP, l.rightIP, l.sbcRight,
+		tuple4, l.leftIP, l.rightIP,
+		tuple6, tuple6, tuple6)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := l.sbc.Command(ctx, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(old)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("load the old layout: %v: %s", err, out)
+	}
+	fw, err := firewall.NewMedia(firewall.MediaConfig{Addrs: []netip.Addr{l.sbcLeft, l.sbcRight},
+		PortMin: 30000, PortMax: 30099, NetNS: int(l.nsFd), Keep: true}, testLog(t))
+	if err != nil {
+		t.Fatalf("NewMedia over the old layout: %v", err)
+	}
+	t.Cleanup(func() { _ = fw.Close(false) })
+	f := media.Flow{Src: netip.AddrPortFrom(l.leftIP, 4000), Local: netip.AddrPortFrom(l.sbcLeft, 30000),
+		Out: netip.AddrPortFrom(l.sbcRight, 30002), Dst: netip.AddrPortFrom(l.rightIP, 5000)}
+	if fw.Adopt(f) {
+		t.Error("Adopt claimed a flow of the old layout")
+	}
+	if n := nftElements(t, l.sbc, "map", "media_dnat4"); n != 0 {
+		t.Errorf("media_dnat4 holds %d elements, want 0: the old ones are gone", n)
+	}
+	out, err := l.sbc.Command(ctx, "nft", "list", "table", "inet", firewall.TableName).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "media_count4") {
+		t.Errorf("the old count set is still there:\n%s", out)
+	}
+	// The new layout works: the flow can be offloaded again.
+	done := make(chan error, 1)
+	fw.Offload(f, func(err error) { done <- err })
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := nftElements(t, l.sbc, "map", "media_dnat4"); n != 2 {
+		t.Errorf("media_dnat4 holds %d elements after an offload, want 2", n)
 	}
 }
 
@@ -728,8 +790,8 @@ func TestIntegrationMediaSharedEnds(t *testing.T) {
 		}
 	}
 	waitFor(t, "every call's RTP to be offloaded", 5*time.Second, func() bool { return relay.OffloadedLinks() == calls })
-	if got := nftElements(t, l.sbc, "set", "media_count4"); got != 2*calls {
-		t.Errorf("media_count4 holds %d elements, want %d (both directions of every call)", got, 2*calls)
+	if got := nftElements(t, l.sbc, "map", "media_dnat4"); got != 2*calls {
+		t.Errorf("media_dnat4 holds %d elements, want %d (both directions of every call)", got, 2*calls)
 	}
 
 	// In the kernel: each call sends its own number of packets each way,
@@ -792,8 +854,8 @@ func TestIntegrationMediaSharedEnds(t *testing.T) {
 			t.Errorf("call %d: side A offloaded %d, want %d", i, got, want)
 		}
 	}
-	if got := nftElements(t, l.sbc, "set", "media_count4"); got != 0 {
-		t.Errorf("after the calls, media_count4 holds %d elements", got)
+	if got := nftElements(t, l.sbc, "map", "media_dnat4"); got != 0 {
+		t.Errorf("after the calls, media_dnat4 holds %d elements", got)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/userdata"
 	"github.com/hashicorp/go-hclog"
 	mnl "github.com/mdlayher/netlink"
 	"github.com/vishvananda/netlink"
@@ -64,7 +65,7 @@ type Media struct {
 
 	// Owned by run.
 	installed map[media.Flow]bool // A-to-B flows in the kernel (the key of each pair)
-	// counted maps the key of each media_countX element of an installed
+	// counted maps the key of each media_dnatX element of an installed
 	// flow to its direction, so a counter dump finds its flows without
 	// parsing or allocating.
 	counted map[countKey]media.Flow
@@ -313,7 +314,7 @@ func (m *Media) setup() error {
 func (m *Media) create(flows []media.Flow) error {
 	o := m.obj
 	for _, fo := range o.families() {
-		for _, s := range []*nftables.Set{fo.local, fo.dnat, fo.snat, fo.count} {
+		for _, s := range []*nftables.Set{fo.local, fo.dnat, fo.snat} {
 			var vals []nftables.SetElement
 			if s == fo.local {
 				vals = localElements(m.cfg.Addrs, fo.fam == inet4)
@@ -371,7 +372,7 @@ func (m *Media) ensure() {
 // rebuild recreates the table and everything in it, with every installed
 // flow, after someone removed it (a host firewall reload that flushes the
 // whole ruleset, say). Offloaded calls lose nothing: their conntrack
-// entries carry the NAT meanwhile, but without the count sets the calls
+// entries carry the NAT meanwhile, but without the counters the calls
 // would look silent and time out.
 func (m *Media) rebuild() error {
 	m.conn.AddTable(m.obj.table)
@@ -459,9 +460,16 @@ func (m *Media) addChains() error {
 		m.tx.AddChain(c)
 	}
 	for _, fo := range o.families() {
-		m.tx.AddRule(&nftables.Rule{Table: table, Chain: o.notrackIn, Exprs: fo.offloadedReturn()})
+		// nft does not print a map lookup whose result no expression
+		// uses: the comments say what those rules match.
+		m.tx.AddRule(&nftables.Rule{Table: table, Chain: o.notrackIn, Exprs: fo.offloadedReturn(),
+			UserData: userdata.AppendString(nil, userdata.TypeComment,
+				"offloaded flows: saddr . sport . daddr . dport in @"+fo.snat.Name)})
 		m.tx.AddRule(&nftables.Rule{Table: table, Chain: o.notrackIn, Exprs: fo.notrackInRule(lo, hi)})
 		m.tx.AddRule(&nftables.Rule{Table: table, Chain: o.notrackOut, Exprs: fo.notrackOutRule(lo, hi)})
+		m.tx.AddRule(&nftables.Rule{Table: table, Chain: o.countC, Exprs: fo.countRule(),
+			UserData: userdata.AppendString(nil, userdata.TypeComment,
+				"counted: saddr . sport . daddr . dport in @"+fo.dnat.Name)})
 		m.tx.AddRule(&nftables.Rule{Table: table, Chain: o.dnatChain, Exprs: fo.dnatRule()})
 		snat, err := fo.snatRule()
 		if err != nil {
@@ -490,6 +498,13 @@ func (m *Media) keepFlows() error {
 	for _, s := range o.sets() {
 		if !have[s.Name] {
 			return fmt.Errorf("set %s is missing", s.Name)
+		}
+	}
+	// Earlier versions counted in sets of their own, and their maps are
+	// keyed otherwise: their flows cannot be adopted.
+	for _, old := range []string{"media_count4", "media_count6"} {
+		if have[old] {
+			return fmt.Errorf("the table holds set %s: media objects of an earlier version", old)
 		}
 	}
 	chains, err := m.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
@@ -805,8 +820,8 @@ func (m *Media) apply(batch []op) {
 	results := make([]error, len(batch))
 	// The net effect of the batch on each flow it touches: an Offload and
 	// a Withdraw of the same flow cancel out.
-	inKernel := make(map[media.Flow]bool)
-	var touched []media.Flow
+	inKernel := make(map[media.Flow]bool, len(batch))
+	touched := make([]media.Flow, 0, len(batch))
 	for _, o := range batch {
 		if o.kind != opOffload && o.kind != opWithdraw {
 			continue
@@ -958,12 +973,12 @@ func (m *Media) adopt(f media.Flow) error {
 	if m.installed[f] {
 		return nil
 	}
-	dnat, snat, count := flowElements(f)
+	dnat, snat := flowElements(f)
 	fo := m.obj.of(f)
 	parts := []struct {
 		set string
 		e   []nftables.SetElement
-	}{{fo.dnat.Name, dnat}, {fo.snat.Name, snat}, {fo.count.Name, count}}
+	}{{fo.dnat.Name, dnat}, {fo.snat.Name, snat}}
 	for _, x := range parts {
 		for _, e := range x.e {
 			v, ok := m.stale[x.set][string(e.Key)]
@@ -981,7 +996,7 @@ func (m *Media) adopt(f media.Flow) error {
 	return nil
 }
 
-// countKey is a media_countX element key (see tupleKey) as a map key: its
+// countKey is a media_dnatX element key (see tupleKey) as a map key: its
 // length (16 for IPv4, 40 for IPv6) and its bytes.
 type countKey struct {
 	n uint8
@@ -996,7 +1011,7 @@ func countKeyOf(key []byte) countKey {
 
 func directionKey(d media.Flow) countKey {
 	var k countKey
-	src, dst, _ := elemOf(setCount, d)
+	src, dst, _ := elemOf(setDNAT, d)
 	k.n = uint8(len(appendTuple(k.b[:0], src, dst)))
 	return k
 }
@@ -1075,18 +1090,18 @@ func (m *Media) queueElements(flows []media.Flow, add bool) {
 		do = m.tx.SetDeleteElements
 	}
 	for _, fo := range m.obj.families() {
-		var dnat, snat, count []nftables.SetElement
+		var dnat, snat []nftables.SetElement
 		for _, f := range flows {
 			if m.obj.of(f) != fo {
 				continue
 			}
-			d, s, c := flowElements(f)
-			dnat, snat, count = append(dnat, d...), append(snat, s...), append(count, c...)
+			d, s := flowElements(f)
+			dnat, snat = append(dnat, d...), append(snat, s...)
 		}
 		for _, x := range []struct {
 			s *nftables.Set
 			e []nftables.SetElement
-		}{{fo.dnat, dnat}, {fo.snat, snat}, {fo.count, count}} {
+		}{{fo.dnat, dnat}, {fo.snat, snat}} {
 			for len(x.e) > 0 {
 				k := min(len(x.e), elementsPerMessage)
 				if err := do(x.s, x.e[:k]); err != nil {
@@ -1098,17 +1113,17 @@ func (m *Media) queueElements(flows []media.Flow, add bool) {
 	}
 }
 
-// readCounters dumps the count sets and calls fn with the counter of
+// readCounters dumps the DNAT maps and calls fn with the counter of
 // each direction of an installed flow. It allocates nothing per element.
 func (m *Media) readCounters(fn func(d media.Flow, c media.Counter)) error {
 	for _, fo := range m.obj.families() {
-		err := m.ec.dumpCounters(fo.count.Name, func(key []byte, packets, bytes uint64) {
+		err := m.ec.dumpCounters(fo.dnat.Name, func(key []byte, packets, bytes uint64) {
 			if d, ok := m.counted[countKeyOf(key)]; ok {
 				fn(d, media.Counter{Packets: packets, Bytes: bytes})
 			}
 		})
 		if err != nil {
-			return fmt.Errorf("read set %s: %w", fo.count.Name, err)
+			return fmt.Errorf("read map %s: %w", fo.dnat.Name, err)
 		}
 	}
 	return nil
@@ -1131,7 +1146,7 @@ func (m *Media) txnFlows(flows []media.Flow, add bool) {
 	var key [40]byte
 	var val [20]byte
 	for _, fo := range m.obj.families() {
-		for kind, set := range []*nftables.Set{setDNAT: fo.dnat, setSNAT: fo.snat, setCount: fo.count} {
+		for kind, set := range []*nftables.Set{setDNAT: fo.dnat, setSNAT: fo.snat} {
 			for _, f := range flows {
 				if m.obj.of(f) != fo {
 					continue

@@ -90,7 +90,7 @@ func TestElemConnEncoding(t *testing.T) {
 		if i >= adds/2 {
 			// The second half goes to one set only, so the set changes
 			// just once there.
-			set, key, val = "media_count4", tupleKey(src, src), nil
+			set, key, val = "media_local4", tupleKey(src, src), nil
 		}
 		e.elem(set, false, key, val)
 		want = append(want, decodedElem{set: set, key: key, val: val})

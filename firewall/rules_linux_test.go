@@ -65,12 +65,14 @@ func TestMediaRulesGolden(t *testing.T) {
 			ip = "ip6"
 		}
 		cases = append(cases,
-			rule{fmt.Sprintf("add rule inet edgesbc media_notrack_in meta nfproto ipv%s meta l4proto udp %s saddr . udp sport . %s daddr . udp dport @media_count%s return", v, ip, ip, v),
+			rule{fmt.Sprintf("add rule inet edgesbc media_notrack_in meta nfproto ipv%s meta l4proto udp %s saddr . udp sport . %s daddr . udp dport map @media_snat%s return", v, ip, ip, v),
 				o.notrackIn, fo.offloadedReturn(), nil},
 			rule{fmt.Sprintf("add rule inet edgesbc media_notrack_in meta nfproto ipv%s meta l4proto udp %s daddr @media_local%s udp dport 20000-29999 notrack", v, ip, v),
 				o.notrackIn, fo.notrackInRule(lo, hi), nil},
 			rule{fmt.Sprintf("add rule inet edgesbc media_notrack_out meta nfproto ipv%s meta l4proto udp %s saddr @media_local%s udp sport 20000-29999 notrack", v, ip, v),
 				o.notrackOut, fo.notrackOutRule(lo, hi), nil},
+			rule{fmt.Sprintf("add rule inet edgesbc media_count meta nfproto ipv%s meta l4proto udp ct status confirmed %s saddr . udp sport . %s daddr . udp dport map @media_dnat%s", v, ip, ip, v),
+				o.countC, fo.countRule(), nil},
 			rule{fmt.Sprintf("add rule inet edgesbc media_dnat meta nfproto ipv%s meta l4proto udp dnat %s to %s saddr . udp sport . %s daddr . udp dport map @media_dnat%s", v, ip, ip, ip, v),
 				o.dnatChain, fo.dnatRule(), nil},
 			rule{fmt.Sprintf("add rule inet edgesbc media_snat meta nfproto ipv%s meta l4proto udp snat %s to ct original %s saddr . ct original proto-src . ct original %s daddr . ct original proto-dst map @media_snat%s", v, ip, ip, ip, v),
@@ -114,12 +116,12 @@ func TestMediaRulesGolden(t *testing.T) {
 		Out:   netip.MustParseAddrPort("203.0.113.1:20002"),
 		Dst:   netip.MustParseAddrPort("203.0.113.2:5000"),
 	}
-	dnat, snat, count := flowElements(f)
+	dnat, snat := flowElements(f)
 	conn, msgs := recordConn(t)
 	for _, x := range []struct {
 		s *nftables.Set
 		e []nftables.SetElement
-	}{{o.v4.dnat, dnat}, {o.v4.snat, snat}, {o.v4.count, count}} {
+	}{{o.v4.dnat, dnat}, {o.v4.snat, snat}} {
 		if err := conn.SetAddElements(x.s, x.e); err != nil {
 			t.Fatal(err)
 		}
@@ -129,7 +131,6 @@ func TestMediaRulesGolden(t *testing.T) {
 	}
 	fmt.Fprintf(&got, "# add element inet edgesbc media_dnat4 { 10.91.1.2 . 4000 . 10.91.1.1 . 20000 : 203.0.113.2 . 5000, 203.0.113.2 . 5000 . 203.0.113.1 . 20002 : 10.91.1.2 . 4000 }\n")
 	fmt.Fprintf(&got, "# add element inet edgesbc media_snat4 { 10.91.1.2 . 4000 . 10.91.1.1 . 20000 : 203.0.113.1 . 20002, 203.0.113.2 . 5000 . 203.0.113.1 . 20002 : 10.91.1.1 . 20000 }\n")
-	fmt.Fprintf(&got, "# add element inet edgesbc media_count4 { 10.91.1.2 . 4000 . 10.91.1.1 . 20000, 203.0.113.2 . 5000 . 203.0.113.1 . 20002 }\n")
 	for _, m := range *msgs {
 		fmt.Fprintf(&got, "%s\n", hex.EncodeToString(m))
 	}
@@ -182,7 +183,7 @@ func TestFlowElements(t *testing.T) {
 		Out:   netip.MustParseAddrPort("203.0.113.1:20002"),
 		Dst:   netip.MustParseAddrPort("203.0.113.2:5000"),
 	}
-	dnat, snat, count := flowElements(f)
+	dnat, snat := flowElements(f)
 	type kv struct{ src, dst, to string }
 	decode := func(es []nftables.SetElement) []kv {
 		var out []kv
@@ -211,8 +212,6 @@ func TestFlowElements(t *testing.T) {
 	// Each leaves from the relay port facing its destination, chosen by
 	// the tuple it arrived with (the conntrack entry's original one).
 	check("snat", decode(snat), []kv{{"10.91.1.2:4000", "10.91.1.1:20000", "203.0.113.1:20002"}, {"203.0.113.2:5000", "203.0.113.1:20002", "10.91.1.1:20000"}})
-	// Counted before DNAT: keyed by the relay port each direction is sent to.
-	check("count", decode(count), []kv{{"10.91.1.2:4000", "10.91.1.1:20000", ""}, {"203.0.113.2:5000", "203.0.113.1:20002", ""}})
 
 	if _, _, ok := parseTupleKey([]byte{1, 2, 3}); ok {
 		t.Error("parseTupleKey accepted a short key")
@@ -232,7 +231,7 @@ func TestFlowElements(t *testing.T) {
 		Out:   netip.MustParseAddrPort("[2001:db8:2::1]:20002"),
 		Dst:   netip.MustParseAddrPort("[2001:db8:2::2]:5000"),
 	}
-	d6, _, _ := flowElements(f6)
+	d6, _ := flowElements(f6)
 	if len(d6[0].Key) != 40 || len(d6[0].Val) != 20 {
 		t.Fatalf("IPv6 dnat element: key %d bytes, value %d; want 40 and 20", len(d6[0].Key), len(d6[0].Val))
 	}

@@ -67,6 +67,7 @@ func main() {
 	streams := flag.String("streams", "1 100 1000 10000", "concurrent stream counts")
 	rates := flag.String("rates", "25000 50000 100000 150000 200000 300000 400000 500000 700000 1000000", "offered packet rates (ladder)")
 	secs := flag.Float64("seconds", 2, "seconds per rate step")
+	flag.IntVar(&flowBatch, "batch", 20000, "flowrate: flows per netlink transaction (0: firewall.DefaultBatch)")
 	flag.Parse()
 	if path := os.Getenv("MEDIABENCH_CPUPROFILE"); path != "" {
 		if f, err := os.Create(path); err == nil {
@@ -473,6 +474,9 @@ func (l *lab) setupRelay(n int, offload bool) ([]netip.AddrPort, func(), time.Du
 	return targets, teardown, time.Since(t0), nil
 }
 
+// flowBatch is MediaConfig.Batch in flowrate mode.
+var flowBatch int
+
 // flowTimes are what flowRate measures: wall-clock time and the CPU time
 // of this process (user and system, so including the kernel's work done
 // in its netlink calls) for each step.
@@ -487,7 +491,7 @@ func (l *lab) flowRate(n int) (ft flowTimes, err error) {
 	}
 	defer h.Close()
 	fw, err := firewall.NewMedia(firewall.MediaConfig{Addrs: []netip.Addr{sbcLeft, sbcRight},
-		PortMin: portMin, PortMax: portMax, NetNS: int(h), Batch: 20000},
+		PortMin: portMin, PortMax: portMax, NetNS: int(h), Batch: flowBatch},
 		hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr}))
 	if err != nil {
 		return ft, err
