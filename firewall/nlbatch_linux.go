@@ -23,6 +23,9 @@ import (
 // longer than the kernel needed to commit them, and a counter dump built a
 // slice of attributes per element.
 //
+// It also sends the transactions that build the media objects: messages
+// the client library encoded (raw) and rules it cannot encode (rule).
+//
 // One transaction is built with begin, elem and commit; elements of the same
 // set and operation share messages, each message as full as a netlink
 // attribute allows. Only the owner goroutine of Media uses an elemConn.
@@ -139,7 +142,7 @@ func (e *elemConn) rule(chain string, exprs [][]byte) {
 
 // raw adds a message encoded elsewhere (header included) to the
 // transaction, with this transaction's sequence number and asking for an
-// acknowledgement.
+// acknowledgement, padded so that the next message starts aligned.
 func (e *elemConn) raw(msg []byte) {
 	if len(msg) < unix.NLMSG_HDRLEN+nfgenmsgLen {
 		if e.err == nil {
@@ -153,14 +156,14 @@ func (e *elemConn) raw(msg []byte) {
 	e.seq++
 	off := len(e.out)
 	e.out = append(e.out, msg...)
-	for len(e.out)%4 != 0 {
-		e.out = append(e.out, 0)
-	}
 	h := e.out[off:]
-	binary.NativeEndian.PutUint32(h[0:4], uint32(len(e.out)-off))
+	binary.NativeEndian.PutUint32(h[0:4], uint32(len(msg)))
 	binary.NativeEndian.PutUint16(h[6:8], binary.NativeEndian.Uint16(h[6:8])|unix.NLM_F_REQUEST|unix.NLM_F_ACK)
 	binary.NativeEndian.PutUint32(h[8:12], e.seq)
 	binary.NativeEndian.PutUint32(h[12:16], 0)
+	for len(e.out)%4 != 0 { // the next message starts aligned
+		e.out = append(e.out, 0)
+	}
 	e.acks++
 }
 
