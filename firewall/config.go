@@ -24,7 +24,7 @@ type MediaConfig struct {
 	// claims them or Prune removes them.
 	Keep bool
 	// Batch caps the flows applied in one netlink transaction (default
-	// 2,000: 12,000 elements).
+	// 2,000: 8,000 elements).
 	Batch int
 	// Closed are relay addresses (of the public side, typically) whose
 	// media port range is closed but for pinholes: a UDP datagram to one

@@ -24,30 +24,45 @@
 //
 //	table inet edgesbc {
 //	  set media_local4 { type ipv4_addr }                    # the relay's bind addresses
-//	  map media_dnat4  { type ipv4_addr . inet_service . ipv4_addr . inet_service : ipv4_addr . inet_service }
-//	  map media_snat4  { type ipv4_addr . inet_service . ipv4_addr . inet_service : ipv4_addr . inet_service }
-//	  set media_count4 { type ipv4_addr . inet_service . ipv4_addr . inet_service; counter }
-//	  chain media_notrack_in  { type filter hook prerouting priority raw; ... notrack }
+//	  map media_dnat4  { type ipv4_addr . inet_service . ipv4_addr . inet_service : ipv4_addr . inet_service; size 65536; counter }
+//	  map media_snat4  { type ipv4_addr . inet_service . ipv4_addr . inet_service : ipv4_addr . inet_service; size 65536 }
+//	  chain media_notrack_in  { type filter hook prerouting priority raw;
+//	    ip saddr . udp sport . ip daddr . udp dport map @media_snat4 return
+//	    ip daddr @media_local4 udp dport LO-HI notrack }
 //	  chain media_notrack_out { type filter hook output priority raw; ... notrack }
+//	  chain media_count { type filter hook prerouting priority mangle;
+//	    ct status confirmed ip saddr . udp sport . ip daddr . udp dport map @media_dnat4 }
 //	  chain media_dnat  { type nat hook prerouting priority dstnat; dnat ip to ip saddr . udp sport . ip daddr . udp dport map @media_dnat4 }
-//	  chain media_count { type filter hook forward priority filter; ip saddr . udp sport . ip daddr . udp dport @media_count4 }
-//	  chain media_snat  { type nat hook postrouting priority srcnat; snat ip to ip saddr . udp sport . ip daddr . udp dport map @media_snat4 }
+//	  chain media_snat  { type nat hook postrouting priority srcnat; snat ip to ct original ip saddr . ct original proto-src .
+//	    ct original ip daddr . ct original proto-dst map @media_snat4 }
 //	  set media_closed4 { type ipv4_addr }                   # MediaConfig.Closed: the public side
 //	  set media_pin4    { type ipv4_addr . inet_service . ipv4_addr }
 //	  chain media_pin   { type filter hook input priority filter;
 //	    ip daddr @media_closed4 udp dport LO-HI ip daddr . udp dport . ip saddr != @media_pin4 counter drop }
 //	}
 //
+// (nft prints the lookups of media_notrack_in and media_count, whose
+// results no expression uses, as comments.)
+//
 // The relay's own traffic is not tracked (the notrack chains), so the
 // kernel holds no connection-tracking state for streams that userspace
-// forwards. Offloading a flow adds its elements; the next packet of the
-// flow is then tracked, DNATed to the other side's address and SNATed to
-// the relay's port facing that side, and every later packet of both
-// directions follows that conntrack entry without any rule lookup. The
-// relay sockets stay bound: no other flow can take their ports, and the
-// kernel's tuple never collides with userspace's, which is untracked.
-// Withdrawing deletes the elements and the conntrack entry, and packets
-// reach the relay sockets again.
+// forwards. Offloading a flow adds two elements per direction, one in each
+// map, keyed by the tuple a packet of that direction arrives with, before
+// DNAT: it names the relay port the packet was sent to, so streams of
+// different calls between the same two far-end addresses and ports (as
+// SIPp sends its calls' media) are told apart by the relay ports each has.
+// The next packet of the flow passes the notrack chain (its key is in
+// media_snatX) and is tracked, DNATed to the other side's address and
+// SNATed, by the conntrack entry's original tuple, to the relay's port
+// facing that side; every later packet of both directions follows that
+// conntrack entry without any NAT lookup. Each media_dnatX element counts
+// its direction: the DNAT rule's lookup counts the first packet of an
+// entry, which is not yet confirmed, and media_count every later one,
+// before DNAT has rewritten it. Whichever direction sends first creates
+// the entry; the other is its reply. The relay sockets stay bound: no
+// other flow can take their ports, and the kernel's tuple never collides
+// with userspace's, which is untracked. Withdrawing deletes the elements
+// and the conntrack entry, and packets reach the relay sockets again.
 //
 // Media pinholes (media.Pinholer) close the media port range of the relay
 // addresses in MediaConfig.Closed to everyone but the remotes the relay

@@ -192,11 +192,13 @@ type receiver struct {
 	mu   sync.Mutex
 	seen map[uint32]int
 	from map[netip.AddrPort]int
+	src  map[uint32]netip.AddrPort // where each sequence number came from last
 	done chan struct{}
 }
 
 func receive(c *net.UDPConn) *receiver {
-	r := &receiver{seen: map[uint32]int{}, from: map[netip.AddrPort]int{}, done: make(chan struct{})}
+	r := &receiver{seen: map[uint32]int{}, from: map[netip.AddrPort]int{}, src: map[uint32]netip.AddrPort{},
+		done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
 		buf := make([]byte, 2048)
@@ -208,8 +210,10 @@ func receive(c *net.UDPConn) *receiver {
 			}
 			if n >= 8 {
 				r.mu.Lock()
-				r.seen[binary.BigEndian.Uint32(buf[4:])]++
+				seq := binary.BigEndian.Uint32(buf[4:])
+				r.seen[seq]++
 				r.from[src]++
+				r.src[seq] = src
 				r.mu.Unlock()
 			}
 		}
@@ -235,6 +239,23 @@ func (r *receiver) check(t *testing.T, what string, first, count int) {
 	if len(lost) > 0 || len(dup) > 0 {
 		t.Errorf("%s: %d of %d lost (first %v), %d duplicated (first %v)", what, len(lost), count,
 			lost[:min(len(lost), 10)], len(dup), dup[:min(len(dup), 10)])
+	}
+}
+
+// checkFrom reports every sequence number in [first, first+count) that
+// came from another source than want.
+func (r *receiver) checkFrom(t *testing.T, what string, first, count int, want netip.AddrPort) {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	wrong := map[netip.AddrPort]int{}
+	for i := first; i < first+count; i++ {
+		if src, ok := r.src[uint32(i)]; ok && src != want {
+			wrong[src]++
+		}
+	}
+	if len(wrong) > 0 {
+		t.Errorf("%s: packets came from %v, want all from %v", what, wrong, want)
 	}
 }
 
@@ -432,8 +453,8 @@ func TestIntegrationMediaOffload(t *testing.T) {
 			t.Errorf("after the call, map %s holds %d elements", name, n)
 		}
 	}
-	if n := nftElements(t, l.sbc, "set", "media_count4"); n != 0 {
-		t.Errorf("after the call, set media_count4 holds %d elements", n)
+	if n := nftElements(t, l.sbc, "map", "media_dnat4"); n != 0 {
+		t.Errorf("after the call, map media_dnat4 holds %d elements", n)
 	}
 }
 
@@ -494,8 +515,8 @@ func TestIntegrationMediaOffloadMany(t *testing.T) {
 			t.Errorf("after withdrawing everything, %s holds %d elements", name, got)
 		}
 	}
-	if got := nftElements(t, l.sbc, "set", "media_count4"); got != 0 {
-		t.Errorf("after withdrawing everything, media_count4 holds %d elements", got)
+	if got := nftElements(t, l.sbc, "map", "media_dnat4"); got != 0 {
+		t.Errorf("after withdrawing everything, media_dnat4 holds %d elements", got)
 	}
 }
 
@@ -553,11 +574,73 @@ func TestIntegrationMediaStaleRemoved(t *testing.T) {
 	}
 	// No Close: the process "died". A new instance takes over.
 	l.offload(t, 30000, 30099)
-	if n := nftElements(t, l.sbc, "map", "media_dnat4"); n != 0 {
-		t.Errorf("media_dnat4 holds %d elements after a restart, want 0", n)
+	for _, name := range []string{"media_dnat4", "media_snat4"} {
+		if n := nftElements(t, l.sbc, "map", name); n != 0 {
+			t.Errorf("%s holds %d elements after a restart, want 0", name, n)
+		}
 	}
-	if n := nftElements(t, l.sbc, "set", "media_count4"); n != 0 {
-		t.Errorf("media_count4 holds %d elements after a restart, want 0", n)
+}
+
+// TestIntegrationMediaKeepOldLayout starts media offload with Keep over the
+// objects of an earlier version, which counted in sets of their own and
+// keyed its SNAT map after DNAT: their flows cannot be adopted, so the new
+// instance starts afresh with its own layout, and the calls' media goes
+// through userspace until it is offloaded again.
+func TestIntegrationMediaKeepOldLayout(t *testing.T) {
+	l := newLab(t)
+	const tuple4 = "ipv4_addr . inet_service . ipv4_addr . inet_service"
+	const tuple6 = "ipv6_addr . inet_service . ipv6_addr . inet_service"
+	old := fmt.Sprintf(`table inet %s {
+	set media_local4 { type ipv4_addr; elements = { %v, %v } }
+	map media_dnat4 { type %s : ipv4_addr . inet_service; elements = { %v . 4000 . %v . 30000 : %v . 5000 } }
+	map media_snat4 { type %s : ipv4_addr . inet_service; elements = { %v . 4000 . %v . 5000 : %v . 30002 } }
+	set media_count4 { type %s; counter; elements = { %v . 4000 . %v . 5000 } }
+	set media_local6 { type ipv6_addr; }
+	map media_dnat6 { type %s : ipv6_addr . inet_service; }
+	map media_snat6 { type %s : ipv6_addr . inet_service; }
+	set media_count6 { type %s; counter; }
+}
+`, firewall.TableName, l.sbcLeft, l.sbcRight,
+		tuple4, l.leftIP, l.sbcLeft, l.rightIP,
+		tuple4, l.leftIP, l.rightIP, l.sbcRight,
+		tuple4, l.leftIP, l.rightIP,
+		tuple6, tuple6, tuple6)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := l.sbc.Command(ctx, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(old)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("load the old layout: %v: %s", err, out)
+	}
+	fw, err := firewall.NewMedia(firewall.MediaConfig{Addrs: []netip.Addr{l.sbcLeft, l.sbcRight},
+		PortMin: 30000, PortMax: 30099, NetNS: int(l.nsFd), Keep: true}, testLog(t))
+	if err != nil {
+		t.Fatalf("NewMedia over the old layout: %v", err)
+	}
+	t.Cleanup(func() { _ = fw.Close(false) })
+	f := media.Flow{Src: netip.AddrPortFrom(l.leftIP, 4000), Local: netip.AddrPortFrom(l.sbcLeft, 30000),
+		Out: netip.AddrPortFrom(l.sbcRight, 30002), Dst: netip.AddrPortFrom(l.rightIP, 5000)}
+	if fw.Adopt(f) {
+		t.Error("Adopt claimed a flow of the old layout")
+	}
+	if n := nftElements(t, l.sbc, "map", "media_dnat4"); n != 0 {
+		t.Errorf("media_dnat4 holds %d elements, want 0: the old ones are gone", n)
+	}
+	out, err := l.sbc.Command(ctx, "nft", "list", "table", "inet", firewall.TableName).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "media_count4") {
+		t.Errorf("the old count set is still there:\n%s", out)
+	}
+	// The new layout works: the flow can be offloaded again.
+	done := make(chan error, 1)
+	fw.Offload(f, func(err error) { done <- err })
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := nftElements(t, l.sbc, "map", "media_dnat4"); n != 2 {
+		t.Errorf("media_dnat4 holds %d elements after an offload, want 2", n)
 	}
 }
 
@@ -657,6 +740,122 @@ func TestIntegrationMediaKeep(t *testing.T) {
 	}
 	if got := nftElements(t, l.sbc, "map", "media_dnat4"); got != 0 {
 		t.Errorf("media_dnat4 holds %d elements after the call, want 0", got)
+	}
+}
+
+// TestIntegrationMediaSharedEnds offloads several calls whose streams join
+// the same two far-end endpoints (one port per side for every call, as
+// SIPp's media scenarios send) through different relay ports: every one
+// goes to the kernel, every packet reaches the right far end from the relay
+// port of its own call, and each direction of each call has its own exact
+// counter.
+func TestIntegrationMediaSharedEnds(t *testing.T) {
+	l := newLab(t)
+	const lo, hi = 31000, 31099
+	fw := l.offload(t, lo, hi)
+	relay, err := media.NewRelay(media.Config{PortMin: lo, PortMax: hi, Offloader: fw, Timeout: time.Minute,
+		Quarantine: time.Second}, testLog(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(relay.Shutdown)
+	leftAP, rightAP := netip.AddrPortFrom(l.leftIP, 4000), netip.AddrPortFrom(l.rightIP, 5000)
+	leftC, rightC := listenIn(t, l.left, leftAP), listenIn(t, l.right, rightAP)
+
+	const calls = 4
+	type call struct {
+		id              media.SessionID
+		relayA, relayB  netip.AddrPort
+		toRight, toLeft int // packets each way once offloaded: distinct per call
+	}
+	cs := make([]call, calls)
+	for i := range cs {
+		c := &cs[i]
+		c.id = media.SessionID(fmt.Sprintf("shared-%d", i))
+		c.relayA, c.relayB = l.openCall(t, relay, c.id)
+		c.toRight, c.toLeft = 40+10*i, 25+10*i
+	}
+	// seq is where the sequence numbers of call i in one direction start.
+	seq := func(i int) int { return 1000 * (i + 1) }
+
+	// Latching: one packet each way per call, through userspace; the
+	// second one's arrival queues the offload.
+	atRight, atLeft := receive(rightC), receive(leftC)
+	for i, c := range cs {
+		if err := sender(leftC, c.relayA, seq(i), 1, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := sender(rightC, c.relayB, seq(i), 1, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "every call's RTP to be offloaded", 5*time.Second, func() bool { return relay.OffloadedLinks() == calls })
+	if got := nftElements(t, l.sbc, "map", "media_dnat4"); got != 2*calls {
+		t.Errorf("media_dnat4 holds %d elements, want %d (both directions of every call)", got, 2*calls)
+	}
+
+	// In the kernel: each call sends its own number of packets each way,
+	// all calls at once.
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*calls)
+	for i, c := range cs {
+		wg.Add(2)
+		go func() { defer wg.Done(); errs <- sender(leftC, c.relayA, seq(i)+1, c.toRight, time.Millisecond) }()
+		go func() { defer wg.Done(); errs <- sender(rightC, c.relayB, seq(i)+1, c.toLeft, time.Millisecond) }()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	for i, c := range cs {
+		atRight.check(t, fmt.Sprintf("call %d left to right", i), seq(i), 1+c.toRight)
+		atLeft.check(t, fmt.Sprintf("call %d right to left", i), seq(i), 1+c.toLeft)
+		atRight.checkFrom(t, fmt.Sprintf("call %d at right", i), seq(i), 1+c.toRight, c.relayB)
+		atLeft.checkFrom(t, fmt.Sprintf("call %d at left", i), seq(i), 1+c.toLeft, c.relayA)
+	}
+
+	// The kernel's counters: one per direction of each call, each exactly
+	// what that direction sent after the offload.
+	counters := make(map[media.Flow]media.Counter)
+	if err := fw.Counters(counters); err != nil {
+		t.Fatal(err)
+	}
+	if len(counters) != 2*calls {
+		t.Errorf("Counters returned %d directions, want %d", len(counters), 2*calls)
+	}
+	for i, c := range cs {
+		f := media.Flow{Src: leftAP, Local: c.relayA, Out: c.relayB, Dst: rightAP}
+		if got := counters[f].Packets; got != uint64(c.toRight) {
+			t.Errorf("call %d: kernel counted %d packets left to right, want %d", i, got, c.toRight)
+		}
+		if got := counters[f.Reverse()].Packets; got != uint64(c.toLeft) {
+			t.Errorf("call %d: kernel counted %d packets right to left, want %d", i, got, c.toLeft)
+		}
+	}
+
+	// Closing each call gives its exact totals and removes its elements.
+	for i, c := range cs {
+		final, ok := relay.Close(c.id, "test")
+		if !ok {
+			t.Fatalf("close call %d: no session", i)
+		}
+		sides := final.Streams[0].Sides
+		if got, want := sides[media.A].RTP.Forwarded, uint64(1+c.toRight); got != want {
+			t.Errorf("call %d: side A forwarded %d, want %d", i, got, want)
+		}
+		if got, want := sides[media.B].RTP.Forwarded, uint64(1+c.toLeft); got != want {
+			t.Errorf("call %d: side B forwarded %d, want %d", i, got, want)
+		}
+		if got, want := sides[media.A].RTP.Offloaded, uint64(c.toRight); got != want {
+			t.Errorf("call %d: side A offloaded %d, want %d", i, got, want)
+		}
+	}
+	if got := nftElements(t, l.sbc, "map", "media_dnat4"); got != 0 {
+		t.Errorf("after the calls, media_dnat4 holds %d elements", got)
 	}
 }
 

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"github.com/hashicorp/go-hclog"
 	mnl "github.com/mdlayher/netlink"
@@ -51,6 +50,12 @@ type Media struct {
 	// counter dumps: the hot paths (see elemConn).
 	ec  *elemConn
 	obj *mediaObjects
+	// tx encodes, without sending, the transactions that build the media
+	// objects; flushTx sends what it recorded (txMsgs) over ec, followed
+	// by the rules queued in txRules, which the library cannot encode.
+	tx      *nftables.Conn
+	txMsgs  [][]byte
+	txRules []txRule
 
 	mu      sync.Mutex
 	pending []op
@@ -60,7 +65,7 @@ type Media struct {
 
 	// Owned by run.
 	installed map[media.Flow]bool // A-to-B flows in the kernel (the key of each pair)
-	// counted maps the key of each media_countX element of an installed
+	// counted maps the key of each media_dnatX element of an installed
 	// flow to its direction, so a counter dump finds its flows without
 	// parsing or allocating.
 	counted map[countKey]media.Flow
@@ -72,6 +77,12 @@ type Media struct {
 	// that no Adopt has claimed yet: set name -> key -> value. Owned by
 	// run after setup.
 	stale map[string]map[string]string
+}
+
+// txRule is a rule encoded for elemConn.rule.
+type txRule struct {
+	chain string
+	exprs [][]byte
 }
 
 type opKind int
@@ -182,6 +193,13 @@ func NewMedia(cfg MediaConfig, log hclog.Logger) (*Media, error) {
 		pins:        make(map[pinhole]bool),
 		closedAddrs: make(map[netip.Addr]bool),
 	}
+	m.tx, err = nftables.New(nftables.WithTestDial(m.record))
+	if err != nil {
+		conn.CloseLasting()
+		ct.Close()
+		ec.Close()
+		return nil, fmt.Errorf("media offload: %w", err)
+	}
 	for _, a := range cfg.Closed {
 		if a.IsValid() {
 			m.closedAddrs[a.Unmap()] = true
@@ -197,6 +215,41 @@ func NewMedia(cfg MediaConfig, log hclog.Logger) (*Media, error) {
 	m.log.Info("kernel media offload ready", "table", "inet "+TableName,
 		"port_min", cfg.PortMin, "port_max", cfg.PortMax, "closed", len(m.closedAddrs))
 	return m, nil
+}
+
+// record is m.tx's netlink: it keeps the messages of a transaction for
+// flushTx, without the batch's begin and end, and acknowledges them.
+func (m *Media) record(req []mnl.Message) ([]mnl.Message, error) {
+	for _, r := range req {
+		if t := r.Header.Type; t == unix.NFNL_MSG_BATCH_BEGIN || t == unix.NFNL_MSG_BATCH_END {
+			continue
+		}
+		b, err := r.MarshalBinary()
+		if err != nil {
+			return nil, err
+		}
+		m.txMsgs = append(m.txMsgs, b)
+	}
+	return req, nil
+}
+
+// flushTx sends what m.tx recorded and the queued rules as one
+// transaction.
+func (m *Media) flushTx() error {
+	m.txMsgs = m.txMsgs[:0]
+	rules := m.txRules
+	m.txRules = nil
+	if err := m.tx.Flush(); err != nil {
+		return fmt.Errorf("encode: %w", err)
+	}
+	m.ec.begin()
+	for _, b := range m.txMsgs {
+		m.ec.raw(b)
+	}
+	for _, r := range rules {
+		m.ec.rule(r.chain, r.exprs)
+	}
+	return m.ec.commit()
 }
 
 // bufferOption raises the netlink socket buffers beyond the sysctl limits
@@ -261,12 +314,12 @@ func (m *Media) setup() error {
 func (m *Media) create(flows []media.Flow) error {
 	o := m.obj
 	for _, fo := range o.families() {
-		for _, s := range []*nftables.Set{fo.local, fo.dnat, fo.snat, fo.count} {
+		for _, s := range []*nftables.Set{fo.local, fo.dnat, fo.snat} {
 			var vals []nftables.SetElement
 			if s == fo.local {
 				vals = localElements(m.cfg.Addrs, fo.fam == inet4)
 			}
-			if err := m.conn.AddSet(s, vals); err != nil {
+			if err := m.tx.AddSet(s, vals); err != nil {
 				return fmt.Errorf("media offload: add set %s: %w", s.Name, err)
 			}
 		}
@@ -276,8 +329,10 @@ func (m *Media) create(flows []media.Flow) error {
 	}
 	m.queueElements(flows, true)
 	m.queuePins(m.installedPins(), true)
-	m.addChains()
-	if err := m.conn.Flush(); err != nil {
+	if err := m.addChains(); err != nil {
+		return err
+	}
+	if err := m.flushTx(); err != nil {
 		return fmt.Errorf("media offload: create chains and sets in inet %s: %w", TableName, err)
 	}
 	return nil
@@ -317,7 +372,7 @@ func (m *Media) ensure() {
 // rebuild recreates the table and everything in it, with every installed
 // flow, after someone removed it (a host firewall reload that flushes the
 // whole ruleset, say). Offloaded calls lose nothing: their conntrack
-// entries carry the NAT meanwhile, but without the count sets the calls
+// entries carry the NAT meanwhile, but without the counters the calls
 // would look silent and time out.
 func (m *Media) rebuild() error {
 	m.conn.AddTable(m.obj.table)
@@ -351,13 +406,13 @@ func (m *Media) addPinSets() error {
 			}
 		}
 		for _, s := range []*nftables.Set{fo.closed, fo.pin} {
-			if err := m.conn.AddSet(s, nil); err != nil {
+			if err := m.tx.AddSet(s, nil); err != nil {
 				return fmt.Errorf("media offload: add set %s: %w", s.Name, err)
 			}
-			m.conn.FlushSet(s)
+			m.tx.FlushSet(s)
 		}
 		if len(closed) > 0 {
-			if err := m.conn.SetAddElements(fo.closed, closed); err != nil {
+			if err := m.tx.SetAddElements(fo.closed, closed); err != nil {
 				return fmt.Errorf("media offload: add set %s elements: %w", fo.closed.Name, err)
 			}
 		}
@@ -376,9 +431,9 @@ func (m *Media) installedPins() []pinhole {
 // queuePins adds to the pending transaction the elements of pins, to add
 // or to delete.
 func (m *Media) queuePins(pins []pinhole, add bool) {
-	do := m.conn.SetAddElements
+	do := m.tx.SetAddElements
 	if !add {
-		do = m.conn.SetDeleteElements
+		do = m.tx.SetDeleteElements
 	}
 	for _, fo := range m.obj.families() {
 		var elems []nftables.SetElement
@@ -398,25 +453,32 @@ func (m *Media) queuePins(pins []pinhole, add bool) {
 }
 
 // addChains queues the chains and their rules.
-func (m *Media) addChains() {
+func (m *Media) addChains() error {
 	o, table := m.obj, m.obj.table
 	lo, hi := m.cfg.PortMin, m.cfg.PortMax
 	for _, c := range o.chains() {
-		m.conn.AddChain(c)
+		m.tx.AddChain(c)
 	}
 	for _, fo := range o.families() {
-		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.notrackIn, Exprs: fo.offloadedReturn(),
-			// nft does not print a map lookup whose result no expression
-			// uses: say what the rule matches.
+		// nft does not print a map lookup whose result no expression
+		// uses: the comments say what those rules match.
+		m.tx.AddRule(&nftables.Rule{Table: table, Chain: o.notrackIn, Exprs: fo.offloadedReturn(),
 			UserData: userdata.AppendString(nil, userdata.TypeComment,
-				"offloaded flows: saddr . sport . daddr . dport in @"+fo.dnat.Name)})
-		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.notrackIn, Exprs: fo.notrackInRule(lo, hi)})
-		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.notrackOut, Exprs: fo.notrackOutRule(lo, hi)})
-		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.dnatChain, Exprs: fo.natRule(fo.dnat, expr.NATTypeDestNAT)})
-		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.countC, Exprs: fo.countRule()})
-		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.snatChain, Exprs: fo.natRule(fo.snat, expr.NATTypeSourceNAT)})
-		m.conn.AddRule(&nftables.Rule{Table: table, Chain: o.pinChain, Exprs: fo.pinRule(lo, hi)})
+				"offloaded flows: saddr . sport . daddr . dport in @"+fo.snat.Name)})
+		m.tx.AddRule(&nftables.Rule{Table: table, Chain: o.notrackIn, Exprs: fo.notrackInRule(lo, hi)})
+		m.tx.AddRule(&nftables.Rule{Table: table, Chain: o.notrackOut, Exprs: fo.notrackOutRule(lo, hi)})
+		m.tx.AddRule(&nftables.Rule{Table: table, Chain: o.countC, Exprs: fo.countRule(),
+			UserData: userdata.AppendString(nil, userdata.TypeComment,
+				"counted: saddr . sport . daddr . dport in @"+fo.dnat.Name)})
+		m.tx.AddRule(&nftables.Rule{Table: table, Chain: o.dnatChain, Exprs: fo.dnatRule()})
+		snat, err := fo.snatRule()
+		if err != nil {
+			return fmt.Errorf("media offload: %w", err)
+		}
+		m.txRules = append(m.txRules, txRule{chain: o.snatChain.Name, exprs: snat})
+		m.tx.AddRule(&nftables.Rule{Table: table, Chain: o.pinChain, Exprs: fo.pinRule(lo, hi)})
 	}
+	return nil
 }
 
 // keepFlows is setup for a restart that keeps the flows an earlier run left:
@@ -438,24 +500,31 @@ func (m *Media) keepFlows() error {
 			return fmt.Errorf("set %s is missing", s.Name)
 		}
 	}
+	// Earlier versions counted in sets of their own, and their maps are
+	// keyed otherwise: their flows cannot be adopted.
+	for _, old := range []string{"media_count4", "media_count6"} {
+		if have[old] {
+			return fmt.Errorf("the table holds set %s: media objects of an earlier version", old)
+		}
+	}
 	chains, err := m.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return fmt.Errorf("list chains: %w", err)
 	}
 	for _, c := range chains {
 		if c.Table.Name == TableName && strings.HasPrefix(c.Name, mediaPrefix) {
-			m.conn.DelChain(c)
+			m.tx.DelChain(c)
 		}
 	}
 	// One transaction: the old chains go and the new ones come at once.
 	for _, s := range o.sets() {
-		if err := m.conn.AddSet(s, nil); err != nil {
+		if err := m.tx.AddSet(s, nil); err != nil {
 			return fmt.Errorf("add set %s: %w", s.Name, err)
 		}
 	}
 	for _, fo := range o.families() {
-		m.conn.FlushSet(fo.local)
-		if err := m.conn.SetAddElements(fo.local, localElements(m.cfg.Addrs, fo.fam == inet4)); err != nil {
+		m.tx.FlushSet(fo.local)
+		if err := m.tx.SetAddElements(fo.local, localElements(m.cfg.Addrs, fo.fam == inet4)); err != nil {
 			return fmt.Errorf("add set %s elements: %w", fo.local.Name, err)
 		}
 	}
@@ -464,8 +533,10 @@ func (m *Media) keepFlows() error {
 	if err := m.addPinSets(); err != nil {
 		return err
 	}
-	m.addChains()
-	if err := m.conn.Flush(); err != nil {
+	if err := m.addChains(); err != nil {
+		return err
+	}
+	if err := m.flushTx(); err != nil {
 		return fmt.Errorf("rebuild chains in inet %s: %w", TableName, err)
 	}
 	m.stale = make(map[string]map[string]string)
@@ -749,8 +820,8 @@ func (m *Media) apply(batch []op) {
 	results := make([]error, len(batch))
 	// The net effect of the batch on each flow it touches: an Offload and
 	// a Withdraw of the same flow cancel out.
-	inKernel := make(map[media.Flow]bool)
-	var touched []media.Flow
+	inKernel := make(map[media.Flow]bool, len(batch))
+	touched := make([]media.Flow, 0, len(batch))
 	for _, o := range batch {
 		if o.kind != opOffload && o.kind != opWithdraw {
 			continue
@@ -902,12 +973,12 @@ func (m *Media) adopt(f media.Flow) error {
 	if m.installed[f] {
 		return nil
 	}
-	dnat, snat, count := flowElements(f)
+	dnat, snat := flowElements(f)
 	fo := m.obj.of(f)
 	parts := []struct {
 		set string
 		e   []nftables.SetElement
-	}{{fo.dnat.Name, dnat}, {fo.snat.Name, snat}, {fo.count.Name, count}}
+	}{{fo.dnat.Name, dnat}, {fo.snat.Name, snat}}
 	for _, x := range parts {
 		for _, e := range x.e {
 			v, ok := m.stale[x.set][string(e.Key)]
@@ -925,7 +996,7 @@ func (m *Media) adopt(f media.Flow) error {
 	return nil
 }
 
-// countKey is a media_countX element key (see tupleKey) as a map key: its
+// countKey is a media_dnatX element key (see tupleKey) as a map key: its
 // length (16 for IPv4, 40 for IPv6) and its bytes.
 type countKey struct {
 	n uint8
@@ -940,7 +1011,8 @@ func countKeyOf(key []byte) countKey {
 
 func directionKey(d media.Flow) countKey {
 	var k countKey
-	k.n = uint8(len(appendTuple(k.b[:0], d.Src, d.Dst)))
+	src, dst, _ := elemOf(setDNAT, d)
+	k.n = uint8(len(appendTuple(k.b[:0], src, dst)))
 	return k
 }
 
@@ -1013,23 +1085,23 @@ func (m *Media) queueElements(flows []media.Flow, add bool) {
 	if len(flows) == 0 {
 		return
 	}
-	do := m.conn.SetAddElements
+	do := m.tx.SetAddElements
 	if !add {
-		do = m.conn.SetDeleteElements
+		do = m.tx.SetDeleteElements
 	}
 	for _, fo := range m.obj.families() {
-		var dnat, snat, count []nftables.SetElement
+		var dnat, snat []nftables.SetElement
 		for _, f := range flows {
 			if m.obj.of(f) != fo {
 				continue
 			}
-			d, s, c := flowElements(f)
-			dnat, snat, count = append(dnat, d...), append(snat, s...), append(count, c...)
+			d, s := flowElements(f)
+			dnat, snat = append(dnat, d...), append(snat, s...)
 		}
 		for _, x := range []struct {
 			s *nftables.Set
 			e []nftables.SetElement
-		}{{fo.dnat, dnat}, {fo.snat, snat}, {fo.count, count}} {
+		}{{fo.dnat, dnat}, {fo.snat, snat}} {
 			for len(x.e) > 0 {
 				k := min(len(x.e), elementsPerMessage)
 				if err := do(x.s, x.e[:k]); err != nil {
@@ -1041,17 +1113,17 @@ func (m *Media) queueElements(flows []media.Flow, add bool) {
 	}
 }
 
-// readCounters dumps the count sets and calls fn with the counter of
+// readCounters dumps the DNAT maps and calls fn with the counter of
 // each direction of an installed flow. It allocates nothing per element.
 func (m *Media) readCounters(fn func(d media.Flow, c media.Counter)) error {
 	for _, fo := range m.obj.families() {
-		err := m.ec.dumpCounters(fo.count.Name, func(key []byte, packets, bytes uint64) {
+		err := m.ec.dumpCounters(fo.dnat.Name, func(key []byte, packets, bytes uint64) {
 			if d, ok := m.counted[countKeyOf(key)]; ok {
 				fn(d, media.Counter{Packets: packets, Bytes: bytes})
 			}
 		})
 		if err != nil {
-			return fmt.Errorf("read set %s: %w", fo.count.Name, err)
+			return fmt.Errorf("read map %s: %w", fo.dnat.Name, err)
 		}
 	}
 	return nil
@@ -1074,7 +1146,7 @@ func (m *Media) txnFlows(flows []media.Flow, add bool) {
 	var key [40]byte
 	var val [20]byte
 	for _, fo := range m.obj.families() {
-		for kind, set := range []*nftables.Set{setDNAT: fo.dnat, setSNAT: fo.snat, setCount: fo.count} {
+		for kind, set := range []*nftables.Set{setDNAT: fo.dnat, setSNAT: fo.snat} {
 			for _, f := range flows {
 				if m.obj.of(f) != fo {
 					continue

@@ -23,6 +23,9 @@ import (
 // longer than the kernel needed to commit them, and a counter dump built a
 // slice of attributes per element.
 //
+// It also sends the transactions that build the media objects: messages
+// the client library encoded (raw) and rules it cannot encode (rule).
+//
 // One transaction is built with begin, elem and commit; elements of the same
 // set and operation share messages, each message as full as a netlink
 // attribute allows. Only the owner goroutine of Media uses an elemConn.
@@ -117,6 +120,51 @@ func (e *elemConn) elem(set string, del bool, key, val []byte) {
 		e.close(d)
 	}
 	e.close(el)
+}
+
+// rule appends a rule with the encoded expressions exprs to chain.
+func (e *elemConn) rule(chain string, exprs [][]byte) {
+	if e.msg >= 0 {
+		e.closeMsg()
+	}
+	off := e.header(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWRULE,
+		unix.NLM_F_REQUEST|unix.NLM_F_ACK|unix.NLM_F_CREATE|unix.NLM_F_APPEND, unix.NFPROTO_INET, 0)
+	e.out = appendAttr(e.out, unix.NFTA_RULE_TABLE, cstring(e.table))
+	e.out = appendAttr(e.out, unix.NFTA_RULE_CHAIN, cstring(chain))
+	list := e.open(unix.NFTA_RULE_EXPRESSIONS)
+	for _, x := range exprs {
+		e.out = appendAttr(e.out, unix.NLA_F_NESTED|unix.NFTA_LIST_ELEM, x)
+	}
+	e.close(list)
+	e.finish(off)
+	e.acks++
+}
+
+// raw adds a message encoded elsewhere (header included) to the
+// transaction, with this transaction's sequence number and asking for an
+// acknowledgement, padded so that the next message starts aligned.
+func (e *elemConn) raw(msg []byte) {
+	if len(msg) < unix.NLMSG_HDRLEN+nfgenmsgLen {
+		if e.err == nil {
+			e.err = fmt.Errorf("netlink message of %d bytes is too short", len(msg))
+		}
+		return
+	}
+	if e.msg >= 0 {
+		e.closeMsg()
+	}
+	e.seq++
+	off := len(e.out)
+	e.out = append(e.out, msg...)
+	h := e.out[off:]
+	binary.NativeEndian.PutUint32(h[0:4], uint32(len(msg)))
+	binary.NativeEndian.PutUint16(h[6:8], binary.NativeEndian.Uint16(h[6:8])|unix.NLM_F_REQUEST|unix.NLM_F_ACK)
+	binary.NativeEndian.PutUint32(h[8:12], e.seq)
+	binary.NativeEndian.PutUint32(h[12:16], 0)
+	for len(e.out)%4 != 0 { // the next message starts aligned
+		e.out = append(e.out, 0)
+	}
+	e.acks++
 }
 
 // empty reports whether the transaction changes nothing yet.

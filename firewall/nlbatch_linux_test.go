@@ -90,7 +90,7 @@ func TestElemConnEncoding(t *testing.T) {
 		if i >= adds/2 {
 			// The second half goes to one set only, so the set changes
 			// just once there.
-			set, key, val = "media_count4", tupleKey(src, src), nil
+			set, key, val = "media_local4", tupleKey(src, src), nil
 		}
 		e.elem(set, false, key, val)
 		want = append(want, decodedElem{set: set, key: key, val: val})
@@ -173,4 +173,47 @@ func FuzzCounterElem(f *testing.F) {
 		})
 		forAttrs(b, func(uint16, []byte) {})
 	})
+}
+
+// TestElemConnRaw checks that a message encoded elsewhere joins the
+// transaction with its sequence number, an acknowledgement asked for and
+// its length padded to netlink's alignment, between the batch's begin and
+// end.
+func TestElemConnRaw(t *testing.T) {
+	e := &elemConn{table: TableName}
+	e.begin()
+	msg := make([]byte, 16+4+5) // header, nfgenmsg, 5 bytes of payload
+	binary.NativeEndian.PutUint16(msg[4:], unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWCHAIN)
+	binary.NativeEndian.PutUint16(msg[6:], unix.NLM_F_CREATE)
+	binary.NativeEndian.PutUint32(msg[8:], 777)
+	e.raw(msg)
+	e.raw(msg[:10]) // too short: an error, nothing added
+	if err := e.seal(); err == nil {
+		t.Error("seal accepted a message shorter than a header")
+	}
+	if e.acks != 1 {
+		t.Errorf("%d acknowledgements expected, want 1", e.acks)
+	}
+	var seqs []uint32
+	for b := e.out; len(b) >= 16; {
+		n := int(binary.NativeEndian.Uint32(b))
+		if nlAlign(n) > len(b) {
+			t.Fatalf("message of length %d in %d bytes", n, len(b))
+		}
+		typ, flags := binary.NativeEndian.Uint16(b[4:]), binary.NativeEndian.Uint16(b[6:])
+		seqs = append(seqs, binary.NativeEndian.Uint32(b[8:]))
+		if typ == unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWCHAIN && flags != unix.NLM_F_CREATE|unix.NLM_F_REQUEST|unix.NLM_F_ACK {
+			t.Errorf("flags %#x, want create, request and ack", flags)
+		}
+		if typ == unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWCHAIN && n != len(msg) {
+			t.Errorf("length %d, want the message's %d", n, len(msg))
+		}
+		b = b[nlAlign(n):]
+	}
+	if len(e.out)%4 != 0 {
+		t.Errorf("the batch is %d bytes long: not aligned", len(e.out))
+	}
+	if len(seqs) != 3 || seqs[1] != seqs[0]+1 || seqs[2] != seqs[1]+1 {
+		t.Errorf("sequence numbers %v, want three consecutive ones (begin, message, end)", seqs)
+	}
 }

@@ -4,6 +4,7 @@ package firewall
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 
 	"github.com/google/nftables"
@@ -66,10 +67,19 @@ func (fam family) regs() (saddr, sport, daddr, dport uint32) {
 // portReg is where the port of a map's data lands (see the registers).
 func (fam family) portReg() uint32 { return reg32_00 + fam.addrLen/4 }
 
+// flowMapSize is the size of each per-flow map: the most directions of
+// flows one family can have in the kernel (a relay port receives one
+// direction, so a full port range of one address fits). With a size the
+// kernel chooses a hash table of fixed buckets (about 1 MB of them here)
+// rather than one that grows while thousands of flows are added, which
+// makes adding elements cheaper. It is fixed, not derived from the port
+// range, so that a restart with another range can still keep the maps.
+const flowMapSize = 65536
+
 // famObjects are the sets of one address family.
 type famObjects struct {
-	fam                      family
-	local, dnat, snat, count *nftables.Set
+	fam               family
+	local, dnat, snat *nftables.Set
 	// closed holds the relay addresses whose media ports only pinholes
 	// open; pin holds the pinholes (relay address . port . remote IP).
 	closed, pin *nftables.Set
@@ -80,7 +90,7 @@ type mediaObjects struct {
 	table                        *nftables.Table
 	v4, v6                       famObjects
 	notrackIn, notrackOut        *nftables.Chain
-	dnatChain, snatChain, countC *nftables.Chain
+	countC, dnatChain, snatChain *nftables.Chain
 	pinChain                     *nftables.Chain
 }
 
@@ -90,12 +100,11 @@ func newFamObjects(t *nftables.Table, fam family) famObjects {
 	return famObjects{
 		fam:   fam,
 		local: &nftables.Set{Table: t, Name: "media_local" + fam.suffix, KeyType: fam.addrType},
+		// Each element of the DNAT map counts its direction's packets.
 		dnat: &nftables.Set{Table: t, Name: "media_dnat" + fam.suffix, IsMap: true, Concatenation: true,
-			KeyType: tuple, DataType: target},
+			Counter: true, KeyType: tuple, DataType: target, Size: flowMapSize},
 		snat: &nftables.Set{Table: t, Name: "media_snat" + fam.suffix, IsMap: true, Concatenation: true,
-			KeyType: tuple, DataType: target},
-		count: &nftables.Set{Table: t, Name: "media_count" + fam.suffix, Concatenation: true, Counter: true,
-			KeyType: tuple},
+			KeyType: tuple, DataType: target, Size: flowMapSize},
 		closed: &nftables.Set{Table: t, Name: "media_closed" + fam.suffix, KeyType: fam.addrType},
 		pin: &nftables.Set{Table: t, Name: "media_pin" + fam.suffix, Concatenation: true,
 			KeyType: nftables.MustConcatSetType(fam.addrType, nftables.TypeInetService, fam.addrType)},
@@ -111,10 +120,12 @@ func newMediaObjects(t *nftables.Table) *mediaObjects {
 			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw},
 		notrackOut: &nftables.Chain{Table: t, Name: chainNotrackOut, Type: nftables.ChainTypeFilter,
 			Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityRaw},
+		// Between conntrack (which has found or made the packet's entry)
+		// and DNAT (which has not yet rewritten it).
+		countC: &nftables.Chain{Table: t, Name: chainCount, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle},
 		dnatChain: &nftables.Chain{Table: t, Name: chainDNAT, Type: nftables.ChainTypeNAT,
 			Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest},
-		countC: &nftables.Chain{Table: t, Name: chainCount, Type: nftables.ChainTypeFilter,
-			Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter},
 		snatChain: &nftables.Chain{Table: t, Name: chainSNAT, Type: nftables.ChainTypeNAT,
 			Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource},
 		// Input, not prerouting: an offloaded flow is DNATed in prerouting
@@ -131,7 +142,7 @@ func (o *mediaObjects) families() []*famObjects { return []*famObjects{&o.v4, &o
 
 // sets returns every set and map, locals first.
 func (o *mediaObjects) sets() []*nftables.Set {
-	return []*nftables.Set{o.v4.local, o.v4.dnat, o.v4.snat, o.v4.count, o.v6.local, o.v6.dnat, o.v6.snat, o.v6.count}
+	return []*nftables.Set{o.v4.local, o.v4.dnat, o.v4.snat, o.v6.local, o.v6.dnat, o.v6.snat}
 }
 
 // pinSets returns the sets of media pinholes.
@@ -141,7 +152,7 @@ func (o *mediaObjects) pinSets() []*nftables.Set {
 
 // chains returns every chain.
 func (o *mediaObjects) chains() []*nftables.Chain {
-	return []*nftables.Chain{o.notrackIn, o.notrackOut, o.dnatChain, o.countC, o.snatChain, o.pinChain}
+	return []*nftables.Chain{o.notrackIn, o.notrackOut, o.countC, o.dnatChain, o.snatChain, o.pinChain}
 }
 
 // ofAddr returns the objects of a's family.
@@ -201,18 +212,44 @@ func cat(parts ...[]expr.Any) []expr.Any {
 }
 
 // offloadedReturn: meta nfproto ipvX meta l4proto udp
-// ipX saddr . udp sport . ipX daddr . udp dport map @media_dnatX return
+// ipX saddr . udp sport . ipX daddr . udp dport map @media_snatX return
 //
 // A packet of an offloaded flow leaves the chain before notrackInRule: it
-// must be tracked, since its conntrack entry carries the NAT. The map is
-// looked up with a destination register, as the NAT rule does; a lookup of
-// a map as a set (no destination) is refused by older kernels (6.1).
+// must be tracked, since its conntrack entry carries the NAT. Before DNAT
+// the packet of either direction still carries the relay port it was sent
+// to, so the key names one direction of one stream even when several
+// streams join the same two far ends. The map is looked up with a
+// destination register, as the NAT rule does; a lookup of a map as a set
+// (no destination) is refused by older kernels (6.1).
 func (o *famObjects) offloadedReturn() []expr.Any {
 	return cat(o.fam.matchUDP(), o.fam.loadTuple(), []expr.Any{
-		&expr.Lookup{SourceRegister: reg32_00, DestRegister: reg1, IsDestRegSet: true, SetName: o.dnat.Name, SetID: o.dnat.ID},
+		&expr.Lookup{SourceRegister: reg32_00, DestRegister: reg1, IsDestRegSet: true, SetName: o.snat.Name, SetID: o.snat.ID},
 		&expr.Verdict{Kind: expr.VerdictReturn},
 	})
 }
+
+// countRule: meta nfproto ipvX meta l4proto udp ct status confirmed
+// ipX saddr . udp sport . ipX daddr . udp dport map @media_dnatX
+//
+// Each element of media_dnatX counts the packets its lookups match, and
+// every packet of an offloaded flow matches once: the first packet of a
+// conntrack entry (not yet confirmed) in the DNAT rule, which never sees
+// the later ones, and every later packet of both directions here, each
+// under the key it arrived with (DNAT comes after this chain).
+func (o *famObjects) countRule() []expr.Any {
+	return cat(o.fam.matchUDP(), []expr.Any{
+		&expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+			Mask: binary.NativeEndian.AppendUint32(nil, ipsConfirmed), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: make([]byte, 4)},
+	}, o.fam.loadTuple(), []expr.Any{
+		&expr.Lookup{SourceRegister: reg32_00, DestRegister: reg1, IsDestRegSet: true, SetName: o.dnat.Name, SetID: o.dnat.ID},
+	})
+}
+
+// ipsConfirmed is IPS_CONFIRMED of a conntrack entry's status: the entry
+// is in the table, so the packet is not its first.
+const ipsConfirmed = 1 << 3
 
 // notrackInRule: meta nfproto ipvX meta l4proto udp ipX daddr @media_localX
 // udp dport LO-HI notrack
@@ -244,25 +281,79 @@ func (o *famObjects) notrackOutRule(lo, hi int) []expr.Any {
 		[]expr.Any{&expr.Notrack{}})
 }
 
-// natRule: meta nfproto ipvX meta l4proto udp
-// (dnat|snat) ipX to ipX saddr . udp sport . ipX daddr . udp dport map @m
-func (o *famObjects) natRule(m *nftables.Set, typ expr.NATType) []expr.Any {
-	return cat(o.fam.matchUDP(), o.fam.loadTuple(), []expr.Any{
-		&expr.Lookup{SourceRegister: reg32_00, DestRegister: reg1, IsDestRegSet: true, SetName: m.Name, SetID: m.ID},
-		&expr.NAT{Type: typ, Family: uint32(o.fam.nfproto), RegAddrMin: reg1, RegProtoMin: o.fam.portReg(), Specified: true},
-	})
+// dnatRule: meta nfproto ipvX meta l4proto udp
+// dnat ipX to ipX saddr . udp sport . ipX daddr . udp dport map @media_dnatX
+func (o *famObjects) dnatRule() []expr.Any {
+	return cat(o.fam.matchUDP(), o.fam.loadTuple(), o.natTo(o.dnat, expr.NATTypeDestNAT))
 }
 
-// countRule: meta nfproto ipvX meta l4proto udp
-// ipX saddr . udp sport . ipX daddr . udp dport @media_countX
+// snatRule: meta nfproto ipvX meta l4proto udp snat ipX to
+// ct original ipX saddr . ct original proto-src . ct original ipX daddr .
+// ct original proto-dst map @media_snatX
 //
-// In the forward hook a packet of an offloaded flow carries its DNATed
-// destination and its original source, so (src . dst) names the direction;
-// the matching element's counter counts it.
-func (o *famObjects) countRule() []expr.Any {
-	return cat(o.fam.matchUDP(), o.fam.loadTuple(), []expr.Any{
-		&expr.Lookup{SourceRegister: reg32_00, SetName: o.count.Name, SetID: o.count.ID},
-	})
+// The key is the tuple the flow's first packet arrived with, before DNAT:
+// it holds the relay port that packet was sent to, which the tuple after
+// DNAT (the two far ends) lacks. The rule comes encoded, ready for
+// elemConn.rule: the client library cannot send the direction of the
+// address keys of ct.
+func (o *famObjects) snatRule() ([][]byte, error) {
+	var out [][]byte
+	for _, e := range o.fam.matchUDP() {
+		b, err := expr.Marshal(byte(nftables.TableFamilyINet), e)
+		if err != nil {
+			return nil, fmt.Errorf("encode %s rule: %w", chainSNAT, err)
+		}
+		out = append(out, b)
+	}
+	out = append(out, o.fam.loadOrigTuple()...)
+	for _, e := range o.natTo(o.snat, expr.NATTypeSourceNAT) {
+		b, err := expr.Marshal(byte(nftables.TableFamilyINet), e)
+		if err != nil {
+			return nil, fmt.Errorf("encode %s rule: %w", chainSNAT, err)
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+// natTo looks the key registers up in map m and translates to its data.
+func (o *famObjects) natTo(m *nftables.Set, typ expr.NATType) []expr.Any {
+	return []expr.Any{
+		&expr.Lookup{SourceRegister: reg32_00, DestRegister: reg1, IsDestRegSet: true, SetName: m.Name, SetID: m.ID},
+		&expr.NAT{Type: typ, Family: uint32(o.fam.nfproto), RegAddrMin: reg1, RegProtoMin: o.fam.portReg(), Specified: true},
+	}
+}
+
+// loadOrigTuple loads the original-direction tuple of the packet's
+// conntrack entry into the key registers, laid out as loadTuple does, as
+// encoded expressions.
+func (fam family) loadOrigTuple() [][]byte {
+	sa, sp, da, dp := fam.regs()
+	srcKey, dstKey := uint32(unix.NFT_CT_SRC_IP), uint32(unix.NFT_CT_DST_IP)
+	if fam.addrLen == 16 {
+		srcKey, dstKey = unix.NFT_CT_SRC_IP6, unix.NFT_CT_DST_IP6
+	}
+	return [][]byte{
+		ctOriginal(srcKey, sa),
+		ctOriginal(unix.NFT_CT_PROTO_SRC, sp),
+		ctOriginal(dstKey, da),
+		ctOriginal(unix.NFT_CT_PROTO_DST, dp),
+	}
+}
+
+// ctOriginal encodes a ct expression that loads key of the original
+// direction into register reg. The address keys of a family
+// (NFT_CT_SRC_IP and the like) need the direction, which the client
+// library sends only with the family-less ones; those load 16 bytes in an
+// inet table whatever the family, and nft cannot print them in a
+// concatenation.
+func ctOriginal(key, reg uint32) []byte {
+	var data []byte
+	data = appendAttr(data, unix.NFTA_CT_KEY, binary.BigEndian.AppendUint32(nil, key))
+	data = appendAttr(data, unix.NFTA_CT_DREG, binary.BigEndian.AppendUint32(nil, reg))
+	data = appendAttr(data, unix.NFTA_CT_DIRECTION, []byte{0}) // IP_CT_DIR_ORIGINAL
+	b := appendAttr(nil, unix.NFTA_EXPR_NAME, cstring("ct"))
+	return appendAttr(b, unix.NLA_F_NESTED|unix.NFTA_EXPR_DATA, data)
 }
 
 // pinRule: meta nfproto ipvX meta l4proto udp ipX daddr @media_closedX
@@ -367,46 +458,38 @@ func appendTarget(v []byte, ap netip.AddrPort) []byte {
 // flowElements are the elements that put f and its reverse into the
 // kernel (in the maps of f's family):
 //
-//	media_dnatX:  src . local  : dst     and  dst . out   : src
-//	media_snatX:  src . dst    : out     and  dst . src   : local
-//	media_countX: src . dst              and  dst . src
+//	media_dnatX:  src . local  : dst     and  dst . out   : src    (each with its counter)
+//	media_snatX:  src . local  : out     and  dst . out   : local
 //
-// Whichever direction sends first creates the conntrack entry; the other
-// direction is its reply and needs no lookup, but both are listed so
-// either may start.
-func flowElements(f media.Flow) (dnat, snat, count []nftables.SetElement) {
+// Every key is the tuple a packet of that direction arrives with, before
+// DNAT. Whichever direction sends first creates the conntrack entry; the
+// other direction is its reply and needs no NAT lookup, but both are
+// listed so either may start, and each direction needs its own counter.
+func flowElements(f media.Flow) (dnat, snat []nftables.SetElement) {
 	for _, d := range [2]media.Flow{f, f.Reverse()} {
 		src, dst, nat := elemOf(setDNAT, d)
 		dnat = append(dnat, nftables.SetElement{Key: tupleKey(src, dst), Val: target(nat)})
 		src, dst, nat = elemOf(setSNAT, d)
 		snat = append(snat, nftables.SetElement{Key: tupleKey(src, dst), Val: target(nat)})
-		src, dst, _ = elemOf(setCount, d)
-		count = append(count, nftables.SetElement{Key: tupleKey(src, dst)})
 	}
-	return dnat, snat, count
+	return dnat, snat
 }
 
-// setKind names the per-flow sets of a family.
+// setKind names the per-flow maps of a family.
 type setKind int
 
 const (
 	setDNAT setKind = iota
 	setSNAT
-	setCount
 )
 
 // elemOf is the one place that lays out the element of direction d in a
-// set of kind: its key src . dst and, for the NAT maps, the NAT target
-// (invalid for the counted set).
+// map of kind: its key src . dst and its NAT target.
 func elemOf(kind setKind, d media.Flow) (src, dst, nat netip.AddrPort) {
-	switch kind {
-	case setDNAT:
+	if kind == setDNAT {
 		return d.Src, d.Local, d.Dst
-	case setSNAT:
-		return d.Src, d.Dst, d.Out
-	default:
-		return d.Src, d.Dst, netip.AddrPort{}
 	}
+	return d.Src, d.Local, d.Out
 }
 
 // localElements are the relay's bind addresses of one family.

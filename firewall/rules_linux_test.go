@@ -4,6 +4,7 @@ package firewall
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"net/netip"
@@ -53,6 +54,9 @@ func TestMediaRulesGolden(t *testing.T) {
 		nft   string
 		chain *nftables.Chain
 		exprs []expr.Any
+		// encoded is the rule as elemConn.rule sends it, for rules the
+		// client library cannot encode.
+		encoded [][]byte
 	}
 	var cases []rule
 	for _, fo := range o.families() {
@@ -61,24 +65,39 @@ func TestMediaRulesGolden(t *testing.T) {
 			ip = "ip6"
 		}
 		cases = append(cases,
-			rule{fmt.Sprintf("add rule inet edgesbc media_notrack_in meta nfproto ipv%s meta l4proto udp %s saddr . udp sport . %s daddr . udp dport map @media_dnat%s return", v, ip, ip, v),
-				o.notrackIn, fo.offloadedReturn()},
+			rule{fmt.Sprintf("add rule inet edgesbc media_notrack_in meta nfproto ipv%s meta l4proto udp %s saddr . udp sport . %s daddr . udp dport map @media_snat%s return", v, ip, ip, v),
+				o.notrackIn, fo.offloadedReturn(), nil},
 			rule{fmt.Sprintf("add rule inet edgesbc media_notrack_in meta nfproto ipv%s meta l4proto udp %s daddr @media_local%s udp dport 20000-29999 notrack", v, ip, v),
-				o.notrackIn, fo.notrackInRule(lo, hi)},
+				o.notrackIn, fo.notrackInRule(lo, hi), nil},
 			rule{fmt.Sprintf("add rule inet edgesbc media_notrack_out meta nfproto ipv%s meta l4proto udp %s saddr @media_local%s udp sport 20000-29999 notrack", v, ip, v),
-				o.notrackOut, fo.notrackOutRule(lo, hi)},
+				o.notrackOut, fo.notrackOutRule(lo, hi), nil},
+			rule{fmt.Sprintf("add rule inet edgesbc media_count meta nfproto ipv%s meta l4proto udp ct status confirmed %s saddr . udp sport . %s daddr . udp dport map @media_dnat%s", v, ip, ip, v),
+				o.countC, fo.countRule(), nil},
 			rule{fmt.Sprintf("add rule inet edgesbc media_dnat meta nfproto ipv%s meta l4proto udp dnat %s to %s saddr . udp sport . %s daddr . udp dport map @media_dnat%s", v, ip, ip, ip, v),
-				o.dnatChain, fo.natRule(fo.dnat, expr.NATTypeDestNAT)},
-			rule{fmt.Sprintf("add rule inet edgesbc media_count meta nfproto ipv%s meta l4proto udp %s saddr . udp sport . %s daddr . udp dport @media_count%s", v, ip, ip, v),
-				o.countC, fo.countRule()},
-			rule{fmt.Sprintf("add rule inet edgesbc media_snat meta nfproto ipv%s meta l4proto udp snat %s to %s saddr . udp sport . %s daddr . udp dport map @media_snat%s", v, ip, ip, ip, v),
-				o.snatChain, fo.natRule(fo.snat, expr.NATTypeSourceNAT)},
+				o.dnatChain, fo.dnatRule(), nil},
+			rule{fmt.Sprintf("add rule inet edgesbc media_snat meta nfproto ipv%s meta l4proto udp snat %s to ct original %s saddr . ct original proto-src . ct original %s daddr . ct original proto-dst map @media_snat%s", v, ip, ip, ip, v),
+				o.snatChain, nil, snatRule(t, fo)},
 			rule{fmt.Sprintf("add rule inet edgesbc media_pin meta nfproto ipv%s meta l4proto udp %s daddr @media_closed%s udp dport 20000-29999 %s daddr . udp dport . %s saddr != @media_pin%s counter drop", v, ip, v, ip, ip, v),
-				o.pinChain, fo.pinRule(lo, hi)},
+				o.pinChain, fo.pinRule(lo, hi), nil},
 		)
 	}
 	var got strings.Builder
 	for _, c := range cases {
+		if c.encoded != nil {
+			e := &elemConn{table: TableName}
+			e.begin()
+			off := len(e.out)
+			e.rule(c.chain.Name, c.encoded)
+			if err := e.seal(); err != nil {
+				t.Fatalf("%s: %v", c.nft, err)
+			}
+			// The rule message without its header, as recordConn keeps
+			// them, between the batch's begin and end.
+			n := int(binary.NativeEndian.Uint32(e.out[off:]))
+			fmt.Fprintf(&got, "# %s\n", c.nft)
+			fmt.Fprintf(&got, "0000000a\n%s\n0000000a\n", hex.EncodeToString(e.out[off+16:off+n]))
+			continue
+		}
 		conn, msgs := recordConn(t)
 		conn.AddRule(&nftables.Rule{Table: table, Chain: c.chain, Exprs: c.exprs})
 		if err := conn.Flush(); err != nil {
@@ -97,12 +116,12 @@ func TestMediaRulesGolden(t *testing.T) {
 		Out:   netip.MustParseAddrPort("203.0.113.1:20002"),
 		Dst:   netip.MustParseAddrPort("203.0.113.2:5000"),
 	}
-	dnat, snat, count := flowElements(f)
+	dnat, snat := flowElements(f)
 	conn, msgs := recordConn(t)
 	for _, x := range []struct {
 		s *nftables.Set
 		e []nftables.SetElement
-	}{{o.v4.dnat, dnat}, {o.v4.snat, snat}, {o.v4.count, count}} {
+	}{{o.v4.dnat, dnat}, {o.v4.snat, snat}} {
 		if err := conn.SetAddElements(x.s, x.e); err != nil {
 			t.Fatal(err)
 		}
@@ -111,8 +130,7 @@ func TestMediaRulesGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	fmt.Fprintf(&got, "# add element inet edgesbc media_dnat4 { 10.91.1.2 . 4000 . 10.91.1.1 . 20000 : 203.0.113.2 . 5000, 203.0.113.2 . 5000 . 203.0.113.1 . 20002 : 10.91.1.2 . 4000 }\n")
-	fmt.Fprintf(&got, "# add element inet edgesbc media_snat4 { 10.91.1.2 . 4000 . 203.0.113.2 . 5000 : 203.0.113.1 . 20002, 203.0.113.2 . 5000 . 10.91.1.2 . 4000 : 10.91.1.1 . 20000 }\n")
-	fmt.Fprintf(&got, "# add element inet edgesbc media_count4 { 10.91.1.2 . 4000 . 203.0.113.2 . 5000, 203.0.113.2 . 5000 . 10.91.1.2 . 4000 }\n")
+	fmt.Fprintf(&got, "# add element inet edgesbc media_snat4 { 10.91.1.2 . 4000 . 10.91.1.1 . 20000 : 203.0.113.1 . 20002, 203.0.113.2 . 5000 . 203.0.113.1 . 20002 : 10.91.1.1 . 20000 }\n")
 	for _, m := range *msgs {
 		fmt.Fprintf(&got, "%s\n", hex.EncodeToString(m))
 	}
@@ -149,6 +167,15 @@ func TestMediaRulesGolden(t *testing.T) {
 	}
 }
 
+func snatRule(t *testing.T, fo *famObjects) [][]byte {
+	t.Helper()
+	b, err := fo.snatRule()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 func TestFlowElements(t *testing.T) {
 	f := media.Flow{
 		Src:   netip.MustParseAddrPort("10.91.1.2:4000"),
@@ -156,7 +183,7 @@ func TestFlowElements(t *testing.T) {
 		Out:   netip.MustParseAddrPort("203.0.113.1:20002"),
 		Dst:   netip.MustParseAddrPort("203.0.113.2:5000"),
 	}
-	dnat, snat, count := flowElements(f)
+	dnat, snat := flowElements(f)
 	type kv struct{ src, dst, to string }
 	decode := func(es []nftables.SetElement) []kv {
 		var out []kv
@@ -182,9 +209,9 @@ func TestFlowElements(t *testing.T) {
 	// A packet from the caller to the relay goes to the callee; the
 	// callee's packet to the relay's other port goes to the caller.
 	check("dnat", decode(dnat), []kv{{"10.91.1.2:4000", "10.91.1.1:20000", "203.0.113.2:5000"}, {"203.0.113.2:5000", "203.0.113.1:20002", "10.91.1.2:4000"}})
-	// After DNAT, each leaves from the relay port facing its destination.
-	check("snat", decode(snat), []kv{{"10.91.1.2:4000", "203.0.113.2:5000", "203.0.113.1:20002"}, {"203.0.113.2:5000", "10.91.1.2:4000", "10.91.1.1:20000"}})
-	check("count", decode(count), []kv{{"10.91.1.2:4000", "203.0.113.2:5000", ""}, {"203.0.113.2:5000", "10.91.1.2:4000", ""}})
+	// Each leaves from the relay port facing its destination, chosen by
+	// the tuple it arrived with (the conntrack entry's original one).
+	check("snat", decode(snat), []kv{{"10.91.1.2:4000", "10.91.1.1:20000", "203.0.113.1:20002"}, {"203.0.113.2:5000", "203.0.113.1:20002", "10.91.1.1:20000"}})
 
 	if _, _, ok := parseTupleKey([]byte{1, 2, 3}); ok {
 		t.Error("parseTupleKey accepted a short key")
@@ -204,7 +231,7 @@ func TestFlowElements(t *testing.T) {
 		Out:   netip.MustParseAddrPort("[2001:db8:2::1]:20002"),
 		Dst:   netip.MustParseAddrPort("[2001:db8:2::2]:5000"),
 	}
-	d6, _, _ := flowElements(f6)
+	d6, _ := flowElements(f6)
 	if len(d6[0].Key) != 40 || len(d6[0].Val) != 20 {
 		t.Fatalf("IPv6 dnat element: key %d bytes, value %d; want 40 and 20", len(d6[0].Key), len(d6[0].Val))
 	}

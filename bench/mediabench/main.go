@@ -67,6 +67,8 @@ func main() {
 	streams := flag.String("streams", "1 100 1000 10000", "concurrent stream counts")
 	rates := flag.String("rates", "25000 50000 100000 150000 200000 300000 400000 500000 700000 1000000", "offered packet rates (ladder)")
 	secs := flag.Float64("seconds", 2, "seconds per rate step")
+	flag.IntVar(&flowBatch, "batch", 20000, "flowrate: flows per netlink transaction (0: firewall.DefaultBatch)")
+	flag.IntVar(&flowRounds, "rounds", 1, "flowrate: offload and withdraw rounds on one firewall.Media (later rounds find its tables grown)")
 	flag.Parse()
 	if path := os.Getenv("MEDIABENCH_CPUPROFILE"); path != "" {
 		if f, err := os.Create(path); err == nil {
@@ -94,14 +96,20 @@ func main() {
 				return
 			}
 			if mode == "flowrate" {
-				fr, err := l.flowRate(n)
+				frs, err := l.flowRate(n, flowRounds)
 				if err != nil {
 					fmt.Fprintf(os.Stderr, "mediabench: flowrate %d: %v\n", n, err)
 					continue
 				}
-				fmt.Printf("%-10s %8d offload %v (%.0f flows/s, cpu %v), withdraw %v (%.0f flows/s, cpu %v)\n", mode, n,
-					fr.add.Round(time.Millisecond), float64(n)/fr.add.Seconds(), fr.addCPU.Round(time.Millisecond),
-					fr.del.Round(time.Millisecond), float64(n)/fr.del.Seconds(), fr.delCPU.Round(time.Millisecond))
+				for i, fr := range frs {
+					round := ""
+					if len(frs) > 1 {
+						round = fmt.Sprintf(" round %d:", i+1)
+					}
+					fmt.Printf("%-10s %8d%s offload %v (%.0f flows/s, cpu %v), withdraw %v (%.0f flows/s, cpu %v)\n", mode, n, round,
+						fr.add.Round(time.Millisecond), float64(n)/fr.add.Seconds(), fr.addCPU.Round(time.Millisecond),
+						fr.del.Round(time.Millisecond), float64(n)/fr.del.Seconds(), fr.delCPU.Round(time.Millisecond))
+				}
 				continue
 			}
 			res, err := l.measure(ctx, mode, n, fields(*rates), *secs)
@@ -473,24 +481,30 @@ func (l *lab) setupRelay(n int, offload bool) ([]netip.AddrPort, func(), time.Du
 	return targets, teardown, time.Since(t0), nil
 }
 
+// flowBatch is MediaConfig.Batch in flowrate mode; flowRounds is how
+// often it offloads and withdraws the flows on one firewall.Media.
+var flowBatch, flowRounds int
+
 // flowTimes are what flowRate measures: wall-clock time and the CPU time
 // of this process (user and system, so including the kernel's work done
 // in its netlink calls) for each step.
 type flowTimes struct{ add, addCPU, del, delCPU time.Duration }
 
 // flowRate offloads n flows (no traffic) through firewall.Media and
-// withdraws them again, timing each until the last callback.
-func (l *lab) flowRate(n int) (ft flowTimes, err error) {
+// withdraws them again, timing each until the last callback, rounds times
+// on the same Media: the first round includes the growth of its Go maps,
+// later ones show a daemon that has carried as many flows before.
+func (l *lab) flowRate(n, rounds int) ([]flowTimes, error) {
 	h, err := netns.GetFromName(l.sbc)
 	if err != nil {
-		return ft, err
+		return nil, err
 	}
 	defer h.Close()
 	fw, err := firewall.NewMedia(firewall.MediaConfig{Addrs: []netip.Addr{sbcLeft, sbcRight},
-		PortMin: portMin, PortMax: portMax, NetNS: int(h), Batch: 20000},
+		PortMin: portMin, PortMax: portMax, NetNS: int(h), Batch: flowBatch},
 		hclog.New(&hclog.LoggerOptions{Level: hclog.Warn, Output: os.Stderr}))
 	if err != nil {
-		return ft, err
+		return nil, err
 	}
 	defer fw.Close(false)
 	flows := make([]media.Flow, n)
@@ -502,6 +516,20 @@ func (l *lab) flowRate(n int) (ft flowTimes, err error) {
 			Dst:   netip.AddrPortFrom(rightIP, sinkPort),
 		}
 	}
+	var out []flowTimes
+	for range max(rounds, 1) {
+		ft, err := offloadRound(fw, flows)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, ft)
+	}
+	return out, nil
+}
+
+// offloadRound offloads flows and withdraws them again.
+func offloadRound(fw *firewall.Media, flows []media.Flow) (ft flowTimes, err error) {
+	n := len(flows)
 	errs := make(chan error, n)
 	c0 := rusage()
 	t0 := time.Now()

@@ -84,11 +84,11 @@ func nftCount(t *testing.T, ns *testenv.Netns, kind, name string) int {
 	return n
 }
 
-// nftCounted sums the packet counters of media_count4 in ns.
+// nftCounted sums the packet counters of media_dnat4 in ns.
 func nftCounted(t *testing.T, ns *testenv.Netns) uint64 {
 	t.Helper()
 	var sum uint64
-	nftWalk(t, ns, "set", "media_count4", func(elem map[string]any) {
+	nftWalk(t, ns, "map", "media_dnat4", func(elem map[string]any) {
 		if c, ok := elem["counter"].(map[string]any); ok {
 			if p, ok := c["packets"].(float64); ok {
 				sum += uint64(p)
@@ -117,6 +117,9 @@ func nftWalk(t *testing.T, ns *testenv.Netns, kind, name string, fn func(map[str
 	}
 	for _, o := range doc.Nftables {
 		for _, e := range o[kind].Elem {
+			if pair, ok := e.([]any); ok && len(pair) == 2 {
+				e = pair[0] // a map's key and value
+			}
 			m, _ := e.(map[string]any)
 			if inner, ok := m["elem"].(map[string]any); ok {
 				m = inner
