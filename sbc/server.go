@@ -73,6 +73,7 @@ type zone struct {
 	foreign []netip.Prefix // networks of every other zone
 	private bool           // answers unknown sources with 403 instead of silence
 	tcp     *tcpZone       // nil when the zone serves UDP only
+	access  *access        // remote phones registering through us; nil when none
 }
 
 type peer struct {
@@ -110,6 +111,10 @@ type Status struct {
 	NoDialog       uint64 `json:"no_dialog"`
 	LeakGuardFired uint64 `json:"leak_guard_fired"`
 	Overload       uint64 `json:"overload_rejected"`
+	// Registrations and RegistrationsPending are the phone bindings of
+	// the access modes: registered, and attempts not registered yet.
+	Registrations        int `json:"registrations"`
+	RegistrationsPending int `json:"registrations_pending"`
 }
 
 // NewServer validates cfg and builds the zones. It opens no socket: Start does.
@@ -233,6 +238,9 @@ func NewServer(cfg Config, m Media, hooks Hooks, log hclog.Logger, sl *slog.Logg
 			z.private = true
 		}
 	}
+	if err := s.setupAccess(byName); err != nil {
+		return nil, err
+	}
 	for _, z := range s.zones {
 		for _, o := range s.zones {
 			if o == z {
@@ -299,6 +307,7 @@ func (s *Server) buildUA(z *zone) error {
 		s.respond(z, r, tx, 481, nil)
 	})
 	srv.OnOptions(func(r *sip.Request, tx sip.ServerTransaction) { s.onOptions(z, r, tx) })
+	srv.OnRegister(func(r *sip.Request, tx sip.ServerTransaction) { s.onRegister(z, r, tx) })
 	for _, m := range []sip.RequestMethod{sip.UPDATE, sip.INFO, sip.MESSAGE, sip.NOTIFY, sip.REFER, sip.PRACK} {
 		srv.OnRequest(m, func(r *sip.Request, tx sip.ServerTransaction) { s.onOther(z, r, tx) })
 	}
@@ -347,6 +356,12 @@ func (s *Server) Start(ctx context.Context) error {
 		s.log.Info("listening", "zone", z.cfg.Name, "addr", ua.String(), "transport", "udp", "advertise", z.host)
 	}
 	s.started.Store(true)
+	for _, z := range s.zones {
+		if z.access != nil {
+			go s.runReaper(ctx, 5*time.Second)
+			break
+		}
+	}
 	go func() {
 		<-ctx.Done()
 		s.closeListeners()
@@ -421,6 +436,13 @@ func (s *Server) Status() Status {
 	st.NoDialog = s.counters.noDialog.Load()
 	st.LeakGuardFired = s.guard.fired.Load()
 	st.Overload = s.counters.overload.Load()
+	for _, z := range s.zones {
+		if z.access != nil {
+			r, p := z.access.count()
+			st.Registrations += r
+			st.RegistrationsPending += p
+		}
+	}
 	return st
 }
 
@@ -463,9 +485,10 @@ func (s *Server) admit(z *zone, src netip.AddrPort, data []byte, datagram bool) 
 	if g := s.sec.Load(); !peer && g != nil && !s.guardInbound(g.Guard, z, src, data, datagram) {
 		return admission{} // banned, rate limited, or banned now
 	}
-	if !z.private && !peer {
+	if !z.private && !peer && (z.access == nil || !isRegister(data)) {
 		// The public side never answers strangers: a scanner learns
-		// nothing, and the flood costs no parsing.
+		// nothing, and the flood costs no parsing. Only a zone with an
+		// access mode takes their REGISTERs (access.go).
 		s.counters.unknownSource.Add(1)
 		s.logUnknownSource(z, src)
 		return admission{}

@@ -1,0 +1,337 @@
+package sbc
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// The access tests put a remote phone on 127.0.0.5 (the public side of the
+// call rig) registering with the rig's pbx through the SBC.
+
+const accessDomain = "pbx.example.test"
+
+func accessRig(t testing.TB, tweak func(*AccessConfig)) *rig {
+	t.Helper()
+	return newRig(t, func(c *Config) {
+		ac := AccessConfig{Name: "phones", Zone: "public", PBX: "main", Domain: accessDomain, Expires: 60 * time.Second, PBXExpires: time.Hour}
+		if tweak != nil {
+			tweak(&ac)
+		}
+		c.Access = []AccessConfig{ac}
+	})
+}
+
+// phoneRegister is a REGISTER as a phone behind a NAT sends it: its Via and
+// Contact name its private LAN address, which must reach nobody.
+func phoneRegister(r *rig, ph *phone, callID string, cseq int, expires string, extra string) string {
+	return fmt.Sprintf(`REGISTER sip:%s SIP/2.0
+Via: SIP/2.0/UDP 192.168.77.10:5062;branch=z9hG4bK-reg-%s-%d;rport
+Max-Forwards: 70
+From: "Desk 1001" <sip:1001@%s>;tag=ph-tag-1
+To: "Desk 1001" <sip:1001@%s>
+Call-ID: %s
+CSeq: %d REGISTER
+Contact: <sip:1001@192.168.77.10:5062;line=abc>
+Expires: %s
+User-Agent: DeskPhone 9.1 192.168.77.10
+%sContent-Length: 0
+
+`, accessDomain, callID, cseq, accessDomain, accessDomain, callID, cseq, expires, extra)
+}
+
+// pbxAnswer is the pbx's response to the SBC's REGISTER.
+func pbxAnswer(req sip.Message, code int, reason string, extra string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "SIP/2.0 %d %s\n", code, reason)
+	for _, h := range req.GetHeaders("Via") {
+		fmt.Fprintf(&b, "Via: %s\n", h.Value())
+	}
+	fmt.Fprintf(&b, "From: %s\nTo: %s;tag=pbx-reg\nCall-ID: %s\nCSeq: %s\n%sContent-Length: 0\n\n",
+		req.From().Value(), req.To().Value(), req.CallID().Value(), req.CSeq().Value(), extra)
+	return b.String()
+}
+
+const testChallenge = `Digest realm="pbx.example.test", nonce="5f1e2d3c4b5a", algorithm=MD5`
+
+// assertPhoneHidden checks that nothing of the phone reached the pbx.
+func assertPhoneHidden(t *testing.T, raw string, ph *phone) {
+	t.Helper()
+	for _, bad := range []string{"192.168.77.10", "127.0.0.5", fmt.Sprint(ph.addr.Port()), "DeskPhone", "ph-tag-1", "line=abc", "127.0.0.2"} {
+		if strings.Contains(raw, bad) {
+			t.Errorf("%q of the phone's side reached the pbx:\n%s", bad, raw)
+		}
+	}
+}
+
+func TestAccessRegisterRelay(t *testing.T) {
+	r := accessRig(t, nil)
+	ph := newPhone(t, "127.0.0.5")
+
+	// 1. no credentials: the pbx challenges, the phone gets the challenge
+	ph.send(r.pub, phoneRegister(r, ph, "ph-call-1", 1, "3600", ""))
+	up1, raw1 := r.pbx.recv("REGISTER")
+	assertPhoneHidden(t, raw1, ph)
+	if got := up1.(*sip.Request).Recipient.String(); got != "sip:"+accessDomain {
+		t.Errorf("Request-URI toward the pbx %q, want the phone's", got)
+	}
+	if up1.CallID().Value() == "ph-call-1" {
+		t.Error("the phone's Call-ID reached the pbx")
+	}
+	ct := msgContact(up1)
+	if ct == nil || ct.Address.Host != r.priv.Addr().String() || ct.Address.Port != int(r.priv.Port()) || len(ct.Address.User) < 16 {
+		t.Fatalf("Contact toward the pbx %v, want a token at the SBC's private address", ct)
+	}
+	token := ct.Address.User
+	if up1.From().Address.User != "1001" || up1.To().Address.User != "1001" || up1.To().Address.Host != accessDomain {
+		t.Errorf("From/To toward the pbx: %s / %s", up1.From().Value(), up1.To().Value())
+	}
+	if e := header(up1, "Expires"); e != "3600" {
+		t.Errorf("Expires toward the pbx %v, want pbx_expires 3600", e)
+	}
+	r.pbx.send(r.priv, pbxAnswer(up1, 401, "Unauthorized", "WWW-Authenticate: "+testChallenge+"\n"))
+	res, rawRes := ph.recv("SIP/2.0 401")
+	if h := header(res, "WWW-Authenticate"); h != testChallenge {
+		t.Errorf("challenge toward the phone %v, want %q", h, testChallenge)
+	}
+	if res.CallID().Value() != "ph-call-1" || !strings.Contains(res.From().Value(), "ph-tag-1") {
+		t.Errorf("401 not in the phone's dialog:\n%s", rawRes)
+	}
+	if v := res.Via(); v == nil || v.Params.GetOr("received", "") != "127.0.0.5" {
+		t.Errorf("Via toward the phone lacks received: %v", v)
+	}
+	for _, bad := range []string{r.priv.Addr().String(), "127.0.0.3", token, "pbx-reg"} {
+		if strings.Contains(rawRes, bad) {
+			t.Errorf("%q of the pbx's side reached the phone:\n%s", bad, rawRes)
+		}
+	}
+
+	// 2. with credentials: the same registration toward the pbx, the
+	// Authorization unchanged, and the phone's own Contact in the 200
+	auth := `Authorization: Digest username="1001", realm="pbx.example.test", nonce="5f1e2d3c4b5a", uri="sip:pbx.example.test", response="0123456789abcdef0123456789abcdef", algorithm=MD5` + "\n"
+	ph.send(r.pub, phoneRegister(r, ph, "ph-call-1", 2, "3600", auth))
+	up2, raw2 := r.pbx.recv("REGISTER")
+	assertPhoneHidden(t, raw2, ph)
+	if up2.CallID().Value() != up1.CallID().Value() || up2.CSeq().SeqNo != up1.CSeq().SeqNo+1 || msgContact(up2).Address.User != token {
+		t.Errorf("second REGISTER is not the same registration:\n%s\n%s", raw1, raw2)
+	}
+	if h := header(up2, "Authorization"); "Authorization: "+h+"\n" != auth {
+		t.Errorf("Authorization toward the pbx %v, want it unchanged", h)
+	}
+	r.pbx.send(r.priv, pbxAnswer(up2, 200, "OK", fmt.Sprintf("Contact: <sip:%s@%s>;expires=3600\nContact: <sip:othertoken@%s>;expires=100\n", token, r.priv, r.priv)))
+	ok, rawOK := ph.recv("SIP/2.0 200")
+	cts := ok.GetHeaders("Contact")
+	if len(cts) != 1 || !strings.Contains(cts[0].Value(), "sip:1001@192.168.77.10:5062;line=abc") || !strings.Contains(cts[0].Value(), "expires=60") {
+		t.Errorf("200 toward the phone: want only its own Contact with expires=60:\n%s", rawOK)
+	}
+	if strings.Contains(rawOK, "othertoken") || strings.Contains(rawOK, r.priv.Addr().String()) {
+		t.Errorf("200 toward the phone shows the pbx side:\n%s", rawOK)
+	}
+	if st := r.srv.Status(); st.Registrations != 1 || st.RegistrationsPending != 0 {
+		t.Errorf("after the 200: %+v", st)
+	}
+
+	// 3. unregister: Expires 0 reaches the pbx, the binding goes
+	ph.send(r.pub, phoneRegister(r, ph, "ph-call-1", 3, "0", auth))
+	up3, _ := r.pbx.recv("REGISTER")
+	if e := header(up3, "Expires"); e != "0" || msgContact(up3).Address.User != token {
+		t.Errorf("unregister toward the pbx: Expires %v Contact %v", e, msgContact(up3))
+	}
+	r.pbx.send(r.priv, pbxAnswer(up3, 200, "OK", ""))
+	ph.recv("SIP/2.0 200")
+	if st := r.srv.Status(); st.Registrations != 0 || st.RegistrationsPending != 0 || st.LeakGuardFired != 0 {
+		t.Errorf("after the unregister: %+v", st)
+	}
+}
+
+func TestAccessRefusals(t *testing.T) {
+	r := accessRig(t, nil)
+	ph := newPhone(t, "127.0.0.5")
+	// a Request-URI outside the domain: 404 from the SBC, nothing to the pbx
+	ph.send(r.pub, strings.Replace(phoneRegister(r, ph, "ph-x", 1, "60", ""), "REGISTER sip:"+accessDomain, "REGISTER sip:"+r.pub.Addr().String(), 1))
+	ph.recv("SIP/2.0 404")
+	// Contact * without Expires 0: 400
+	ph.send(r.pub, strings.Replace(phoneRegister(r, ph, "ph-y", 1, "60", ""), "Contact: <sip:1001@192.168.77.10:5062;line=abc>", "Contact: *", 1))
+	ph.recv("SIP/2.0 400")
+	// other requests from strangers stay unanswered on the public side
+	ph.send(r.pub, fmt.Sprintf("OPTIONS sip:%s SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.5;branch=z9hG4bK-o;rport\nMax-Forwards: 70\nFrom: <sip:a@b>;tag=1\nTo: <sip:c@d>\nCall-ID: o1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n", r.pub))
+	ph.expectNothing(300*time.Millisecond, "SIP/2.0 404", "SIP/2.0 400")
+	r.pbx.expectNothing(100 * time.Millisecond)
+	// the pbx never answers: the phone gets 408 once Timer F fires
+	// (not waited for here); the attempt is pending meanwhile
+	ph.send(r.pub, phoneRegister(r, ph, "ph-z", 1, "60", ""))
+	r.pbx.recv("REGISTER")
+	if st := r.srv.Status(); st.RegistrationsPending != 1 {
+		t.Errorf("pending attempts: %+v", st)
+	}
+}
+
+// TestAccessOff: without an access block a REGISTER from a stranger on the
+// public side is dropped unanswered, as before.
+func TestAccessOff(t *testing.T) {
+	r := newRig(t, nil)
+	ph := newPhone(t, "127.0.0.5")
+	ph.send(r.pub, phoneRegister(r, ph, "off-1", 1, "60", ""))
+	ph.expectNothing(300 * time.Millisecond)
+	r.pbx.expectNothing(100 * time.Millisecond)
+	if r.srv.Status().UnknownSource == 0 {
+		t.Error("dropped REGISTER not counted")
+	}
+}
+
+func TestAccessBindingTable(t *testing.T) {
+	a := newAccess(AccessConfig{Domain: accessDomain, MaxBindings: 10}, nil, nil)
+	now := time.Unix(1000, 0)
+	src := netip.MustParseAddrPort("198.51.100.9:5060")
+	key := func(user string, port uint16) bindingKey {
+		return bindingKey{src: netip.AddrPortFrom(src.Addr(), port), transport: "udp", user: user}
+	}
+	// one source holds at most maxPendingPerSource attempts
+	for i := range maxPendingPerSource {
+		if _, code := a.take(key(fmt.Sprint(i), 5060), now); code != 0 {
+			t.Fatalf("attempt %d refused", i)
+		}
+	}
+	if _, code := a.take(key("x", 5060), now); code != 503 {
+		t.Errorf("attempt beyond the per-source bound: %d, want 503", code)
+	}
+	// the same binding again is no new attempt, and keeps its identity
+	b1, _ := a.take(key("0", 5060), now)
+	b2, code := a.take(key("0", 5060), now)
+	if code != 0 || b1.token != b2.token || b1.callID != b2.callID || b2.cseq != b1.cseq+1 {
+		t.Errorf("same binding taken twice: %+v %+v", b1, b2)
+	}
+	// registering it frees its pending slot
+	ct := &sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "0", Host: "192.168.1.2"}}
+	a.settle(key("0", 5060), b2.token, ct, 60, false, now)
+	if _, code := a.take(key("y", 5060), now); code != 0 {
+		t.Errorf("attempt after a registration refused: %d", code)
+	}
+	// the table bound holds across sources
+	other := netip.MustParseAddrPort("198.51.100.10:5060")
+	if _, code := a.take(bindingKey{src: other, transport: "udp", user: "1"}, now); code != 0 {
+		t.Errorf("tenth binding refused: %d", code)
+	}
+	if _, code := a.take(bindingKey{src: other, transport: "udp", user: "2"}, now); code != 503 {
+		t.Errorf("binding beyond max_bindings: %d, want 503", code)
+	}
+	// attempts expire after one transaction, registrations at their expiry
+	if n := a.reap(now.Add(pendingLife)); n != 9 {
+		t.Errorf("reaped %d attempts, want 9", n)
+	}
+	if reg, pend := a.count(); reg != 1 || pend != 0 || len(a.pending) != 0 {
+		t.Errorf("after reaping attempts: %d registered, %d pending, %v", reg, pend, a.pending)
+	}
+	if n := a.reap(now.Add(60 * time.Second)); n != 1 || len(a.tokens) != 0 || len(a.bindings) != 0 {
+		t.Errorf("registration not reaped at its expiry: %d", n)
+	}
+}
+
+func TestParseRegister(t *testing.T) {
+	base := "REGISTER sip:pbx.example.test SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.9:5060;branch=z9hG4bK-1\r\nFrom: <sip:1001@pbx.example.test>;tag=1\r\nTo: <sip:1001@pbx.example.test>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\n"
+	tests := []struct {
+		name    string
+		msg     string
+		code    int
+		expires int
+		contact bool
+	}{
+		{name: "plain", msg: base + "Contact: <sip:1001@10.0.0.9>\r\nExpires: 120\r\n", expires: 120, contact: true},
+		{name: "contact expires wins", msg: base + "Contact: <sip:1001@10.0.0.9>;expires=30\r\nExpires: 120\r\n", expires: 30, contact: true},
+		{name: "no expires", msg: base + "Contact: <sip:1001@10.0.0.9>\r\n", expires: -1, contact: true},
+		{name: "query", msg: base, expires: -1},
+		{name: "wildcard", msg: base + "Contact: *\r\nExpires: 0\r\n", expires: 0},
+		{name: "wildcard with expires", msg: base + "Contact: *\r\nExpires: 60\r\n", code: 400},
+		{name: "bad expires", msg: base + "Contact: <sip:1001@10.0.0.9>\r\nExpires: soon\r\n", code: 400},
+		{name: "tel contact", msg: base + "Contact: <tel:+1555>\r\n", code: 400},
+		{name: "other domain", msg: strings.Replace(base, "REGISTER sip:pbx.example.test", "REGISTER sip:203.0.113.1", 1), code: 404},
+		{name: "user in request uri", msg: strings.Replace(base, "REGISTER sip:pbx", "REGISTER sip:1001@pbx", 1), code: 404},
+		{name: "odd user", msg: strings.Replace(base, "To: <sip:1001@", "To: <sip:10%2001@", 1), code: 404},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := sip.ParseMessage([]byte(tt.msg + "Content-Length: 0\r\n\r\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			reg, code := parseRegister(m.(*sip.Request), accessDomain)
+			if code != tt.code {
+				t.Fatalf("code %d, want %d", code, tt.code)
+			}
+			if code == 0 && (reg.expires != tt.expires || (reg.contact != nil) != tt.contact || reg.user != "1001") {
+				t.Errorf("parsed %+v", reg)
+			}
+		})
+	}
+}
+
+// FuzzAccessRegister runs arbitrary messages through the REGISTER handling
+// of the access mode: parsing, the binding table and the PBX's REGISTER
+// built from it. Whatever the phone sent, the PBX's REGISTER parses back,
+// names the SBC's private address as its only Contact and never carries
+// the phone's source address.
+func FuzzAccessRegister(f *testing.F) {
+	r := &rig{pub: netip.MustParseAddrPort("127.0.0.2:5060"), priv: netip.MustParseAddrPort("127.0.0.1:5060")}
+	ph := &phone{addr: netip.MustParseAddrPort("127.0.0.5:5062")}
+	f.Add([]byte(strings.ReplaceAll(phoneRegister(r, ph, "fz-1", 1, "60", ""), "\n", "\r\n")))
+	f.Add([]byte(strings.ReplaceAll(phoneRegister(r, ph, "fz-2", 2, "0", "Authorization: Digest username=\"1001\", uri=\"sip:pbx.example.test\"\n"), "\n", "\r\n")))
+	f.Add([]byte("REGISTER sip:pbx.example.test SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK-1\r\nFrom: <sip:1@pbx.example.test>;tag=1\r\nTo: <sip:1@pbx.example.test>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nContact: *\r\nExpires: 0\r\n\r\n"))
+	srv, err := NewServer(Config{
+		Zones: []ZoneConfig{{Name: "private", Address: r.priv.Addr(), SIPPort: 5060}, {Name: "public", Address: r.pub.Addr(), SIPPort: 5060}},
+		Peers: []PeerConfig{{Name: "main", Kind: PBX, Zone: "private", Address: netip.MustParseAddrPort("127.0.0.3:5060")}},
+		Access: []AccessConfig{{Name: "phones", Zone: "public", PBX: "main", Domain: accessDomain, MaxBindings: 50}},
+	}, nil, Hooks{}, nil, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	a := srv.zones[1].access
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := sip.ParseMessage(data)
+		if err != nil {
+			return
+		}
+		req, ok := m.(*sip.Request)
+		if !ok || req.Method != sip.REGISTER {
+			return
+		}
+		req.SetSource(ph.addr.String())
+		reg, code := parseRegister(req, a.domain)
+		if code != 0 {
+			return
+		}
+		k := bindingKey{src: ph.addr, transport: "udp", user: reg.user}
+		b, code := a.take(k, time.Now())
+		if code != 0 {
+			a.reap(time.Now().Add(time.Hour))
+			return
+		}
+		up := srv.upstreamRegister(a, &b, req, reg)
+		out := up.String()
+		back, err := sip.ParseMessage([]byte(out))
+		if err != nil {
+			t.Fatalf("the PBX's REGISTER does not parse: %v\n%s", err, out)
+		}
+		cts := back.GetHeaders("Contact")
+		switch {
+		case reg.wildcard:
+			if len(cts) != 1 || cts[0].Value() != "*" {
+				t.Fatalf("wildcard lost:\n%s", out)
+			}
+		case reg.contact != nil:
+			c, ok := cts[0].(*sip.ContactHeader)
+			if len(cts) != 1 || !ok || c.Address.User != b.token || c.Address.Host != r.priv.Addr().String() {
+				t.Fatalf("Contact toward the pbx:\n%s", out)
+			}
+		case len(cts) != 0:
+			t.Fatalf("a query got a Contact:\n%s", out)
+		}
+		if strings.Contains(out, ph.addr.Addr().String()) {
+			t.Fatalf("the phone's address reached the pbx:\n%s", out)
+		}
+		a.settle(k, b.token, reg.contact, 60, reg.expires == 0, time.Now())
+	})
+}
