@@ -281,8 +281,8 @@ func FuzzAccessRegister(f *testing.F) {
 	f.Add([]byte(strings.ReplaceAll(phoneRegister(r, ph, "fz-2", 2, "0", "Authorization: Digest username=\"1001\", uri=\"sip:pbx.example.test\"\n"), "\n", "\r\n")))
 	f.Add([]byte("REGISTER sip:pbx.example.test SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK-1\r\nFrom: <sip:1@pbx.example.test>;tag=1\r\nTo: <sip:1@pbx.example.test>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nContact: *\r\nExpires: 0\r\n\r\n"))
 	srv, err := NewServer(Config{
-		Zones: []ZoneConfig{{Name: "private", Address: r.priv.Addr(), SIPPort: 5060}, {Name: "public", Address: r.pub.Addr(), SIPPort: 5060}},
-		Peers: []PeerConfig{{Name: "main", Kind: PBX, Zone: "private", Address: netip.MustParseAddrPort("127.0.0.3:5060")}},
+		Zones:  []ZoneConfig{{Name: "private", Address: r.priv.Addr(), SIPPort: 5060}, {Name: "public", Address: r.pub.Addr(), SIPPort: 5060}},
+		Peers:  []PeerConfig{{Name: "main", Kind: PBX, Zone: "private", Address: netip.MustParseAddrPort("127.0.0.3:5060")}},
 		Access: []AccessConfig{{Name: "phones", Zone: "public", PBX: "main", Domain: accessDomain, MaxBindings: 50}},
 	}, nil, Hooks{}, nil, nil)
 	if err != nil {
