@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -51,6 +52,8 @@ type access struct {
 	zone   *zone // the phones' zone
 	pbx    *peer
 	domain string // lower case
+
+	lastFullLog atomic.Int64 // unix seconds of the last "table full" log line
 
 	mu       sync.Mutex
 	bindings map[bindingKey]*binding
@@ -353,7 +356,11 @@ func (s *Server) onRegister(z *zone, req *sip.Request, tx sip.ServerTransaction)
 	k := bindingKey{src: src, transport: transportOf(req), user: reg.user}
 	b, code := a.take(k, now)
 	if code != 0 {
-		s.log.Warn("register refused: binding table full", "zone", z.cfg.Name, "src", src, "max_bindings", a.cfg.MaxBindings)
+		// at most one line every 10 seconds: a flood of made-up users
+		// must not flood the log
+		if now, last := time.Now().Unix(), a.lastFullLog.Load(); now-last >= 10 && a.lastFullLog.CompareAndSwap(last, now) {
+			s.log.Warn("register refused: too many registrations", "zone", z.cfg.Name, "src", src, "max_bindings", a.cfg.MaxBindings, "per_source_attempts", maxPendingPerSource)
+		}
 		s.accessRespond(z, req, tx, code, nil)
 		return
 	}
