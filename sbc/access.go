@@ -58,7 +58,8 @@ type access struct {
 	mu       sync.Mutex
 	bindings map[bindingKey]*binding
 	tokens   map[string]*binding
-	pending  map[netip.Addr]int // bindings not registered yet, per source address
+	pending  map[netip.Addr]int          // bindings not registered yet, per source address
+	sources  map[netip.AddrPort]*binding // registered bindings by source: the phones
 }
 
 type bindingKey struct {
@@ -78,6 +79,7 @@ type binding struct {
 	contact    *sip.ContactHeader // the phone's own, once registered
 	expires    time.Time
 	registered bool
+	peer       *peer // the phone's calls' peer, once registered
 }
 
 func newAccess(cfg AccessConfig, z *zone, pbx *peer) *access {
@@ -98,6 +100,7 @@ func newAccess(cfg AccessConfig, z *zone, pbx *peer) *access {
 		bindings: map[bindingKey]*binding{},
 		tokens:   map[string]*binding{},
 		pending:  map[netip.Addr]int{},
+		sources:  map[netip.AddrPort]*binding{},
 	}
 }
 
@@ -253,6 +256,10 @@ func (a *access) settle(k bindingKey, token string, contact *sip.ContactHeader, 
 			a.unpendLocked(b)
 		}
 		b.registered = true
+		if b.peer == nil {
+			b.peer = phonePeer(a, k.src)
+		}
+		a.sources[k.src] = b
 		b.contact = contact
 		b.expires = now.Add(time.Duration(granted) * time.Second)
 	}
@@ -264,6 +271,9 @@ func (a *access) dropLocked(b *binding) {
 	}
 	delete(a.bindings, b.key)
 	delete(a.tokens, b.token)
+	if a.sources[b.key.src] == b {
+		delete(a.sources, b.key.src)
+	}
 }
 
 func (a *access) unpendLocked(b *binding) {
@@ -522,4 +532,75 @@ func (s *Server) accessRespond(z *zone, req *sip.Request, tx sip.ServerTransacti
 	if g := s.sec.Load(); g != nil {
 		s.guardOutcome(g.Guard, z, req, code)
 	}
+}
+
+// admits reports whether a datagram from a stranger in the access zone
+// goes on: a REGISTER from anyone, and anything from the source of a
+// registered phone (its calls, their responses and in-dialog requests).
+func (a *access) admits(src netip.AddrPort, data []byte) bool {
+	return isRegister(data) || a.phoneAt(src) != nil
+}
+
+// phoneAt is the peer of the phone registered from src, nil when none is.
+func (a *access) phoneAt(src netip.AddrPort) *peer {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if b := a.sources[src]; b != nil {
+		return b.peer
+	}
+	return nil
+}
+
+// phonePeer is the peer a registered phone's calls come from: reached at
+// the source its REGISTER came from, without session timers and refusing
+// transfers (a REFER from it gets 603), since phones register for calls
+// to and from their PBX only.
+func phonePeer(a *access, src netip.AddrPort) *peer {
+	ip := src.Addr()
+	return &peer{
+		cfg: PeerConfig{Name: "phone " + src.String(), Zone: a.zone.cfg.Name, Address: src, Refer: ReferReject,
+			Offer: OfferPass, Transport: TransportUDP},
+		zone:    a.zone,
+		sources: []netip.Prefix{netip.PrefixFrom(ip, ip.BitLen())},
+		keep:    map[string]bool{},
+		dest:    src.String(),
+		host:    a.cfg.Domain,
+		access:  a,
+	}
+}
+
+// natSDP makes the connection addresses of an SDP from a phone behind a NAT
+// the address its signalling comes from: the media relay then latches on
+// what the NAT sends from there (any port) instead of waiting for the
+// private address the phone announced. Other legs' SDP is returned as is.
+func (c *Call) natSDP(l *Leg, sdp []byte) []byte {
+	if l == nil || l.peer.access == nil || sdp == nil {
+		return sdp
+	}
+	src, err := netip.ParseAddrPort(l.dest)
+	if err != nil {
+		return sdp
+	}
+	return rewriteConnection(sdp, src.Addr())
+}
+
+// rewriteConnection replaces the address of every c= line of the family
+// of ip with ip.
+func rewriteConnection(sdp []byte, ip netip.Addr) []byte {
+	fam := "IN IP4 "
+	if ip.Is6() {
+		fam = "IN IP6 "
+	}
+	lines := bytes.SplitAfter(sdp, []byte("\n"))
+	var out bytes.Buffer
+	for _, line := range lines {
+		body := bytes.TrimRight(line, "\r\n")
+		if bytes.HasPrefix(body, []byte("c="+fam)) {
+			out.WriteString("c=" + fam + ip.String())
+			out.Write(line[len(body):])
+			continue
+		}
+		out.Write(line)
+	}
+	return out.Bytes()
 }

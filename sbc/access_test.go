@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
+
+	"github.com/edgesbc/edgesbc/sbc/guard"
 )
 
 // The access tests put a remote phone on 127.0.0.5 (the public side of the
@@ -184,7 +186,7 @@ func TestAccessOff(t *testing.T) {
 }
 
 func TestAccessBindingTable(t *testing.T) {
-	a := newAccess(AccessConfig{Domain: accessDomain, MaxBindings: 10}, nil, nil)
+	a := newAccess(AccessConfig{Domain: accessDomain, MaxBindings: 10}, &zone{cfg: ZoneConfig{Name: "public"}}, nil)
 	now := time.Unix(1000, 0)
 	src := netip.MustParseAddrPort("198.51.100.9:5060")
 	key := func(user string, port uint16) bindingKey {
@@ -334,4 +336,168 @@ func FuzzAccessRegister(f *testing.F) {
 		}
 		a.settle(k, b.token, reg.contact, 60, reg.expires == 0, time.Now())
 	})
+}
+
+// registerPhone registers 1001 from ph through the SBC (the pbx answers the
+// first REGISTER with 200 at once) and returns the token the pbx sees.
+func registerPhone(t *testing.T, r *rig, ph *phone) string {
+	t.Helper()
+	ph.send(r.pub, phoneRegister(r, ph, "reg-"+ph.addr.String(), 1, "3600", ""))
+	up, _ := r.pbx.recv("REGISTER")
+	token := msgContact(up).Address.User
+	r.pbx.send(r.priv, pbxAnswer(up, 200, "OK", fmt.Sprintf("Contact: <sip:%s@%s>;expires=3600\n", token, r.priv)))
+	ph.recv("SIP/2.0 200")
+	return token
+}
+
+// phoneSDP is a NATed phone's offer: its private LAN address.
+const phoneSDP = `v=0
+o=desk 1 1 IN IP4 192.168.77.10
+s=-
+c=IN IP4 192.168.77.10
+t=0 0
+m=audio 40010 RTP/AVP 8
+a=rtpmap:8 PCMA/8000
+a=sendrecv
+`
+
+func phoneInvite(r *rig, ph *phone, callID string, cseq int, extra string) string {
+	return fmt.Sprintf(`INVITE sip:2000@%s SIP/2.0
+Via: SIP/2.0/UDP 192.168.77.10:5062;branch=z9hG4bK-inv-%s-%d;rport
+Max-Forwards: 70
+From: "Desk 1001" <sip:1001@%s>;tag=ph-inv-tag
+To: <sip:2000@%s>
+Call-ID: %s
+CSeq: %d INVITE
+Contact: <sip:1001@192.168.77.10:5062>
+User-Agent: DeskPhone 9.1 192.168.77.10
+%sContent-Type: application/sdp
+Content-Length: %%LEN%%
+
+`, accessDomain, callID, cseq, accessDomain, accessDomain, callID, cseq, extra) + phoneSDP
+}
+
+// TestAccessPhoneCall: a registered phone calls through its registrar. The
+// pbx's 407 reaches the phone with its challenge, the phone's credentials
+// reach the pbx unchanged with the phone's Request-URI, a failed one counts
+// as a failed authentication, and the answered call's media latches on
+// what the phone's NAT sends, not on the private address it announced.
+func TestAccessPhoneCall(t *testing.T) {
+	r := accessRig(t, nil)
+	g := guard.New(guard.Config{Policies: []guard.Policy{
+		{Name: "auth-failures", FailedAuth: 5, Within: time.Minute, BanFor: time.Hour},
+		{Name: "unsolicited", UnknownSourceRequests: 2, Within: time.Minute, BanFor: time.Hour},
+	}})
+	r.srv.SetGuard(&policyGuard{g: g})
+	ph := newPhone(t, "127.0.0.5")
+	// not registered yet: the call is dropped unanswered
+	ph.send(r.pub, phoneInvite(r, ph, "pc-0", 1, ""))
+	ph.expectNothing(300 * time.Millisecond)
+	r.pbx.expectNothing(50 * time.Millisecond)
+	registerPhone(t, r, ph)
+
+	// 1. no credentials: the pbx's 407 reaches the phone
+	ph.send(r.pub, phoneInvite(r, ph, "pc-1", 1, ""))
+	inv, raw := r.pbx.recv("INVITE")
+	assertPhoneHidden(t, raw, ph)
+	if got := inv.(*sip.Request).Recipient.String(); got != "sip:2000@"+accessDomain {
+		t.Errorf("Request-URI toward the pbx %q, want the phone's", got)
+	}
+	if !strings.Contains(inv.From().Value(), "sip:1001@"+accessDomain) {
+		t.Errorf("From toward the pbx: %s", inv.From().Value())
+	}
+	const challenge = `Digest realm="pbx.example.test", nonce="abc123"`
+	r.pbx.send(r.priv, strings.Replace(answer(inv, 407, "Proxy Authentication Required", "pbx-t1", "", ""), "Content-Length", "Proxy-Authenticate: "+challenge+"\nContent-Length", 1))
+	res, _ := ph.recv("SIP/2.0 407", "SIP/2.0 100")
+	if h := header(res, "Proxy-Authenticate"); h != challenge {
+		t.Errorf("challenge toward the phone %q, want %q", h, challenge)
+	}
+	r.pbx.recv("ACK")
+	ph.send(r.pub, phoneAck(r, res, 1))
+
+	// 2. wrong credentials: unchanged toward the pbx, its 407 counts
+	auth := `Proxy-Authorization: Digest username="1001", realm="pbx.example.test", nonce="abc123", uri="sip:2000@pbx.example.test", response="00112233445566778899aabbccddeeff"` + "\n"
+	ph.send(r.pub, phoneInvite(r, ph, "pc-1", 2, auth))
+	inv2, raw2 := r.pbx.recv("INVITE")
+	assertPhoneHidden(t, raw2, ph)
+	if h := header(inv2, "Proxy-Authorization"); "Proxy-Authorization: "+h+"\n" != auth {
+		t.Errorf("credentials toward the pbx %q, want them unchanged", h)
+	}
+	r.pbx.send(r.priv, strings.Replace(answer(inv2, 407, "Proxy Authentication Required", "pbx-t2", "", ""), "Content-Length", "Proxy-Authenticate: "+challenge+"\nContent-Length", 1))
+	res2, _ := ph.recv("SIP/2.0 407", "SIP/2.0 100")
+	if h := header(res2, "Proxy-Authenticate"); h != challenge {
+		t.Errorf("challenge toward the phone %q, want %q", h, challenge)
+	}
+	r.pbx.recv("ACK")
+	ph.send(r.pub, phoneAck(r, res2, 2))
+
+	// 3. the pbx answers: media latches on the phone's NAT address
+	ph.send(r.pub, phoneInvite(r, ph, "pc-1", 3, auth))
+	inv3, raw3 := r.pbx.recv("INVITE")
+	assertPhoneHidden(t, raw3, ph)
+	r.pbx.send(r.priv, answer(inv3, 200, "OK", "pbx-t3", fmt.Sprintf("<sip:2000@%s>", r.pbx.addr), pbxSDP))
+	ok, _ := ph.recv("SIP/2.0 200", "SIP/2.0 100")
+	phoneAnchor := sdpAnchor(t, string(ok.Body()))
+	pbxAnchor := sdpAnchor(t, string(inv3.Body()))
+	ph.send(r.pub, fmt.Sprintf("ACK sip:2000@%s SIP/2.0\nVia: SIP/2.0/UDP 192.168.77.10:5062;branch=z9hG4bK-ack3;rport\nMax-Forwards: 70\nFrom: \"Desk 1001\" <sip:1001@%s>;tag=ph-inv-tag\nTo: %s\nCall-ID: pc-1\nCSeq: 3 ACK\nContent-Length: 0\n\n",
+		r.pub, accessDomain, ok.To().Value()))
+	r.pbx.recv("ACK")
+	// the phone's NAT sends from a port of its own: its first packet
+	// latches the phone's side, then audio flows both ways
+	nat, pbxMedia := listenUDP(t, "127.0.0.5:45678"), listenUDP(t, "127.0.0.3:40000")
+	pkt := rtpTestPacket()
+	if _, err := nat.WriteToUDPAddrPort(pkt, phoneAnchor); err != nil {
+		t.Fatal(err)
+	}
+	_ = pbxMedia.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := pbxMedia.Read(make([]byte, 1500)); err != nil {
+		t.Fatalf("RTP from the phone's NAT address did not reach the pbx: %v", err)
+	}
+	if _, err := pbxMedia.WriteToUDPAddrPort(pkt, pbxAnchor); err != nil {
+		t.Fatal(err)
+	}
+	_ = nat.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := nat.Read(make([]byte, 1500)); err != nil {
+		t.Fatalf("RTP from the pbx did not reach the phone's NAT address: %v", err)
+	}
+
+	// the phone hangs up
+	ph.send(r.pub, fmt.Sprintf("BYE sip:2000@%s SIP/2.0\nVia: SIP/2.0/UDP 192.168.77.10:5062;branch=z9hG4bK-bye;rport\nMax-Forwards: 70\nFrom: \"Desk 1001\" <sip:1001@%s>;tag=ph-inv-tag\nTo: %s\nCall-ID: pc-1\nCSeq: 4 BYE\nContent-Length: 0\n\n",
+		r.pub, accessDomain, ok.To().Value()))
+	bye, _ := r.pbx.recv("BYE")
+	r.pbx.send(r.priv, answer(bye, 200, "OK", "", "", ""))
+	ph.recv("SIP/2.0 200")
+	if st := r.srv.Status(); st.LeakGuardFired != 0 || st.UnknownSource != 1 {
+		t.Errorf("status: %+v", st)
+	}
+	// no request of the registered phone was unsolicited
+	if _, ok := g.Get(time.Now(), ph.addr.Addr()); ok || g.Stats().Bans != 0 {
+		t.Errorf("phone banned: %+v", g.Stats())
+	}
+	// four more wrong credentials: with the one before, five failed
+	// authentications ban the phone; first challenges never counted
+	for i := range 4 {
+		id := fmt.Sprintf("pc-w%d", i)
+		ph.send(r.pub, phoneInvite(r, ph, id, 1, auth))
+		inv, _ := r.pbx.recv("INVITE")
+		r.pbx.send(r.priv, answer(inv, 407, "Proxy Authentication Required", "pbx-w", "", ""))
+		res, _ := ph.recv("SIP/2.0 407", "SIP/2.0 100")
+		r.pbx.recv("ACK")
+		ph.send(r.pub, phoneAck(r, res, 1))
+	}
+	if !waitBanned(g, ph.addr.Addr()) {
+		t.Fatal("five failed authentications of INVITEs did not ban the phone")
+	}
+	if b, _ := g.Get(time.Now(), ph.addr.Addr()); b.Policy != "auth-failures" || b.Counters["failed_auth"] != 5 || !strings.Contains(b.First.Request, "INVITE") {
+		t.Errorf("ban: %+v", b)
+	}
+	r.srv.SetGuard(nil)
+	r.waitIdle()
+}
+
+// phoneAck is the phone's ACK for a non-2xx final response to its INVITE
+// (RFC 3261 §17.1.1.3: the INVITE's branch, the response's To).
+func phoneAck(r *rig, res sip.Message, cseq int) string {
+	return fmt.Sprintf("ACK sip:2000@%s SIP/2.0\nVia: %s\nMax-Forwards: 70\nFrom: %s\nTo: %s\nCall-ID: %s\nCSeq: %d ACK\nContent-Length: 0\n\n",
+		accessDomain, res.Via().Value(), res.From().Value(), res.To().Value(), res.CallID().Value(), cseq)
 }

@@ -83,6 +83,9 @@ type peer struct {
 	keep    map[string]bool // lower-case header names
 	dest    string          // ip:port to send to
 	host    string          // Request-URI / To host
+	// access is set for a registered phone of an access mode (access.go):
+	// a peer made for its binding, never listed in a zone's peers.
+	access *access
 }
 
 // dialogKey identifies one leg: our own tag is unique per leg, and the
@@ -485,7 +488,7 @@ func (s *Server) admit(z *zone, src netip.AddrPort, data []byte, datagram bool) 
 	if g := s.sec.Load(); !peer && g != nil && !s.guardInbound(g.Guard, z, src, data, datagram) {
 		return admission{} // banned, rate limited, or banned now
 	}
-	if !z.private && !peer && (z.access == nil || !isRegister(data)) {
+	if !z.private && !peer && (z.access == nil || !z.access.admits(src, data)) {
 		// The public side never answers strangers: a scanner learns
 		// nothing, and the flood costs no parsing. Only a zone with an
 		// access mode takes their REGISTERs (access.go).
@@ -641,6 +644,13 @@ func (s *Server) onInvite(z *zone, req *sip.Request, tx sip.ServerTransaction) {
 	}
 	src := sourceOf(req)
 	from := s.peerFor(z, req)
+	var to *peer
+	if from == nil && z.access != nil {
+		// a registered phone calls through its registrar
+		if p := z.access.phoneAt(src); p != nil {
+			from, to = p, z.access.pbx
+		}
+	}
 	if from == nil {
 		s.counters.unknownSource.Add(1)
 		if z.private {
@@ -656,11 +666,13 @@ func (s *Server) onInvite(z *zone, req *sip.Request, tx sip.ServerTransaction) {
 		s.respond(z, req, tx, 503, nil)
 		return
 	}
-	to, err := s.route(from)
-	if err != nil {
-		s.log.Warn("call refused", "peer", from.cfg.Name, "error", err)
-		s.respond(z, req, tx, 404, nil)
-		return
+	if to == nil {
+		var err error
+		if to, err = s.route(from); err != nil {
+			s.log.Warn("call refused", "peer", from.cfg.Name, "error", err)
+			s.respond(z, req, tx, 404, nil)
+			return
+		}
 	}
 	c := newCall(s, from, to, req, tx)
 	c.run()
