@@ -43,6 +43,24 @@ const (
 	maxAccessUser = 64
 )
 
+// tokenPrefix starts every token, so that a Request-URI user from the PBX
+// is told apart from a number: a token the SBC no longer knows gets 480
+// instead of going out to a trunk as a called number.
+const tokenPrefix = "r"
+
+// isBindingToken reports whether user has the form of a binding's token.
+func isBindingToken(user string) bool {
+	if len(user) != len(tokenPrefix)+24 || !strings.HasPrefix(user, tokenPrefix) {
+		return false
+	}
+	for i := len(tokenPrefix); i < len(user); i++ {
+		if c := user[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 // pendingLife is how long a binding that never registered lives after its
 // last REGISTER: one non-INVITE transaction (64*T1).
 var pendingLife = 64 * sip.T1
@@ -227,7 +245,7 @@ func (a *access) take(k bindingKey, now time.Time) (binding, int) {
 		if len(a.bindings) >= a.cfg.MaxBindings || a.pending[k.src.Addr()] >= maxPendingPerSource {
 			return binding{}, 503
 		}
-		b = &binding{key: k, token: newID(), callID: newID(), fromTag: newTag(), cseq: randCSeq()}
+		b = &binding{key: k, token: tokenPrefix + newID(), callID: newID(), fromTag: newTag(), cseq: randCSeq()}
 		a.bindings[k] = b
 		a.tokens[b.token] = b
 		a.pending[k.src.Addr()]++
@@ -584,8 +602,21 @@ func (c *Call) natSDP(l *Leg, sdp []byte) []byte {
 	return rewriteConnection(sdp, src.Addr())
 }
 
+// callee finds the registered phone a call from the PBX is for: the
+// peer of its binding, the Contact it registered and its AOR user.
+func (a *access) callee(token string) (*peer, sip.Uri, string, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	b := a.tokens[token]
+	if b == nil || !b.registered || b.contact == nil || b.peer == nil {
+		return nil, sip.Uri{}, "", false
+	}
+	target := *b.contact.Address.Clone()
+	return b.peer, target, b.key.user, true
+}
+
 // rewriteConnection replaces the address of every c= line of the family
-// of ip with ip.
+// of ip with ip; an unspecified address (hold, RFC 3264 §8.4) stays.
 func rewriteConnection(sdp []byte, ip netip.Addr) []byte {
 	fam := "IN IP4 "
 	if ip.Is6() {
@@ -595,7 +626,7 @@ func rewriteConnection(sdp []byte, ip netip.Addr) []byte {
 	var out bytes.Buffer
 	for _, line := range lines {
 		body := bytes.TrimRight(line, "\r\n")
-		if bytes.HasPrefix(body, []byte("c="+fam)) {
+		if bytes.HasPrefix(body, []byte("c="+fam)) && !bytes.Equal(body, []byte("c="+fam+"0.0.0.0")) && !bytes.Equal(body, []byte("c="+fam+"::")) {
 			out.WriteString("c=" + fam + ip.String())
 			out.Write(line[len(body):])
 			continue
@@ -603,4 +634,34 @@ func rewriteConnection(sdp []byte, ip netip.Addr) []byte {
 		out.Write(line)
 	}
 	return out.Bytes()
+}
+
+// calleePhone is the registered phone a call from the PBX goes to.
+type calleePhone struct {
+	peer    *peer
+	contact sip.Uri
+	user    string
+}
+
+// phoneCallee finds the phone of token among the access modes whose PBX
+// is from; nil when there is none.
+func (s *Server) phoneCallee(from *peer, token string) *calleePhone {
+	for _, z := range s.zones {
+		if a := z.access; a != nil && a.pbx == from {
+			if p, ct, user, ok := a.callee(token); ok {
+				return &calleePhone{peer: p, contact: ct, user: user}
+			}
+		}
+	}
+	return nil
+}
+
+// registrarOf reports whether p is the PBX of an access mode.
+func (s *Server) registrarOf(p *peer) bool {
+	for _, z := range s.zones {
+		if z.access != nil && z.access.pbx == p {
+			return true
+		}
+	}
+	return false
 }

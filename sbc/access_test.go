@@ -501,3 +501,71 @@ func phoneAck(r *rig, res sip.Message, cseq int) string {
 	return fmt.Sprintf("ACK sip:2000@%s SIP/2.0\nVia: %s\nMax-Forwards: 70\nFrom: %s\nTo: %s\nCall-ID: %s\nCSeq: %d ACK\nContent-Length: 0\n\n",
 		accessDomain, res.Via().Value(), res.From().Value(), res.To().Value(), res.CallID().Value(), cseq)
 }
+
+// TestAccessCallToPhone: the pbx calls a registered phone at the Contact
+// the SBC gave it. The INVITE goes to the source the phone registered from
+// (its NAT), with the phone's own Contact as Request-URI and its AOR in To;
+// the answered call's media latches on the phone's NAT. A token the SBC
+// does not know gets 480 and never reaches a trunk.
+func TestAccessCallToPhone(t *testing.T) {
+	r := accessRig(t, nil)
+	ph := newPhone(t, "127.0.0.5")
+	token := registerPhone(t, r, ph)
+	pbxInvite := func(user, callID string) string {
+		return strings.Replace(strings.Replace(r.pbxInvite(callID, "z9hG4bK-"+callID), "INVITE sip:+15551234@", "INVITE sip:"+user+"@", 1),
+			"To: <sip:+15551234@", "To: <sip:"+user+"@", 1)
+	}
+	r.pbx.send(r.priv, pbxInvite(token, "tp-1"))
+	inv, raw := ph.recv("INVITE")
+	assertHidden(t, raw)
+	if strings.Contains(raw, token) {
+		t.Errorf("the token reached the phone:\n%s", raw)
+	}
+	if got := inv.(*sip.Request).Recipient.String(); got != "sip:1001@192.168.77.10:5062;line=abc" {
+		t.Errorf("Request-URI toward the phone %q, want its Contact", got)
+	}
+	if !strings.Contains(inv.To().Value(), "sip:1001@"+accessDomain) {
+		t.Errorf("To toward the phone: %s", inv.To().Value())
+	}
+	answerSDP := strings.Replace(phoneSDP, "40010", "40020", 1)
+	ph.send(r.pub, answer(inv, 200, "OK", "ph-t", "<sip:1001@192.168.77.10:5062>", answerSDP))
+	ok, rawOK := r.pbx.recv("SIP/2.0 200", "SIP/2.0 100")
+	assertPhoneHidden(t, rawOK, ph)
+	r.pbx.send(r.priv, fmt.Sprintf("ACK %s SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.3:%d;branch=z9hG4bK-tpack;rport\nMax-Forwards: 70\nFrom: %s\nTo: %s\nCall-ID: tp-1\nCSeq: 10 ACK\nContent-Length: 0\n\n",
+		msgContact(ok).Address.String(), r.pbx.addr.Port(), ok.From().Value(), ok.To().Value()))
+	ph.recv("ACK")
+
+	// media through the phone's NAT, which sends from a port of its own
+	nat, pbxMedia := listenUDP(t, "127.0.0.5:45680"), listenUDP(t, "127.0.0.3:40000")
+	pkt := rtpTestPacket()
+	if _, err := nat.WriteToUDPAddrPort(pkt, sdpAnchor(t, string(inv.Body()))); err != nil {
+		t.Fatal(err)
+	}
+	_ = pbxMedia.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := pbxMedia.Read(make([]byte, 1500)); err != nil {
+		t.Fatalf("RTP from the phone's NAT address did not reach the pbx: %v", err)
+	}
+	if _, err := pbxMedia.WriteToUDPAddrPort(pkt, sdpAnchor(t, string(ok.Body()))); err != nil {
+		t.Fatal(err)
+	}
+	_ = nat.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := nat.Read(make([]byte, 1500)); err != nil {
+		t.Fatalf("RTP from the pbx did not reach the phone's NAT address: %v", err)
+	}
+
+	// the pbx hangs up
+	r.pbx.send(r.priv, fmt.Sprintf("BYE %s SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.3:%d;branch=z9hG4bK-tpbye;rport\nMax-Forwards: 70\nFrom: %s\nTo: %s\nCall-ID: tp-1\nCSeq: 11 BYE\nContent-Length: 0\n\n",
+		msgContact(ok).Address.String(), r.pbx.addr.Port(), ok.From().Value(), ok.To().Value()))
+	bye, _ := ph.recv("BYE")
+	ph.send(r.pub, answer(bye, 200, "OK", "", "", ""))
+	r.pbx.recv("SIP/2.0 200")
+
+	// a token the SBC does not know: 480, and nothing reaches the carrier
+	r.pbx.send(r.priv, pbxInvite("r0123456789abcdef01234567", "tp-2"))
+	r.pbx.recv("SIP/2.0 480", "SIP/2.0 100")
+	r.car.expectNothing(200 * time.Millisecond)
+	if st := r.srv.Status(); st.LeakGuardFired != 0 {
+		t.Errorf("leak guard fired: %+v", st)
+	}
+	r.waitIdle()
+}

@@ -666,6 +666,16 @@ func (s *Server) onInvite(z *zone, req *sip.Request, tx sip.ServerTransaction) {
 		s.respond(z, req, tx, 503, nil)
 		return
 	}
+	var callee *calleePhone
+	if to == nil && isBindingToken(req.Recipient.User) && s.registrarOf(from) {
+		// a call for a registered phone, at the Contact the SBC gave its
+		// PBX
+		if callee = s.phoneCallee(from, req.Recipient.User); callee == nil {
+			s.respond(z, req, tx, 480, nil)
+			return
+		}
+		to = callee.peer
+	}
 	if to == nil {
 		var err error
 		if to, err = s.route(from); err != nil {
@@ -675,6 +685,14 @@ func (s *Server) onInvite(z *zone, req *sip.Request, tx sip.ServerTransaction) {
 		}
 	}
 	c := newCall(s, from, to, req, tx)
+	if callee != nil {
+		// the phone gets its own Contact as Request-URI and its AOR in To
+		b := c.legs[media.B]
+		b.target = callee.contact
+		b.remote = sip.Uri{Scheme: "sip", User: callee.user, Host: callee.peer.access.cfg.Domain}
+		b.local.Host = callee.peer.access.cfg.Domain
+		c.rec.To = callee.user
+	}
 	c.run()
 }
 

@@ -112,7 +112,7 @@ func TestIntegrationAccessAuthFailures(t *testing.T) {
 			t.Errorf("%q reached the registrar", bad)
 		}
 	}
-	tokenContact := regexp.MustCompile(`(?m)^Contact: <sip:[0-9a-f]{24}@10\.91\.1\.1:5060>;expires=3600`)
+	tokenContact := regexp.MustCompile(`(?m)^Contact: <sip:r[0-9a-f]{24}@10\.91\.1\.1:5060>;expires=3600`)
 	if !tokenContact.Match(trace) {
 		t.Errorf("the registrar's 200 does not name the SBC's token Contact:\n%s", tail(string(trace), 3000))
 	}
