@@ -57,7 +57,8 @@ type accessStatus struct {
 // only the SBC's Contact; svcrack guessing 1001's password from the public
 // side gets the registrar's challenges and refusals relayed, and its fifth
 // failed guess bans it by the auth-failures policy, after which the kernel
-// drops what it sends.
+// drops what it sends. The phone then calls the PBX, and the PBX calls the
+// phone at the SBC's Contact, audio echoed both times.
 func TestIntegrationAccessAuthFailures(t *testing.T) {
 	testenv.RequireTool(t, "svcrack")
 	var phone *testenv.Netns
@@ -112,10 +113,12 @@ func TestIntegrationAccessAuthFailures(t *testing.T) {
 			t.Errorf("%q reached the registrar", bad)
 		}
 	}
-	tokenContact := regexp.MustCompile(`(?m)^Contact: <sip:r[0-9a-f]{24}@10\.91\.1\.1:5060>;expires=3600`)
-	if !tokenContact.Match(trace) {
-		t.Errorf("the registrar's 200 does not name the SBC's token Contact:\n%s", tail(string(trace), 3000))
+	tokenContact := regexp.MustCompile(`(?m)^Contact: <sip:(r[0-9a-f]{24})@10\.91\.1\.1:5060>;expires=3600`)
+	m := tokenContact.FindSubmatch(trace)
+	if m == nil {
+		t.Fatalf("the registrar's 200 does not name the SBC's token Contact:\n%s", tail(string(trace), 3000))
 	}
+	token := string(m[1])
 	// every REGISTER without credentials got a challenge, and every one
 	// with credentials a 200 (the phone) or a 403 (svcrack's guesses)
 	got := map[string]int{}
@@ -136,6 +139,23 @@ func TestIntegrationAccessAuthFailures(t *testing.T) {
 	if len(got) != 3 || got["no credentials 401"] == 0 || got["credentials 200"] != 1 || got["credentials 403"] < 5 {
 		t.Errorf("registrar's answers: %v, want 401 to REGISTERs without credentials, one 200 and at least five 403s to those with", got)
 	}
+
+	// calls both ways with the registered phone, from and to the source it
+	// registered from, audio echoed back
+	pbxIP := l.topo.PBXAddr.Addr().String()
+	callee := testenv.StartSIPp(t, l.topo.PBX, scenarioDir(t), "-sf", "uas.xml", "-rtp_echo", "-i", pbxIP, "-p", "5060", "-timeout", "15s")
+	res, err = testenv.RunSIPp(t, phone, scenarioDir(t), "-sf", "uac.xml", "-i", phoneAddr.String(), "-p", "5062", "-s", "2000",
+		"-timeout", "12s", "203.0.113.1:5060")
+	expectOneCall(t, "the phone calling", res, err)
+	res, err = callee.Wait()
+	expectOneCall(t, "the pbx answering the phone", res, err)
+	callee = testenv.StartSIPp(t, phone, scenarioDir(t), "-sf", "uas.xml", "-rtp_echo", "-i", phoneAddr.String(), "-p", "5062", "-timeout", "15s")
+	res, err = testenv.RunSIPp(t, l.topo.PBX, scenarioDir(t), "-sf", "uac.xml", "-i", pbxIP, "-p", "5060", "-s", token,
+		"-timeout", "12s", "10.91.1.1:5060")
+	expectOneCall(t, "the pbx calling the phone", res, err)
+	res, err = callee.Wait()
+	expectOneCall(t, "the phone answering", res, err)
+
 	var st accessStatus
 	readStatus(t, l.daemon.Bin, l.daemon.Admin, &st)
 	if st.Registrations != 1 || st.LeakGuardFired != 0 {
