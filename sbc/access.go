@@ -73,7 +73,7 @@ type access struct {
 
 	lastFullLog atomic.Int64 // unix seconds of the last "table full" log line
 
-	mu       sync.Mutex
+	mu       sync.RWMutex // read by the entry filter for every stranger's datagram
 	bindings map[bindingKey]*binding
 	tokens   map[string]*binding
 	pending  map[netip.Addr]int          // bindings not registered yet, per source address
@@ -561,8 +561,8 @@ func (a *access) admits(src netip.AddrPort, data []byte) bool {
 
 // phoneAt is the peer of the phone registered from src, nil when none is.
 func (a *access) phoneAt(src netip.AddrPort) *peer {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	a.mu.RLock()
+	defer a.mu.RUnlock()
 	if b := a.sources[src]; b != nil {
 		return b.peer
 	}
