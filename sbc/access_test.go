@@ -569,3 +569,24 @@ func TestAccessCallToPhone(t *testing.T) {
 	}
 	r.waitIdle()
 }
+
+// FuzzRewriteConnection: the NAT rewrite of a phone's SDP never panics,
+// keeps every line, and leaves no c= line of the family naming another
+// address than the phone's source or the hold address.
+func FuzzRewriteConnection(f *testing.F) {
+	f.Add([]byte(strings.ReplaceAll(phoneSDP, "\n", "\r\n")))
+	f.Add([]byte("c=IN IP4 0.0.0.0\nc=IN IP6 ::1\nc=IN IP4\n"))
+	src := netip.MustParseAddr("198.51.100.7")
+	f.Fuzz(func(t *testing.T, sdp []byte) {
+		out := rewriteConnection(sdp, src)
+		if got, want := strings.Count(string(out), "\n"), strings.Count(string(sdp), "\n"); got != want {
+			t.Fatalf("%d lines became %d", want, got)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			line = strings.TrimRight(line, "\r")
+			if strings.HasPrefix(line, "c=IN IP4 ") && line != "c=IN IP4 198.51.100.7" && line != "c=IN IP4 0.0.0.0" {
+				t.Fatalf("c= line left: %q", line)
+			}
+		}
+	})
+}
