@@ -357,6 +357,17 @@ func SBCConfig(cfg *config.Config) sbc.Config {
 			Transport:      p.Transport,
 		})
 	}
+	for _, a := range cfg.Access {
+		out.Access = append(out.Access, sbc.AccessConfig{
+			Name:        a.Name,
+			Zone:        a.Zone,
+			PBX:         a.PBX,
+			Domain:      a.Domain,
+			Expires:     a.Expires,
+			PBXExpires:  a.PBXExpires,
+			MaxBindings: a.MaxBindings,
+		})
+	}
 	return out
 }
 

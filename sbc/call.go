@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -238,6 +239,12 @@ func newCall(s *Server, from, to *peer, req *sip.Request, tx sip.ServerTransacti
 	if to.cfg.Address.Port() != 5060 && to.cfg.Host == "" {
 		b.target.Port = int(to.cfg.Address.Port())
 	}
+	if ac := from.access; ac != nil && strings.EqualFold(req.Recipient.Host, ac.cfg.Domain) {
+		// a phone's call keeps its Request-URI, which its digest
+		// credentials cover, and the registrar's domain in From and To
+		b.target = *req.Recipient.Clone()
+		b.remote.Host, b.local.Host = ac.cfg.Domain, ac.cfg.Domain
+	}
 	c.legs = [2]*Leg{a, b}
 	c.rec = CallRecord{ID: c.id, From: fromH.Address.User, To: user, InPeer: from.cfg.Name, OutPeer: to.cfg.Name, Start: time.Now()}
 	return c
@@ -278,7 +285,15 @@ func (c *Call) foreignFor(l *Leg) *foreignSet {
 		// peer revealed about itself is no secret to it
 		return &foreignSet{networks: l.zone.foreign}
 	}
-	return &foreignSet{networks: l.zone.foreign, addrs: other.learned.addrs, hosts: other.learned.hosts}
+	f := &foreignSet{networks: l.zone.foreign, addrs: other.learned.addrs, hosts: other.learned.hosts}
+	for _, x := range c.legs {
+		if ac := x.peer.access; ac != nil {
+			// a registered phone's call: both sides name the registrar's
+			// domain in From and To, which is no secret of either
+			f.hosts = slices.DeleteFunc(slices.Clone(f.hosts), func(h string) bool { return h == ac.domain })
+		}
+	}
+	return f
 }
 
 // run carries the call from leg A's INVITE to its final response. It runs in
@@ -484,7 +499,7 @@ func (c *Call) anchorOffer() ([]byte, error) {
 		}
 		return nil, nil
 	}
-	out, err := m.Offer(media.SessionID(c.id), media.A, body)
+	out, err := m.Offer(media.SessionID(c.id), media.A, c.natSDP(a, body))
 	if err != nil {
 		return nil, fmt.Errorf("anchor offer: %w", err)
 	}
@@ -551,6 +566,12 @@ func (c *Call) buildInvite(body []byte) *sip.Request {
 	}
 	req.AppendHeader(sip.NewHeader("User-Agent", c.srv.cfg.UserAgent))
 	copyAllowed(c.inReq, req, b.peer)
+	if c.legs[media.A].peer.access != nil {
+		// the registrar authenticates the phone's call itself
+		for _, h := range copyHeaders(c.inReq, "Authorization", "Proxy-Authorization") {
+			req.AppendHeader(h)
+		}
+	}
 	if body != nil {
 		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
 	}
@@ -692,6 +713,13 @@ func (c *Call) respondA(code int, body []byte, extra []sip.Header) {
 	}
 	if code >= 200 && code < 300 {
 		c.a2xx = res
+	}
+	if a.peer.access != nil && (code == 403 || ((code == 401 || code == 407) && hasCredentials(c.inReq))) {
+		// a phone's failed authentication at its registrar counts as
+		// a REGISTER's does (accessRespond)
+		if g := c.srv.sec.Load(); g != nil {
+			c.srv.guardOutcome(g.Guard, a.zone, c.inReq, code)
+		}
 	}
 	if code >= 200 {
 		c.stopReliableA()
@@ -1005,6 +1033,7 @@ func (c *Call) negotiate(offer bool, from media.Side, sdp []byte) ([]byte, error
 	}
 	var out []byte
 	var err error
+	sdp = c.natSDP(c.legs[from], sdp)
 	if offer {
 		out, err = c.srv.media.Offer(media.SessionID(c.id), from, sdp)
 	} else {

@@ -30,6 +30,30 @@ type Config struct {
 	// TCP bounds the SIP-over-TCP connections of every zone that serves
 	// TCP. Zero fields take their defaults.
 	TCP TCPLimits
+	// Access lets remote phones in a zone register with a PBX through the
+	// SBC (access.go). At most one per zone; none means REGISTER gets 501
+	// as before.
+	Access []AccessConfig
+}
+
+// AccessConfig is the access mode of one zone: phones there register with
+// a pbx peer through the SBC.
+type AccessConfig struct {
+	Name string
+	// Zone is where the phones are; PBX names the pbx peer they register
+	// with.
+	Zone string
+	PBX  string
+	// Domain is the registrar domain: a REGISTER is relayed only when its
+	// Request-URI host is Domain (compared without case), and reaches the
+	// PBX with that Request-URI, since the phone's digest covers it.
+	Domain string
+	// Expires is the most the SBC grants a phone (default 60 seconds);
+	// PBXExpires is what it asks of the PBX (default one hour).
+	Expires    time.Duration
+	PBXExpires time.Duration
+	// MaxBindings bounds the phone bindings held at once (default 10000).
+	MaxBindings int
 }
 
 // TCPLimits bound what a TCP peer or stranger can hold of the SBC.

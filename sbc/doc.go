@@ -21,6 +21,12 @@
 // a PRACK), the SBC makes the offer or the answer itself from its anchored
 // media and completes the other side's exchange apart (earlyoffer.go).
 //
+// An access mode (access.go) lets remote phones in one zone register
+// with a pbx through the SBC: each phone binding is a registration of the
+// SBC's own toward the PBX, under a token Contact that maps back to the
+// source the phone registered from; the phone's credentials cross
+// unchanged, and registered phones call and are called like peers.
+//
 // Each leg has its own transport, UDP or TCP (tcp.go): a call may arrive on
 // one and leave on the other. Every TCP connection, accepted or opened,
 // is framed and filtered by the SBC before sipgo reads a message of it.

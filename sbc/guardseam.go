@@ -48,7 +48,11 @@ func (s *Server) SetGuard(g Guard) {
 func (s *Server) guardInbound(g Guard, z *zone, src netip.AddrPort, data []byte) bool {
 	r, inDialog := summarize(data)
 	r.Zone, r.Metered, r.InDialog = z.cfg.Name, true, inDialog
-	r.Unsolicited = r.Method != "" && r.Method != "ACK" && !inDialog && !z.private
+	// a REGISTER in a zone with an access mode is solicited: the access
+	// mode exists for it, and its registrar decides whether the user is
+	// known; what it answers counts (accessRespond)
+	r.Relayed = z.access != nil && r.Method != "" && (r.Method == "REGISTER" || z.access.phoneAt(src) != nil)
+	r.Unsolicited = r.Method != "" && r.Method != "ACK" && !inDialog && !z.private && !r.Relayed
 	return g.Inbound(src.Addr(), r)
 }
 

@@ -206,3 +206,63 @@ func TestGuardSeamUserspaceLimits(t *testing.T) {
 	r.srv.SetGuard(nil)
 	r.waitIdle()
 }
+
+// TestGuardSeamAccess: in access mode a phone's REGISTERs are neither
+// unsolicited nor probes, a first challenge to a REGISTER without
+// credentials counts for nothing, and a challenge to one with credentials,
+// or any 403, is a failed authentication.
+func TestGuardSeamAccess(t *testing.T) {
+	r := accessRig(t, nil)
+	g := guard.New(guard.Config{Policies: []guard.Policy{
+		{Name: "unsolicited", UnknownSourceRequests: 2, Within: time.Minute, BanFor: time.Hour},
+		{Name: "enumeration", DistinctUnknownUsers: 2, Within: time.Minute, BanFor: time.Hour},
+		{Name: "auth-failures", FailedAuth: 3, Within: time.Minute, BanFor: time.Hour},
+	}})
+	r.srv.SetGuard(&policyGuard{g: g})
+	ph := newPhone(t, "127.0.0.5")
+	challenge := func(id string, cseq int, extra string, code int) {
+		t.Helper()
+		req := phoneRegister(r, ph, id, cseq, "60", extra)
+		if extra == "" {
+			req = strings.Replace(req, "sip:1001@", fmt.Sprintf("sip:%d@", 1000+cseq), 2)
+		}
+		ph.send(r.pub, req)
+		up, _ := r.pbx.recv("REGISTER")
+		hdr := "WWW-Authenticate: " + testChallenge + "\n"
+		if code == 403 {
+			hdr = ""
+		}
+		r.pbx.send(r.priv, pbxAnswer(up, code, reasonPhrase(code), hdr))
+		ph.recv(fmt.Sprintf("SIP/2.0 %d", code))
+	}
+	// five first challenges for five users: nothing counts
+	for i := range 5 {
+		challenge(fmt.Sprintf("g-%d", i), i+1, "", 401)
+	}
+	if st := g.Stats(); st.Bans != 0 {
+		t.Fatalf("first challenges banned the phone: %+v", st)
+	}
+	if _, ok := g.Get(time.Now(), ph.addr.Addr()); ok {
+		t.Fatal("phone banned")
+	}
+	// wrong credentials twice, then a 403: banned by auth-failures
+	auth := "Authorization: Digest username=\"1001\", realm=\"pbx.example.test\", nonce=\"n\", uri=\"sip:pbx.example.test\", response=\"00\"\n"
+	challenge("g-a", 10, auth, 401)
+	challenge("g-a", 11, auth, 401)
+	if _, ok := g.Get(time.Now(), ph.addr.Addr()); ok {
+		t.Fatal("banned after two failures")
+	}
+	challenge("g-a", 12, auth, 403)
+	if !waitBanned(g, ph.addr.Addr()) {
+		t.Fatal("three failed authentications did not ban the phone")
+	}
+	b, _ := g.Get(time.Now(), ph.addr.Addr())
+	if b.Policy != "auth-failures" || b.Counters["failed_auth"] != 3 || !strings.Contains(b.First.Request, "REGISTER") {
+		t.Errorf("ban: %+v", b)
+	}
+	// banned: its next REGISTER reaches nobody
+	ph.send(r.pub, phoneRegister(r, ph, "g-b", 1, "60", auth))
+	ph.expectNothing(300 * time.Millisecond)
+	r.pbx.expectNothing(100 * time.Millisecond)
+	r.srv.SetGuard(nil)
+}

@@ -73,6 +73,7 @@ type zone struct {
 	foreign []netip.Prefix // networks of every other zone
 	private bool           // answers unknown sources with 403 instead of silence
 	tcp     *tcpZone       // nil when the zone serves UDP only
+	access  *access        // remote phones registering through us; nil when none
 }
 
 type peer struct {
@@ -82,6 +83,9 @@ type peer struct {
 	keep    map[string]bool // lower-case header names
 	dest    string          // ip:port to send to
 	host    string          // Request-URI / To host
+	// access is set for a registered phone of an access mode (access.go):
+	// a peer made for its binding, never listed in a zone's peers.
+	access *access
 }
 
 // dialogKey identifies one leg: our own tag is unique per leg, and the
@@ -110,6 +114,10 @@ type Status struct {
 	NoDialog       uint64 `json:"no_dialog"`
 	LeakGuardFired uint64 `json:"leak_guard_fired"`
 	Overload       uint64 `json:"overload_rejected"`
+	// Registrations and RegistrationsPending are the phone bindings of
+	// the access modes: registered, and attempts not registered yet.
+	Registrations        int `json:"registrations"`
+	RegistrationsPending int `json:"registrations_pending"`
 }
 
 // NewServer validates cfg and builds the zones. It opens no socket: Start does.
@@ -233,6 +241,9 @@ func NewServer(cfg Config, m Media, hooks Hooks, log hclog.Logger, sl *slog.Logg
 			z.private = true
 		}
 	}
+	if err := s.setupAccess(byName); err != nil {
+		return nil, err
+	}
 	for _, z := range s.zones {
 		for _, o := range s.zones {
 			if o == z {
@@ -299,6 +310,7 @@ func (s *Server) buildUA(z *zone) error {
 		s.respond(z, r, tx, 481, nil)
 	})
 	srv.OnOptions(func(r *sip.Request, tx sip.ServerTransaction) { s.onOptions(z, r, tx) })
+	srv.OnRegister(func(r *sip.Request, tx sip.ServerTransaction) { s.onRegister(z, r, tx) })
 	for _, m := range []sip.RequestMethod{sip.UPDATE, sip.INFO, sip.MESSAGE, sip.NOTIFY, sip.REFER, sip.PRACK} {
 		srv.OnRequest(m, func(r *sip.Request, tx sip.ServerTransaction) { s.onOther(z, r, tx) })
 	}
@@ -347,6 +359,12 @@ func (s *Server) Start(ctx context.Context) error {
 		s.log.Info("listening", "zone", z.cfg.Name, "addr", ua.String(), "transport", "udp", "advertise", z.host)
 	}
 	s.started.Store(true)
+	for _, z := range s.zones {
+		if z.access != nil {
+			go s.runReaper(ctx, 5*time.Second)
+			break
+		}
+	}
 	go func() {
 		<-ctx.Done()
 		s.closeListeners()
@@ -421,6 +439,13 @@ func (s *Server) Status() Status {
 	st.NoDialog = s.counters.noDialog.Load()
 	st.LeakGuardFired = s.guard.fired.Load()
 	st.Overload = s.counters.overload.Load()
+	for _, z := range s.zones {
+		if z.access != nil {
+			r, p := z.access.count()
+			st.Registrations += r
+			st.RegistrationsPending += p
+		}
+	}
 	return st
 }
 
@@ -465,9 +490,10 @@ func (s *Server) admit(z *zone, src netip.AddrPort, data []byte, datagram bool) 
 		// source is closed rather than read on
 		return admission{garbage: !datagram}
 	}
-	if !z.private && !peer {
+	if !z.private && !peer && (z.access == nil || !z.access.admits(src, data)) {
 		// The public side never answers strangers: a scanner learns
-		// nothing, and the flood costs no parsing.
+		// nothing, and the flood costs no parsing. Only a zone with an
+		// access mode takes their REGISTERs (access.go).
 		s.counters.unknownSource.Add(1)
 		s.logUnknownSource(z, src)
 		return admission{}
@@ -620,6 +646,13 @@ func (s *Server) onInvite(z *zone, req *sip.Request, tx sip.ServerTransaction) {
 	}
 	src := sourceOf(req)
 	from := s.peerFor(z, req)
+	var to *peer
+	if from == nil && z.access != nil {
+		// a registered phone calls through its registrar
+		if p := z.access.phoneAt(src); p != nil {
+			from, to = p, z.access.pbx
+		}
+	}
 	if from == nil {
 		s.counters.unknownSource.Add(1)
 		if z.private {
@@ -635,13 +668,33 @@ func (s *Server) onInvite(z *zone, req *sip.Request, tx sip.ServerTransaction) {
 		s.respond(z, req, tx, 503, nil)
 		return
 	}
-	to, err := s.route(from)
-	if err != nil {
-		s.log.Warn("call refused", "peer", from.cfg.Name, "error", err)
-		s.respond(z, req, tx, 404, nil)
-		return
+	var callee *calleePhone
+	if to == nil && isBindingToken(req.Recipient.User) && s.registrarOf(from) {
+		// a call for a registered phone, at the Contact the SBC gave its
+		// PBX
+		if callee = s.phoneCallee(from, req.Recipient.User); callee == nil {
+			s.respond(z, req, tx, 480, nil)
+			return
+		}
+		to = callee.peer
+	}
+	if to == nil {
+		var err error
+		if to, err = s.route(from); err != nil {
+			s.log.Warn("call refused", "peer", from.cfg.Name, "error", err)
+			s.respond(z, req, tx, 404, nil)
+			return
+		}
 	}
 	c := newCall(s, from, to, req, tx)
+	if callee != nil {
+		// the phone gets its own Contact as Request-URI and its AOR in To
+		b := c.legs[media.B]
+		b.target = callee.contact
+		b.remote = sip.Uri{Scheme: "sip", User: callee.user, Host: callee.peer.access.cfg.Domain}
+		b.local.Host = callee.peer.access.cfg.Domain
+		c.rec.To = callee.user
+	}
 	c.run()
 }
 

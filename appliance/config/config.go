@@ -73,6 +73,9 @@ type Config struct {
 	// Security is the allow list, rate limits, ban policies and where bans
 	// are kept.
 	Security Security
+	// Access are the access blocks: remote phones that register with a
+	// pbx through the SBC. Default none.
+	Access []Access
 }
 
 // Zone is a network side of the SBC (a zone block): the local address the SBC

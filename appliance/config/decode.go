@@ -18,12 +18,13 @@ import (
 // can point at the exact expression.
 
 type rawFile struct {
-	Zones  []*rawZone `hcl:"zone,block"`
-	PBXs   []*rawPeer `hcl:"pbx,block"`
-	Trunks []*rawPeer `hcl:"trunk,block"`
-	Media  *rawMedia  `hcl:"media,block"`
-	SIP    *rawSIP    `hcl:"sip,block"`
-	Log    *rawLog    `hcl:"log,block"`
+	Zones  []*rawZone   `hcl:"zone,block"`
+	PBXs   []*rawPeer   `hcl:"pbx,block"`
+	Trunks []*rawPeer   `hcl:"trunk,block"`
+	Media  *rawMedia    `hcl:"media,block"`
+	SIP    *rawSIP      `hcl:"sip,block"`
+	Log    *rawLog      `hcl:"log,block"`
+	Access []*rawAccess `hcl:"access,block"`
 
 	Allow       []*rawAllow     `hcl:"allow,block"`
 	RateLimits  []*rawRateLimit `hcl:"rate_limit,block"`

@@ -21,6 +21,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("zone \"a\" {\n  address = \"::1\"\n  transports = [\"tcp\", \"udp\"]\n}\npbx \"p\" {\n  zone = \"a\"\n  address = \"[::2]:5070\"\n  transport = \"tcp\"\n}\ntrunk \"t\" {\n  zone = \"a\"\n  address = \"::3\"\n  sources = [\"2001:db8::/32\"]\n  keep_headers = [\"X-A\"]\n}\nmedia {\n  port_range = \"1024-1027\"\n  quarantine = \"0s\"\n}\n"))
 	f.Add([]byte("zone \"a\" {\n  address = \"${1}\"\n  sip_port = 1e100\n}\nmedia { port_range = \"-\" }\n"))
 	f.Add([]byte("zone \"\xff\" { address = [for x in [1]: x] }\nsip { user_agent = \"\\u0000\" }\n"))
+	f.Add([]byte(base + "access \"phones\" {\n  zone = \"public\"\n  pbx = \"main\"\n  domain = \"pbx.example.com\"\n  expires = \"30s\"\n}\n"))
 	f.Add([]byte("log {\n  level = <<EOT\ninfo\nEOT\n}\n"))
 	f.Add([]byte("\xef\xbb\xbfzone"))
 	f.Add([]byte("zone \"a\" {\n  address = \"10.0.0.1\"\n  device = \"lan0\"\n  mac = \"52:54:00:00:00:01\"\n  prefix_length = 30\n  gateway = \"10.0.0.2\"\n}\nzone \"b\" {\n  address = \"2001:db8::1\"\n  device = \"lan0\"\n  gateway = \"2001:db8::fe\"\n}\npbx \"p\" {\n  zone = \"a\"\n  address = \"10.0.0.3\"\n}\ntrunk \"t\" {\n  zone = \"b\"\n  address = \"[2001:db8::2]:5060\"\n}\n"))
@@ -152,6 +153,22 @@ func checkInvariants(t *testing.T, cfg *Config) {
 	}
 	if !slices.Contains(logLevels, cfg.Log.Level) {
 		t.Fatalf("log level %q", cfg.Log.Level)
+	}
+	// an access block the SBC can build: its zone exists, its pbx is a
+	// pbx elsewhere, its domain is a name (sbc.NewServer relies on it)
+	accessZones := map[string]bool{}
+	for _, a := range cfg.Access {
+		p, ok := cfg.Peer(a.PBX)
+		if _, zok := zones[a.Zone]; !zok || !ok || p.Kind != PeerPBX || p.Zone == a.Zone || accessZones[a.Zone] {
+			t.Fatalf("access %q: zone %q pbx %q (%+v)", a.Name, a.Zone, a.PBX, p)
+		}
+		accessZones[a.Zone] = true
+		if _, err := netip.ParseAddr(a.Domain); err == nil || !validHost(a.Domain) {
+			t.Fatalf("access %q domain %q", a.Name, a.Domain)
+		}
+		if a.Expires < minAccessExpires || a.PBXExpires < minAccessExpires || a.MaxBindings < 1 {
+			t.Fatalf("access %q: %+v", a.Name, a)
+		}
 	}
 }
 

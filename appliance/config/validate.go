@@ -140,6 +140,7 @@ func (b *builder) build(raw *rawFile) *Config {
 		StateDir:    b.stateDir(raw.StateDir),
 		IPv6Prefix:  b.ipv6Prefix(raw.IPv6Prefix),
 	}}
+	cfg.Access = b.access(raw.Access, zones, peers)
 	for _, p := range peers {
 		cfg.Peers = append(cfg.Peers, p.finish())
 	}

@@ -643,16 +643,23 @@ func (l *secLab) guardStatus(t *testing.T) guardStatus {
 // readGuardStatus runs edgesbc status against the daemon at admin.
 func readGuardStatus(t *testing.T, bin, admin string) (st guardStatus) {
 	t.Helper()
+	readStatus(t, bin, admin, &st)
+	return st
+}
+
+// readStatus runs edgesbc status against the daemon at admin and decodes
+// its JSON into v.
+func readStatus(t *testing.T, bin, admin string, v any) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, bin, "status", "-admin", admin).Output()
 	if err != nil {
 		t.Fatalf("status: %v", err)
 	}
-	if err := json.Unmarshal(out, &st); err != nil {
+	if err := json.Unmarshal(out, v); err != nil {
 		t.Fatal(err)
 	}
-	return st
 }
 
 // TestIntegrationSecurityUserspaceOnly runs the daemon without

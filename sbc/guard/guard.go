@@ -110,6 +110,11 @@ type Request struct {
 	// Unsolicited is set for a request outside any dialog from a source
 	// that is no peer, arriving on the public side.
 	Unsolicited bool
+	// Relayed is set for a request the SBC hands to a peer that decides
+	// about it (a phone's REGISTER in access mode, for its registrar):
+	// its user is not unknown merely because a stranger asks, so it does
+	// not count as an unknown user; the peer's 404 does (Outcome).
+	Relayed bool
 }
 
 // String renders a request as a one-line summary for ban records and logs.
@@ -444,7 +449,7 @@ func (g *Guard) Check(now time.Time, src netip.Addr, r Request) Verdict {
 		ua  = strings.ToLower(r.UserAgent)
 		// a request that names a user, outside a dialog: the user does
 		// not exist for a source that is no peer
-		probe = r.User != "" && !r.InDialog && r.Method != "ACK"
+		probe = r.User != "" && !r.InDialog && r.Method != "ACK" && !r.Relayed
 	)
 	for i := range g.policies {
 		p := &g.policies[i]

@@ -408,3 +408,22 @@ func BenchmarkCheckUnsolicited(b *testing.B) {
 		g.Check(now, a, r)
 	}
 }
+
+// A relayed request (a phone's REGISTER in access mode) is no probe for an
+// unknown user: its registrar decides, and only the registrar's 404 counts.
+func TestRelayedRequestsAreNoProbes(t *testing.T) {
+	g := New(Config{Policies: []Policy{enumeration()}})
+	for i := range 30 {
+		r := Request{Method: "REGISTER", User: fmt.Sprint(100 + i), Zone: "public", Metered: true, Relayed: true}
+		if v := g.Check(t0, attacker, r); v.Action != Allow {
+			t.Fatalf("relayed REGISTER %d: %v", i, v.Action)
+		}
+	}
+	var v Verdict
+	for i := range 10 {
+		v = g.Outcome(t0.Add(time.Second), attacker, Request{Method: "REGISTER", User: fmt.Sprint(100 + i), Relayed: true}, 404)
+	}
+	if v.Action != BanSource || v.Ban.Policy != "enumeration" || v.Ban.Counters["distinct_unknown_users"] != 10 {
+		t.Fatalf("ten 404s from the registrar: %+v", v)
+	}
+}
