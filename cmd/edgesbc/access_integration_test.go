@@ -143,6 +143,8 @@ func TestIntegrationAccessAuthFailures(t *testing.T) {
 	// calls both ways with the registered phone, from and to the source it
 	// registered from, audio echoed back
 	pbxIP := l.topo.PBXAddr.Addr().String()
+	phoneCap := testenv.StartCapture(t, phone, "eth-sbc", "udp")
+	pbxCap := testenv.StartCapture(t, l.topo.PBX, l.topo.PBXIf, "udp")
 	callee := testenv.StartSIPp(t, l.topo.PBX, scenarioDir(t), "-sf", "uas.xml", "-rtp_echo", "-i", pbxIP, "-p", "5060", "-timeout", "15s")
 	res, err = testenv.RunSIPp(t, phone, scenarioDir(t), "-sf", "uac.xml", "-i", phoneAddr.String(), "-p", "5062", "-s", "2000",
 		"-timeout", "12s", "203.0.113.1:5060")
@@ -155,6 +157,12 @@ func TestIntegrationAccessAuthFailures(t *testing.T) {
 	expectOneCall(t, "the pbx calling the phone", res, err)
 	res, err = callee.Wait()
 	expectOneCall(t, "the phone answering", res, err)
+
+	// Audio of both calls, counted on both outer links: each caller plays
+	// rtpPackets from its media port, each callee echoes them, and the SBC
+	// relays every one (both calls together: twice rtpPackets each way).
+	checkAccessRTP(t, "phone link", phoneCap, phoneAddr)
+	checkAccessRTP(t, "pbx link", pbxCap, l.topo.PBXAddr.Addr())
 
 	var st accessStatus
 	readStatus(t, l.daemon.Bin, l.daemon.Admin, &st)
@@ -182,4 +190,28 @@ func tail(s string, n int) string {
 		return s
 	}
 	return s[len(s)-n:]
+}
+
+// checkAccessRTP counts the RTP of the access test's two calls on one outer
+// link: packets from the endpoint's media port to the SBC, and from the SBC
+// to it. Each call plays rtpPackets one way and the far end echoes them,
+// so over both calls the endpoint sends and receives 2*rtpPackets.
+func checkAccessRTP(t *testing.T, what string, c *testenv.Capture, ep netip.Addr) {
+	t.Helper()
+	pkts, err := testenv.ReadUDP(c.Stop())
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	out, in := 0, 0
+	for _, p := range pkts {
+		switch {
+		case p.Src == netip.AddrPortFrom(ep, sippMediaPort) && p.Dst.Port() != 5060:
+			out++
+		case p.Dst == netip.AddrPortFrom(ep, sippMediaPort) && p.Src.Port() != 5060:
+			in++
+		}
+	}
+	if out != 2*rtpPackets || in != 2*rtpPackets {
+		t.Errorf("%s: RTP %d packets out of %v, %d back to it; want %d each (two calls, echoed)", what, out, ep, in, 2*rtpPackets)
+	}
 }
