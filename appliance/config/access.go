@@ -158,27 +158,24 @@ func (b *builder) access(raws []*rawAccess, zones []*zoneDef, peers []*peerDef) 
 				ok = false
 			}
 		}
-		if r.Expires != nil {
-			if d, diags := decodeDuration(r.Expires, false); b.add(diags) {
-				if d < minAccessExpires || d > maxAccessExpires || d%time.Second != 0 {
-					b.errorf(r.Expires.Expr.Range(), "Duration out of range", "expires must be whole seconds from %v to %v, got %v.", minAccessExpires, maxAccessExpires, d)
-					ok = false
-				}
-				a.Expires = d
-			} else {
+		for _, d := range []struct {
+			attr *hcl.Attribute
+			key  string
+			into *time.Duration
+		}{{r.Expires, "expires", &a.Expires}, {r.PBXExpires, "pbx_expires", &a.PBXExpires}} {
+			if d.attr == nil {
+				continue
+			}
+			v, diags := decodeDuration(d.attr, false)
+			if !b.add(diags) {
+				ok = false
+				continue
+			}
+			if v < minAccessExpires || v > maxAccessExpires || v%time.Second != 0 {
+				b.errorf(d.attr.Expr.Range(), "Duration out of range", "%s must be whole seconds from %v to %v, got %v.", d.key, minAccessExpires, maxAccessExpires, v)
 				ok = false
 			}
-		}
-		if r.PBXExpires != nil {
-			if d, diags := decodeDuration(r.PBXExpires, false); b.add(diags) {
-				if d < minAccessExpires || d > maxAccessExpires || d%time.Second != 0 {
-					b.errorf(r.PBXExpires.Expr.Range(), "Duration out of range", "pbx_expires must be whole seconds from %v to %v, got %v.", minAccessExpires, maxAccessExpires, d)
-					ok = false
-				}
-				a.PBXExpires = d
-			} else {
-				ok = false
-			}
+			*d.into = v
 		}
 		if r.MaxBindings != nil {
 			if n, diags := decodeInt(r.MaxBindings, 1, maxAccessBindings, "Value out of range"); b.add(diags) {
