@@ -2,7 +2,6 @@ package config
 
 import (
 	"net/netip"
-	"slices"
 	"strings"
 	"time"
 
@@ -63,51 +62,15 @@ type rawAccess struct {
 // no pbx of its own (phones and their PBX are on different sides), a pbx
 // block, a domain name, and the intervals.
 func (b *builder) access(raws []*rawAccess, zones []*zoneDef, peers []*peerDef) []Access {
-	var zoneNames []string
-	for _, z := range zones {
-		zoneNames = append(zoneNames, z.zone.Name)
-	}
-	first := map[string]hcl.Range{}
-	firstZone := map[string]hcl.Range{}
+	blocks := newPerZoneBlocks("access", "an access block", "Duplicate access for zone", "zone the phones are in", zones)
 	var out []Access
 	for _, r := range raws {
 		if r == nil {
 			continue
 		}
 		a := Access{Name: r.Name, Expires: DefaultAccessExpires, PBXExpires: DefaultAccessPBXExpires, MaxBindings: DefaultAccessMaxBindings}
-		ok := true
-		if !validName(r.Name) {
-			b.errorf(r.NameRange, "Invalid access name",
-				"Name %q must start with a letter or digit and contain only letters, digits, '.', '_' or '-' (at most 64).", r.Name)
-			ok = false
-		}
-		if f, dup := first[r.Name]; dup {
-			b.errorf(r.NameRange, "Duplicate access name", "An access block named %q is already defined at %s.", r.Name, at(f))
-			ok = false
-		} else {
-			first[r.Name] = r.NameRange
-		}
-		if r.Zone == nil {
-			b.errorf(r.DefRange, "Missing required argument",
-				"access %q needs zone = \"<zone the phones are in>\"; defined zones: %s.", r.Name, zoneList(zoneNames))
-			ok = false
-		} else if z, diags := decodeString(r.Zone); b.add(diags) {
-			a.Zone = z
-			switch {
-			case b.whole && !slices.Contains(zoneNames, z):
-				b.errorf(r.Zone.Expr.Range(), "Unknown zone", "No zone block is named %q; defined zones: %s.", z, zoneList(zoneNames))
-				ok = false
-			default:
-				if f, dup := firstZone[z]; dup {
-					b.errorf(r.Zone.Expr.Range(), "Duplicate access for zone", "Zone %q already has an access block at %s; one per zone.", z, at(f))
-					ok = false
-				} else {
-					firstZone[z] = r.Zone.Expr.Range()
-				}
-			}
-		} else {
-			ok = false
-		}
+		var ok bool
+		a.Zone, ok = blocks.check(b, r.Name, r.NameRange, r.DefRange, r.Zone)
 		var pbx *peerDef
 		if r.PBX == nil {
 			b.errorf(r.DefRange, "Missing required argument", "access %q needs pbx = \"<name of a pbx block>\".", r.Name)

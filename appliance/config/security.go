@@ -227,54 +227,15 @@ func (b *builder) allow(raws []*rawAllow) []netip.Prefix {
 }
 
 func (b *builder) rateLimits(raws []*rawRateLimit, zones []*zoneDef) []RateLimit {
-	var zoneNames []string
-	for _, z := range zones {
-		zoneNames = append(zoneNames, z.zone.Name)
-	}
 	var out []RateLimit
-	first := map[string]hcl.Range{}
-	firstZone := map[string]hcl.Range{}
+	blocks := newPerZoneBlocks("rate_limit", "a rate_limit", "Duplicate rate limit for zone", "name of a zone block", zones)
 	for _, r := range raws {
 		if r == nil {
 			continue
 		}
 		rl := RateLimit{Name: r.Name}
-		ok := true
-		if !validName(r.Name) {
-			b.errorf(r.NameRange, "Invalid rate_limit name",
-				"Name %q must start with a letter or digit and contain only letters, digits, '.', '_' or '-' (at most 64).", r.Name)
-			ok = false
-		}
-		if f, dup := first[r.Name]; dup {
-			b.errorf(r.NameRange, "Duplicate rate_limit name",
-				"A rate_limit named %q is already defined at %s.", r.Name, at(f))
-			ok = false
-		} else {
-			first[r.Name] = r.NameRange
-		}
-		if r.Zone == nil {
-			b.errorf(r.DefRange, "Missing required argument",
-				"rate_limit %q needs zone = \"<name of a zone block>\"; defined zones: %s.", r.Name, zoneList(zoneNames))
-			ok = false
-		} else if z, diags := decodeString(r.Zone); b.add(diags) {
-			rl.Zone = z
-			switch {
-			case b.whole && !slices.Contains(zoneNames, z):
-				b.errorf(r.Zone.Expr.Range(), "Unknown zone",
-					"No zone block is named %q; defined zones: %s.", z, zoneList(zoneNames))
-				ok = false
-			default:
-				if f, dup := firstZone[z]; dup {
-					b.errorf(r.Zone.Expr.Range(), "Duplicate rate limit for zone",
-						"Zone %q already has a rate_limit at %s; one per zone.", z, at(f))
-					ok = false
-				} else {
-					firstZone[z] = r.Zone.Expr.Range()
-				}
-			}
-		} else {
-			ok = false
-		}
+		var ok bool
+		rl.Zone, ok = blocks.check(b, r.Name, r.NameRange, r.DefRange, r.Zone)
 		if r.PerSource == nil {
 			b.errorf(r.DefRange, "Missing required argument",
 				"rate_limit %q needs per_source = \"<packets>/second\".", r.Name)
