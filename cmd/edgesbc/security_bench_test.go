@@ -15,7 +15,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -44,10 +43,10 @@ const (
 // The shape of the calls and of the flood.
 const (
 	floodSources   = 50
-	floodPerSource = 400 // INVITEs/s from each source: 20,000 packets/s in all
-	floodProcs     = 5   // sipp processes sharing the sources
+	floodPerSource = 400 // INVITEs/s from each source: 20,000 packets/s in all (bench/floodgen)
 	floodPort      = "5070"
-	benchBuff      = "4194304" // sipp socket buffers, as bench/run.sh
+	floodInterval  = 20 * time.Millisecond // the generator's pacing: one batch per source this often
+	benchBuff      = "4194304"             // sipp socket buffers, as bench/run.sh
 	benchHoldMS    = 1000
 	benchService   = "4930123456"
 	benchMinCalls  = 100
@@ -151,7 +150,7 @@ type benchCounters struct {
 	daemonCPU  time.Duration
 	idleTicks  int64         // idle + iowait of all CPUs, /proc/stat
 	floodTx    int64         // packets the attackers put on their link
-	floodCPU   time.Duration // user+system time of the attackers' sipp processes
+	floodCPU   time.Duration // user+system time of the processes in the attacker namespace (the generator)
 	banDrops   int           // kernel: packets from banned sources dropped
 	meterDrops int           // kernel: packets over the per-source rate dropped
 	sockDrops  int64         // SBC namespace: datagrams dropped on full receive buffers
@@ -168,7 +167,7 @@ type benchStep struct {
 	daemonCPU           float64 // percent of one core
 	hostBusy            float64 // percent of all CPUs
 	floodPPS            float64 // offered by the attackers
-	floodCPU            float64 // the attackers' sipp, percent of one core
+	floodCPU            float64 // the flood generator, percent of one core
 	banPPS, meterPPS    float64 // dropped in the kernel
 	sockDrops           int64
 	note                string
@@ -176,13 +175,14 @@ type benchStep struct {
 
 // securityBench runs the searches on one lab and collects their steps.
 type securityBench struct {
-	t       *testing.T
-	l       *secLab
-	k       benchKnobs
-	sippDir string
-	addrs   []string
-	steps   []benchStep
-	start   time.Time
+	t        *testing.T
+	l        *secLab
+	k        benchKnobs
+	sippDir  string
+	floodgen string // bench/floodgen, built for the run
+	addrs    []string
+	steps    []benchStep
+	start    time.Time
 	// floodRamp is the offered rate measured before the first step of
 	// each flood mode; banned and wouldBan what the daemon made of it.
 	floodRamp map[string]float64
@@ -235,7 +235,7 @@ func TestIntegrationSecurityFloodBench(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &securityBench{t: t, l: l, k: k, sippDir: sippDir, start: time.Now(), floodRamp: map[string]float64{},
+	b := &securityBench{t: t, l: l, k: k, sippDir: sippDir, floodgen: buildFloodgen(t), start: time.Now(), floodRamp: map[string]float64{},
 		before: map[string]float64{}, quietLeft: benchQuietWait}
 	for i := range floodSources {
 		a := fmt.Sprintf("198.51.100.%d", 100+i)
@@ -632,44 +632,48 @@ func sippRejects(dir string) string {
 	return out.String()
 }
 
-// startFlood starts one sipp per attacker address, each sending
-// floodPerSource INVITEs a second with 4 MiB socket buffers, until the
-// returned function stops them. The sipp processes trace nothing: a trace
-// would cost more than the packets. It waits for the flood to be at full
-// rate (and, with the policy enforcing, for every source to be banned),
-// and measures the rate offered on the attackers' link.
+// buildFloodgen builds bench/floodgen, the flood generator, into a
+// temporary directory and returns its path.
+func buildFloodgen(t *testing.T) string {
+	t.Helper()
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("build the flood generator: %v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "floodgen")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, goTool, "build", "-o", bin, "../../bench/floodgen").CombinedOutput(); err != nil {
+		t.Fatalf("build the flood generator: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// startFlood starts bench/floodgen in the attacker namespace: one socket
+// per attacker address, floodPerSource INVITEs a second from each, to the
+// SBC's public SIP address only, until the returned function stops it. It
+// waits for the flood to be at full rate (and, with the policy enforcing,
+// for every source to be banned), and measures the rate offered on the
+// attackers' link.
 func (b *securityBench) startFlood(mode string) (stop func()) {
 	t, l := b.t, b.l
 	t.Helper()
 	bound := b.k.budget + 2*time.Minute
 	ctx, cancel := context.WithTimeout(context.Background(), bound+15*time.Second)
-	var wg sync.WaitGroup
-	exited := make(chan error, floodProcs)
-	stderr := &lockedBuffer{}
-	perProc := floodSources / floodProcs
-	for i := range floodProcs {
-		// -t ui: one socket per source address, the addresses taken in
-		// turn from the injection file, so one sipp floods from several
-		inf := filepath.Join(t.TempDir(), "sources.csv")
-		srcs := b.addrs[i*perProc : (i+1)*perProc]
-		if err := os.WriteFile(inf, []byte("SEQUENTIAL\n"+strings.Join(srcs, "\n")+"\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		rate := floodPerSource * perProc
-		cmd := l.attacker.Command(ctx, "sipp", "-sf", "invite_flood.xml", "-t", "ui", "-inf", inf, "-ip_field", "0",
-			"-i", srcs[0], "-p", floodPort, "-s", "100",
-			"-r", fmt.Sprint(rate), "-rp", "1000", "-m", fmt.Sprint(rate*int(bound/time.Second)),
-			"-max_socket", fmt.Sprint(4*perProc), "-buff_size", benchBuff, "-nostdin",
-			"-timeout", fmt.Sprintf("%ds", int(bound/time.Second)), "203.0.113.1:5060")
-		cmd.Dir = attackDir(t)
-		cmd.Stderr = stderr
-		cmd.WaitDelay = 2 * time.Second
-		if err := cmd.Start(); err != nil {
-			cancel()
-			t.Fatalf("start flood from %v: %v", srcs, err)
-		}
-		wg.Go(func() { exited <- cmd.Wait() })
+	stdout, stderr := &lockedBuffer{}, &lockedBuffer{}
+	cmd := l.attacker.Command(ctx, b.floodgen, "-to", "203.0.113.1:5060", "-from", strings.Join(b.addrs, ","),
+		"-port", floodPort, "-rate", fmt.Sprint(floodSources*floodPerSource), "-service", "100",
+		"-interval", floodInterval.String(), "-duration", bound.String())
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	// stopped with SIGTERM, it prints what it sent
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatalf("start the flood generator: %v", err)
 	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
 	stopped := false
 	stop = func() {
 		if stopped {
@@ -677,11 +681,12 @@ func (b *securityBench) startFlood(mode string) (stop func()) {
 		}
 		stopped = true
 		cancel()
-		wg.Wait()
+		err := <-exited
+		t.Logf("%s flood generator ended (%v): %s%s", mode, err, strings.TrimSpace(stdout.String()), stderr.String())
 		b.floodBusy = 0
 	}
 	t.Cleanup(stop)
-	time.Sleep(3 * time.Second) // every sipp at its rate (and, enforcing, every source banned)
+	time.Sleep(3 * time.Second) // the generator at its rate (and, enforcing, every source banned)
 	if mode == floodBanned {
 		for range 100 {
 			if list, _, _ := l.bans(t, "list"); len(list) == floodSources {
@@ -696,10 +701,13 @@ func (b *securityBench) startFlood(mode string) (stop func()) {
 	secs := c1.at.Sub(c0.at).Seconds()
 	b.floodRamp[mode] = float64(c1.floodTx-c0.floodTx) / secs
 	b.floodBusy = max(0, 100*(1-float64(c1.idleTicks-c0.idleTicks)/(secs*userHZ*float64(runtime.NumCPU()))))
-	t.Logf("%s flood: %.0f packets/s offered from %d sources (aim %d)", mode, b.floodRamp[mode], floodSources, floodSources*floodPerSource)
+	t.Logf("%s flood: %.0f packets/s offered from %d sources (aim %d), generator CPU %.1f%% of one core",
+		mode, b.floodRamp[mode], floodSources, floodSources*floodPerSource, 100*(c1.floodCPU-c0.floodCPU).Seconds()/secs)
 	select {
 	case err := <-exited:
-		t.Fatalf("a flooding sipp ended early (%v): %s", err, stderr.String())
+		stopped = true
+		cancel()
+		t.Fatalf("the flood generator ended early (%v): %s%s", err, stdout.String(), stderr.String())
 	default:
 	}
 	return stop
@@ -768,13 +776,13 @@ func (b *securityBench) report(best map[string]int, notes map[string]string) str
 	p("Host: %d CPUs (%s), kernel %s. The machine may be shared with other work: \"other load before\" is how busy it was just before each search (the bench waits up to %.0f s over the run for it to fall below %d%%); compare figures from the same run only.", runtime.NumCPU(), model, strings.TrimSpace(string(kernel)), benchQuietWait.Seconds(), benchQuiet)
 	p("Calls: PBX → edgesbc → carrier over UDP, bench/sipp/uac.xml and uas.xml (INVITE with SDP / 100 / 200 / ACK / %d ms / BYE / 200), SIPp socket buffers 4 MiB, the callers and the daemon at nice %d.", benchHoldMS, benchNice)
 	p("Each step offers rate × %d s calls (at least %d); it passes when every call completes, none fails and SIPp kept the rate. A step that failed narrowly (at most 1%% of the calls, or late by less than its length) is repeated %d time(s); the ladder (%v CPS) is followed by %d bisection steps; the three searches share a budget of %.0f s.", b.k.stepSeconds, benchMinCalls, benchRetry, b.k.rates, benchBisect, b.k.budget.Seconds())
-	p("Flood: %d SIPp processes in the attacker namespace, each sending from %d source addresses in turn (-t ui), %d INVITEs/s per source (invite_flood.xml, an ordinary User-Agent) to the public SIP port with 4 MiB socket buffers at nice 0, running through every step of its search: %d packets/s from %d addresses. Kernel meter: rate_limit \"sip-public\", 50/s per source, burst 100.", floodProcs, floodSources/floodProcs, floodPerSource, floodSources*floodPerSource, floodSources)
+	p("Flood: bench/floodgen in the attacker namespace, one connected UDP socket per source address, %d INVITEs/s per source (the INVITE of invite_flood.xml, an ordinary User-Agent, a fresh Call-ID, branch and tag per packet) to the public SIP port, sent in batches (sendmmsg) every %s at nice 0, running through every step of its search: %d packets/s from %d addresses. Kernel meter: rate_limit \"sip-public\", 50/s per source, burst 100.", floodPerSource, floodInterval, floodSources*floodPerSource, floodSources)
 	p("- unbanned: the unsolicited policy in mode \"log\" (it reported %d would-be bans and made none): the per-source meter alone thins the flood, %d × 50 packets/s reach the daemon, which ignores requests from strangers on the public side.", b.wouldBan, floodSources)
 	p("- banned: the unsolicited policy enforcing (%d of %d sources banned): the kernel drops every packet from a banned source before conntrack.", b.banned, floodSources)
 	p("")
 	p("## Highest call rate with zero failed calls")
 	p("")
-	p("| flood | max CPS | ratio to no flood (aim ≥ 0.9) | common CPS | daemon CPU @common, no flood → flood | CPU points @common (aim ≤ +10) | CPU points, range over all rates both passed | daemon CPU @max | host CPU busy @max | attackers' SIPp CPU @max | other load before | flood offered, packets/s (ramp; min–max over steps) | kernel drops @max, packets/s (banned / metered) | note |")
+	p("| flood | max CPS | ratio to no flood (aim ≥ 0.9) | common CPS | daemon CPU @common, no flood → flood | CPU points @common (aim ≤ +10) | CPU points, range over all rates both passed | daemon CPU @max | host CPU busy @max | attackers' CPU @max | other load before | flood offered, packets/s (ramp; min–max over steps) | kernel drops @max, packets/s (banned / metered) | note |")
 	p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 	base := best[floodNone]
 	for _, f := range []string{floodNone, floodUnbanned, floodBanned} {
@@ -822,7 +830,7 @@ func (b *securityBench) report(best map[string]int, notes map[string]string) str
 		p("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %.0f%% | %s | %s | %s |", f, best[f], ratio, common, cpuCommon, points, pointsRange, cpuMax, busyMax, attackCPU, b.before[f], offered, drops, notes[f])
 	}
 	p("")
-	p("Daemon CPU: user + system time of the edgesbc process over the step (/proc/PID/stat), percent of one core. Common CPS: the highest rate passed both without and with that flood. Host CPU busy: one minus the idle time of all CPUs (/proc/stat) over the step's wall time, SIPp and other work on the machine included. Attackers' SIPp CPU: the flood generator's own share of the same two cores (percent of one core), which a real attacker would not take from the SBC. Flood offered: packets the attackers put on their link (veth tx counter). Kernel drops: the counters of the guard's ban and rate-limit rules.")
+	p("Daemon CPU: user + system time of the edgesbc process over the step (/proc/PID/stat), percent of one core. Common CPS: the highest rate passed both without and with that flood. Host CPU busy: one minus the idle time of all CPUs (/proc/stat) over the step's wall time, SIPp and other work on the machine included. Attackers' CPU: the flood generator's own share of the same two cores (percent of one core; the kernel's work of sending the packets over the veth link is counted here), which a real attacker would not take from the SBC. Flood offered: packets the attackers put on their link (veth tx counter). Kernel drops: the counters of the guard's ban and rate-limit rules.")
 	p("")
 	p("## Every step")
 	p("")
