@@ -44,14 +44,15 @@ func (s *Server) SetGuard(g Guard) {
 }
 
 // guardInbound runs the guard on a message from a non-peer source and
-// reports whether it may go on.
-func (s *Server) guardInbound(g Guard, z *zone, src netip.AddrPort, data []byte) bool {
+// reports whether it may go on. accessed is whether the zone's access mode
+// takes the message (a REGISTER, or anything from a registered phone).
+func (s *Server) guardInbound(g Guard, z *zone, src netip.AddrPort, data []byte, accessed bool) bool {
 	r, inDialog := summarize(data)
 	r.Zone, r.Metered, r.InDialog = z.cfg.Name, true, inDialog
-	// a REGISTER in a zone with an access mode is solicited: the access
-	// mode exists for it, and its registrar decides whether the user is
-	// known; what it answers counts (accessRespond)
-	r.Relayed = z.access != nil && r.Method != "" && (r.Method == "REGISTER" || z.access.phoneAt(src) != nil)
+	// a request the access mode takes is solicited: the access mode exists
+	// for it, and its registrar decides whether the user is known; what it
+	// answers counts (accessRespond)
+	r.Relayed = accessed && r.Method != ""
 	r.Unsolicited = r.Method != "" && r.Method != "ACK" && !inDialog && !z.private && !r.Relayed
 	return g.Inbound(src.Addr(), r)
 }

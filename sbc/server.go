@@ -485,12 +485,15 @@ type admission struct {
 // strangers, admission control, then inspect.
 func (s *Server) admit(z *zone, src netip.AddrPort, data []byte, datagram bool) admission {
 	peer := s.peerBySource(z, src.Addr()) != nil
-	if g := s.sec.Load(); !peer && g != nil && !s.guardInbound(g.Guard, z, src, data) {
+	// a stranger's REGISTER, or anything from a registered phone, in a
+	// zone with an access mode (access.go); looked up once per message
+	accessed := !peer && z.access != nil && z.access.admits(src, data)
+	if g := s.sec.Load(); !peer && g != nil && !s.guardInbound(g.Guard, z, src, data, accessed) {
 		// banned, rate limited, or banned now; a stream from such a
 		// source is closed rather than read on
 		return admission{garbage: !datagram}
 	}
-	if !z.private && !peer && (z.access == nil || !z.access.admits(src, data)) {
+	if !z.private && !peer && !accessed {
 		// The public side never answers strangers: a scanner learns
 		// nothing, and the flood costs no parsing. Only a zone with an
 		// access mode takes their REGISTERs (access.go).
