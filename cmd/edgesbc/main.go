@@ -19,6 +19,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"syscall"
 	"time"
@@ -258,8 +259,30 @@ func heapProfileOnSignal(path string, log hclog.Logger) func() {
 				}
 				f.Close()
 				log.Info("heap profile written", "path", path)
+				// the runtime's own accounting beside it: stacks and
+				// retained spans are not in the heap profile
+				var ms runtime.MemStats
+				runtime.ReadMemStats(&ms)
+				line := fmt.Sprintf("%s goroutines=%d heap_alloc=%d heap_inuse=%d heap_sys=%d heap_released=%d stack_inuse=%d sys=%d gc=%d\n",
+					time.Now().Format(time.RFC3339Nano), runtime.NumGoroutine(), ms.HeapAlloc, ms.HeapInuse,
+					ms.HeapSys, ms.HeapReleased, ms.StackInuse, ms.Sys, ms.NumGC)
+				if err := appendFile(path+".memstats", line); err != nil {
+					log.Warn("memory statistics not written", "path", path+".memstats", "error", err)
+				}
 			}
 		}
 	}()
 	return func() { signal.Stop(ch); close(done) }
+}
+
+func appendFile(path, s string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(s)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
