@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
-	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -387,18 +386,6 @@ func raiseFileLimit(log hclog.Logger) {
 		}
 		log.Debug("raised open file limit", "from", old, "to", lim.Max)
 	}
-}
-
-// tuneGC trades a little memory for CPU: signaling allocates many
-// short-lived objects per call while the live heap stays small, so the
-// default GOGC=100 collects far more often than it needs to. An explicit
-// GOGC in the environment wins.
-func tuneGC(log hclog.Logger) {
-	if os.Getenv("GOGC") != "" {
-		return
-	}
-	debug.SetGCPercent(300)
-	log.Debug("gc tuned", "gogc", 300)
 }
 
 // cdrLogger writes one record per finished call: who called whom through
