@@ -49,30 +49,39 @@ const (
 // A successful recv returns holding one of the relay's forwarding lanes
 // (a token of the channel given to newBatchIO); release gives it back.
 type batchIO interface {
+	batchView
 	// recv blocks until at least one datagram is read and returns how many
 	// were, holding a lane. It returns an error wrapping net.ErrClosed once
 	// the socket is closed, and holds no lane after an error.
 	recv() (int, error)
-	// datagram returns datagram i of the last recv: its payload (valid until
-	// release), its source and whether it was longer than maxDatagram.
+	// release ends the use of the last recv's payloads and gives back the
+	// lane.
+	release()
+}
+
+// batchView is one batch of datagrams read from a relay socket, as
+// relaySocket.forward sees it: a batchIO's last recv, or a poller worker's
+// last recvmmsg.
+type batchView interface {
+	// datagram returns datagram i of the batch: its payload (valid until
+	// the batch is released), its source and whether it was longer than
+	// maxDatagram.
 	datagram(i int) (payload []byte, src netip.AddrPort, truncated bool)
-	// send writes pkts, slices of the last recv's payloads, out of the peer
+	// send writes pkts, slices of the batch's payloads, out of the peer
 	// socket to dst. It returns how many datagrams and bytes the kernel
 	// accepted; a datagram the kernel refuses is skipped, the rest are still
 	// sent, and the first error is returned for logging.
 	send(pkts [][]byte, dst netip.AddrPort) (packets, bytes int, err error)
-	// release ends the use of the last recv's payloads and gives back the
-	// lane.
-	release()
 }
 
 // ioImpl names a batchIO implementation.
 type ioImpl int
 
 const (
-	ioDefault ioImpl = iota // platform default: ioMmsg on Linux, ioXNet elsewhere
+	ioDefault ioImpl = iota // platform default: ioEpoll on Linux, ioXNet elsewhere
 	ioMmsg                  // raw recvmmsg/sendmmsg, pooled buffers (Linux)
 	ioXNet                  // golang.org/x/net ipv4/ipv6 ReadBatch/WriteBatch
+	ioEpoll                 // raw sockets read by the relay's epoll poller (Linux)
 )
 
 func (i ioImpl) String() string {
@@ -81,6 +90,8 @@ func (i ioImpl) String() string {
 		return "mmsg"
 	case ioXNet:
 		return "xnet"
+	case ioEpoll:
+		return "epoll"
 	}
 	return "default"
 }
