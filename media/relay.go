@@ -93,7 +93,11 @@ func NewRelay(cfg Config, log hclog.Logger) (*Relay, error) {
 	}
 	r.pins, _ = cfg.Offloader.(Pinholer)
 	if cfg.batchIO == ioEpoll {
-		if r.poll, err = newPoller(r.log, pollWorkers()); err != nil {
+		workers := cfg.workers
+		if workers <= 0 {
+			workers = pollWorkers()
+		}
+		if r.poll, err = newPoller(r.log, workers); err != nil {
 			return nil, err
 		}
 		pool.raw = true
