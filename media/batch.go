@@ -9,12 +9,16 @@ import (
 // Buffer and batch sizing.
 //
 // The budget is 2,000 concurrent calls with one audio stream: 8,000 sockets,
-// each with its own reader goroutine, far below 200 MB. Buffers that a
-// socket keeps while it waits for traffic would dominate that budget
-// (8 × 1500 B per socket is 96 MB for buffers alone), so the two I/O
-// implementations size them differently:
+// far below 200 MB. Buffers that a socket keeps while it waits for traffic
+// would dominate that budget (8 × 1500 B per socket is 96 MB for buffers
+// alone), so the I/O implementations size them differently:
 //
-//   - mmsg (Linux, the default there) reads with a non-blocking recvmmsg
+//   - epoll (Linux, the default there) has no reader per socket: the
+//     relay's poller workers (see poller) each own one batch of
+//     mmsgBatchLen × maxDatagram and drain whichever socket is ready into
+//     it, so the buffers follow the number of workers (GOMAXPROCS-1), not
+//     the number of sockets.
+//   - mmsg (Linux) gives each socket a reader goroutine that reads with a non-blocking recvmmsg
 //     inside syscall.RawConn.Read and borrows its batch of buffers from a
 //     shared pool only for the time between a read that found datagrams and
 //     the end of forwarding them. A parked socket holds no buffer at all, so
@@ -41,10 +45,11 @@ const (
 	xnetBatchRTCP = 1
 )
 
-// batchIO is the datagram I/O of one relay socket: it reads datagrams from
-// the socket and writes the admitted ones out of the peer socket (the socket
-// of the same component facing the other side). Exactly one goroutine, the
-// socket's reader, calls its methods; it needs no locking.
+// batchIO is the datagram I/O of one relay socket on the goroutine-per-
+// socket paths (mmsg, xnet): it reads datagrams from the socket and writes
+// the admitted ones out of the peer socket (the socket of the same
+// component facing the other side). Exactly one goroutine, the socket's
+// reader, calls its methods; it needs no locking.
 //
 // A successful recv returns holding one of the relay's forwarding lanes
 // (a token of the channel given to newBatchIO); release gives it back.

@@ -21,7 +21,7 @@ import (
 )
 
 // TestMemoryBudget opens 2,000 calls with one audio stream each (8,000
-// sockets and reader goroutines), latches and forwards a packet in both
+// sockets), latches and forwards a packet in both
 // directions of every call, and checks that the process stays far below
 // 200 MB of resident memory.
 func TestMemoryBudget(t *testing.T) {

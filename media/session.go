@@ -50,7 +50,7 @@ func (s Side) String() string {
 // Locking: mu guards closed, streams (and everything inside each stream
 // except the reader-owned parts of relay sockets) and origins. It is held
 // for the whole of an Offer, Answer, Close or Stats, including socket binds
-// and waiting for reader goroutines to exit; reader goroutines never take
+// and waiting for the readers of its sockets to leave; readers never take
 // it, so that cannot deadlock. Lock order: session.mu, then PortPool.mu.
 // lastActivity and timedOut are atomics shared with the readers and the
 // janitor.
