@@ -162,9 +162,13 @@ func (sl *pollSlot) closing() bool { return sl.state.Load()&slotClosing != 0 }
 // of the one it drains; the session stops and waits for all four sockets
 // of a stream before it closes any, so that descriptor is open too.
 //
-// Locking: mu guards the growth of table, vacant, used, stopped and the epoll_ctl calls
-// (so that a registration never reaches an epoll descriptor that shutdown
-// closed). Workers read chunks through table without locking.
+// A socket closed while its worker waits out a read backoff counts as
+// stopped when that wait ends, at most 100 ms later.
+//
+// Locking: mu guards the growth of table, vacant, used, stopped and the
+// epoll_ctl calls (so that a registration never reaches an epoll
+// descriptor that shutdown closed). Workers read the table without
+// locking: it only grows, by swapping in a longer copy of its chunk list.
 type poller struct {
 	log     hclog.Logger
 	epfd    int
