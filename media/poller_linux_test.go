@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // newPollRelay is a relay on the epoll path with workers poller goroutines,
@@ -403,5 +405,46 @@ func TestPollerShutdownWithSocketsRegistered(t *testing.T) {
 	if err := r.Open("late", Address{Bind: relayA}, Address{Bind: relayB}); !errors.Is(err, ErrRelayClosed) {
 		t.Errorf("Open after Shutdown: %v, want ErrRelayClosed", err)
 	}
+	waitGoroutines(t, base)
+}
+
+// TestPollerFailingSocket registers a descriptor that is readable but that
+// recvmmsg refuses (an eventfd: ENOTSOCK), as a socket failing with
+// ENOMEM would be: the only worker must keep serving other sockets while
+// it retries that one with a backoff, and closing it must end.
+func TestPollerFailingSocket(t *testing.T) {
+	base := runtime.NumGoroutine()
+	r := newPollRelay(t, 1, nil)
+	efd, err := unix.Eventfd(1, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newSession(r, "failing", Address{Bind: relayA}, Address{Bind: relayB})
+	var done sync.WaitGroup
+	bad := &relaySocket{sess: s, sock: Socket{fd: efd}, done: &done}
+	bad.peer = bad
+	if err := r.poll.register(bad); err != nil {
+		t.Fatal(err)
+	}
+
+	c := setupCall(t, r, "call-beside")
+	for seq := range uint16(5) {
+		sendTo(t, c.a.rtp, c.toA, rtpPacket(t, 0, seq, 1))
+		if got := collect(c.b.rtp, 1, 5*time.Second, 0); len(got) != 1 {
+			t.Fatalf("packet %d beside a failing socket: B got %d, want 1", seq, len(got))
+		}
+	}
+
+	r.poll.stop(bad)
+	done.Wait()
+	r.poll.free(bad)
+	if bad.sock.fd != -1 {
+		t.Errorf("failing socket not closed: fd %d", bad.sock.fd)
+	}
+	r.Close(c.id, "bye")
+	if r.poll.registered() != 0 || r.reading.Load() != 0 {
+		t.Errorf("registered %d, reading %d; want 0, 0", r.poll.registered(), r.reading.Load())
+	}
+	r.Shutdown()
 	waitGoroutines(t, base)
 }
