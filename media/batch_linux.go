@@ -15,7 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-const defaultIO = ioMmsg
+const defaultIO = ioEpoll
 
 // mmsghdr is struct mmsghdr of recvmmsg(2)/sendmmsg(2). Go pads the struct to
 // the alignment of unix.Msghdr, which gives the C layout on 32- and 64-bit
@@ -123,6 +123,26 @@ func (m *mmsgIO) recv() (int, error) {
 func (m *mmsgIO) doRecv(fd uintptr) bool {
 	m.lanes <- struct{}{}
 	b := mmsgBatches.Get().(*mmsgBatch)
+	n, errno := recvmmsg(fd, b)
+	switch errno {
+	case 0:
+		m.b, m.n = b, n
+		return true
+	case unix.EAGAIN:
+		mmsgBatches.Put(b)
+		<-m.lanes
+		return false
+	default:
+		mmsgBatches.Put(b)
+		<-m.lanes
+		m.err = os.NewSyscallError("recvmmsg", errno)
+		return true
+	}
+}
+
+// recvmmsg reads up to a batch of datagrams from the non-blocking socket fd
+// into b, retrying a read interrupted by a signal a few times.
+func recvmmsg(fd uintptr, b *mmsgBatch) (int, unix.Errno) {
 	for i := range b.rx {
 		b.rx[i].hdr.Namelen = sockaddrLen
 		b.rx[i].hdr.Flags = 0
@@ -130,41 +150,43 @@ func (m *mmsgIO) doRecv(fd uintptr) bool {
 	}
 	for tries := 0; ; tries++ {
 		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.rx[0])), uintptr(len(b.rx)), 0, 0, 0)
-		switch {
-		case errno == 0:
-			m.b, m.n = b, int(n)
-			return true
-		case errno == unix.EINTR && tries < 3:
+		if errno == unix.EINTR && tries < 3 {
 			continue
-		case errno == unix.EAGAIN:
-			mmsgBatches.Put(b)
-			<-m.lanes
-			return false
-		default:
-			mmsgBatches.Put(b)
-			<-m.lanes
-			m.err = os.NewSyscallError("recvmmsg", errno)
-			return true
 		}
+		return int(n), errno
 	}
 }
 
-func (m *mmsgIO) datagram(i int) ([]byte, netip.AddrPort, bool) {
-	h := &m.b.rx[i]
+// sendmmsg writes the n tx headers of b from off out of fd, retrying a
+// write interrupted by a signal a few times.
+func sendmmsg(fd uintptr, b *mmsgBatch, off, n int) (int, unix.Errno) {
+	for tries := 0; ; tries++ {
+		k, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.tx[off])), uintptr(n), 0, 0, 0)
+		if errno == unix.EINTR && tries < 3 {
+			continue
+		}
+		return int(k), errno
+	}
+}
+
+func (m *mmsgIO) datagram(i int) ([]byte, netip.AddrPort, bool) { return m.b.datagram(i) }
+
+// datagram returns datagram i of the last recvmmsg into b.
+func (b *mmsgBatch) datagram(i int) ([]byte, netip.AddrPort, bool) {
+	h := &b.rx[i]
 	n := min(int(h.len), maxDatagram)
 	nl := min(int(h.hdr.Namelen), sockaddrLen)
-	return m.b.bufs[i][:n], decodeSockaddr(m.b.names[i][:nl]), h.hdr.Flags&unix.MSG_TRUNC != 0
+	return b.bufs[i][:n], decodeSockaddr(b.names[i][:nl]), h.hdr.Flags&unix.MSG_TRUNC != 0
 }
 
-func (m *mmsgIO) send(pkts [][]byte, dst netip.AddrPort) (int, int, error) {
-	b := m.b
-	if b == nil || len(pkts) == 0 {
-		return 0, 0, nil
-	}
+// prepareTx points the tx headers of b at pkts, all to dst as a sockaddr
+// of family. It returns how many headers it set, at most a batch, and
+// false when dst cannot be reached from a socket of family.
+func (b *mmsgBatch) prepareTx(pkts [][]byte, family uint16, dst netip.AddrPort) (int, bool) {
 	pkts = pkts[:min(len(pkts), len(b.tx))]
-	nl, ok := encodeSockaddr(&b.dst, m.peerFamily, dst)
+	nl, ok := encodeSockaddr(&b.dst, family, dst)
 	if !ok {
-		return 0, 0, errFamily
+		return 0, false
 	}
 	for i, p := range pkts {
 		// SliceData, not &p[0]: an empty datagram is legal UDP.
@@ -173,6 +195,19 @@ func (m *mmsgIO) send(pkts [][]byte, dst netip.AddrPort) (int, int, error) {
 		b.tx[i].hdr.Namelen = nl
 		b.tx[i].len = 0
 	}
+	return len(pkts), true
+}
+
+func (m *mmsgIO) send(pkts [][]byte, dst netip.AddrPort) (int, int, error) {
+	b := m.b
+	if b == nil || len(pkts) == 0 {
+		return 0, 0, nil
+	}
+	n, ok := b.prepareTx(pkts, m.peerFamily, dst)
+	if !ok {
+		return 0, 0, errFamily
+	}
+	pkts = pkts[:n]
 	var sent, bytes int
 	var first error
 	// Every round moves off forward by at least one datagram.
@@ -203,20 +238,16 @@ func (m *mmsgIO) send(pkts [][]byte, dst netip.AddrPort) (int, int, error) {
 }
 
 func (m *mmsgIO) doSend(fd uintptr) bool {
-	for tries := 0; ; tries++ {
-		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&m.b.tx[m.txi])), uintptr(m.txn), 0, 0, 0)
-		switch {
-		case errno == 0:
-			m.n = int(n)
-			return true
-		case errno == unix.EINTR && tries < 3:
-			continue
-		case errno == unix.EAGAIN:
-			return false // send buffer full: wait until writable
-		default:
-			m.err = os.NewSyscallError("sendmmsg", errno)
-			return true
-		}
+	n, errno := sendmmsg(fd, m.b, m.txi, m.txn)
+	switch errno {
+	case 0:
+		m.n = n
+		return true
+	case unix.EAGAIN:
+		return false // send buffer full: wait until writable
+	default:
+		m.err = os.NewSyscallError("sendmmsg", errno)
+		return true
 	}
 }
 

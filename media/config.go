@@ -44,6 +44,9 @@ type Config struct {
 	// batchIO selects the datagram I/O implementation; the zero value is the
 	// platform default. Tests use it to run the portable path on Linux too.
 	batchIO ioImpl
+	// workers is the number of poller goroutines of the ioEpoll path; zero
+	// is pollWorkers(). Tests raise it to have workers race each other.
+	workers int
 }
 
 // withDefaults returns c with zero fields replaced by their defaults, or an

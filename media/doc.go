@@ -43,7 +43,7 @@
 // those pinholes as SDP comes and streams end (see Pinholer).
 //
 // Concurrency: Relay.mu guards the session map, each session's mu guards
-// its streams, and the hot path (one reader goroutine per socket) takes
-// neither: it uses atomics for the remote address and counters. Every
+// its streams, and the hot path (the poller worker or reader goroutine
+// that reads a socket, one at a time per socket) takes neither: it uses atomics for the remote address and counters. Every
 // method of Relay is safe for concurrent use.
 package media

@@ -52,7 +52,7 @@ func testLogger() hclog.Logger {
 // ioImpls lists the batch I/O implementations that run on this platform.
 func ioImpls() []ioImpl {
 	if runtime.GOOS == "linux" {
-		return []ioImpl{ioMmsg, ioXNet}
+		return []ioImpl{ioEpoll, ioMmsg, ioXNet}
 	}
 	return []ioImpl{ioXNet}
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/netip"
 	"sync"
 	"syscall"
@@ -15,9 +14,9 @@ import (
 // caller owns the sockets: it closes them before handing the port back with
 // PortPool.Release.
 type PortPair struct {
-	Port int          // RTP port, even; RTCP is Port+1
-	RTP  *net.UDPConn // bound to Port
-	RTCP *net.UDPConn // bound to Port+1
+	Port int    // RTP port, even; RTCP is Port+1
+	RTP  Socket // bound to Port
+	RTCP Socket // bound to Port+1
 }
 
 // PortPool hands out even-aligned RTP/RTCP port pairs from a fixed range.
@@ -42,6 +41,7 @@ type PortPair struct {
 type PortPool struct {
 	first      int // lowest even port of the range
 	quarantine time.Duration
+	raw        bool             // bind raw sockets (see Socket); set before first use
 	now        func() time.Time // injectable clock for tests
 
 	mu          sync.Mutex
@@ -112,10 +112,6 @@ func (p *PortPool) Allocate(bind netip.Addr) (PortPair, error) {
 	if !bind.IsValid() {
 		return PortPair{}, fmt.Errorf("media: allocate port pair: bind address is missing")
 	}
-	network := "udp6"
-	if bind.Unmap().Is4() {
-		network = "udp4"
-	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.now()
@@ -126,7 +122,7 @@ func (p *PortPool) Allocate(bind netip.Addr) (PortPair, error) {
 			continue // taken by Reserve while queued: drop the stale entry
 		}
 		port := p.first + 2*i
-		pair, err := bindPair(network, bind.Unmap(), port)
+		pair, err := p.bindPair(bind.Unmap(), port)
 		switch {
 		case err == nil:
 			p.state[i] = pairAllocated
@@ -151,7 +147,7 @@ func (p *PortPool) Allocate(bind netip.Addr) (PortPair, error) {
 		p.held.pop()
 		p.quarantined--
 		port := p.first + 2*h.pair
-		pair, err := bindPair(network, bind.Unmap(), port)
+		pair, err := p.bindPair(bind.Unmap(), port)
 		switch {
 		case err == nil:
 			p.state[h.pair] = pairAllocated
@@ -178,17 +174,13 @@ func (p *PortPool) Reserve(bind netip.Addr, port int) (PortPair, error) {
 	if port < p.first || (port-p.first)%2 != 0 || (port-p.first)/2 >= len(p.state) {
 		return PortPair{}, fmt.Errorf("media: reserve port %d: not an RTP port of the range", port)
 	}
-	network := "udp6"
-	if bind.Unmap().Is4() {
-		network = "udp4"
-	}
 	i := (port - p.first) / 2
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.state[i] != pairFree {
 		return PortPair{}, fmt.Errorf("media: reserve port %d: pair in use", port)
 	}
-	pair, err := bindPair(network, bind.Unmap(), port)
+	pair, err := p.bindPair(bind.Unmap(), port)
 	if err != nil {
 		return PortPair{}, err
 	}
@@ -197,12 +189,14 @@ func (p *PortPool) Reserve(bind netip.Addr, port int) (PortPair, error) {
 	return pair, nil
 }
 
-func bindPair(network string, bind netip.Addr, port int) (PortPair, error) {
-	rtp, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(bind, uint16(port))))
+// bindPair binds the RTP and RTCP sockets of port on bind: "udp4" sockets
+// for an IPv4 address, "udp6" (IPv6 only) otherwise.
+func (p *PortPool) bindPair(bind netip.Addr, port int) (PortPair, error) {
+	rtp, err := bindSocket(p.raw, netip.AddrPortFrom(bind, uint16(port)))
 	if err != nil {
 		return PortPair{}, fmt.Errorf("bind rtp %v: %w", netip.AddrPortFrom(bind, uint16(port)), err)
 	}
-	rtcp, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(bind, uint16(port+1))))
+	rtcp, err := bindSocket(p.raw, netip.AddrPortFrom(bind, uint16(port+1)))
 	if err != nil {
 		rtp.Close()
 		return PortPair{}, fmt.Errorf("bind rtcp %v: %w", netip.AddrPortFrom(bind, uint16(port+1)), err)

@@ -57,10 +57,10 @@ func TestPortPoolPairsAreEvenAndBound(t *testing.T) {
 			t.Errorf("port %d handed out twice", pp.Port)
 		}
 		seen[pp.Port] = true
-		if got, want := addrOf(pp.RTP), netip.AddrPortFrom(poolIP, uint16(pp.Port)); got != want {
+		if got, want := pp.RTP.LocalAddr(), netip.AddrPortFrom(poolIP, uint16(pp.Port)); got != want {
 			t.Errorf("RTP socket bound to %v, want %v", got, want)
 		}
-		if got, want := addrOf(pp.RTCP), netip.AddrPortFrom(poolIP, uint16(pp.Port+1)); got != want {
+		if got, want := pp.RTCP.LocalAddr(), netip.AddrPortFrom(poolIP, uint16(pp.Port+1)); got != want {
 			t.Errorf("RTCP socket bound to %v, want %v", got, want)
 		}
 	}

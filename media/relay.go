@@ -18,10 +18,12 @@ import (
 // does not stall the others. See session for what session.mu guards.
 //
 // Goroutines: one janitor per Relay (started by NewRelay, stopped by
-// Shutdown), four readers per active stream (one per socket, stopped by the
-// stream's or session's close), and one short-lived goroutine per idle
-// session, running OnTimeout or the relay's own Close (the latter waited
-// for by Shutdown).
+// Shutdown); the readers of the relay sockets: on Linux (ioEpoll) a fixed
+// set of poller workers per Relay (pollWorkers, started by NewRelay and
+// stopped by Shutdown), elsewhere four reader goroutines per active stream
+// (one per socket, stopped by the stream's or session's close); and one
+// short-lived goroutine per idle session, running OnTimeout or the relay's
+// own Close (the latter waited for by Shutdown).
 type Relay struct {
 	cfg   Config
 	log   hclog.Logger
@@ -36,7 +38,11 @@ type Relay struct {
 	janitorDone chan struct{}
 	stopOnce    sync.Once
 	closers     sync.WaitGroup // Close calls the janitor started for idle sessions
-	readers     atomic.Int64   // running reader goroutines, for tests and leak checks
+	// reading counts the sockets being read (registered with the poller,
+	// or with a running reader goroutine), for tests and leak checks.
+	reading atomic.Int64
+	// poll reads every relay socket on the ioEpoll path; nil otherwise.
+	poll *poller
 
 	// lanes bounds how many reader goroutines forward at once to
 	// GOMAXPROCS-1 (at least one). Forwarding is almost all syscall time;
@@ -86,6 +92,16 @@ func NewRelay(cfg Config, log hclog.Logger) (*Relay, error) {
 		klinks:      make(map[*link]struct{}),
 	}
 	r.pins, _ = cfg.Offloader.(Pinholer)
+	if cfg.batchIO == ioEpoll {
+		workers := cfg.workers
+		if workers <= 0 {
+			workers = pollWorkers()
+		}
+		if r.poll, err = newPoller(r.log, workers); err != nil {
+			return nil, err
+		}
+		pool.raw = true
+	}
 	go r.janitor()
 	r.log.Info("relay started", "port_min", cfg.PortMin, "port_max", cfg.PortMax, "pairs", pool.Size(),
 		"io", cfg.batchIO)
@@ -222,8 +238,8 @@ func (r *Relay) Rename(from, to SessionID) error {
 	return nil
 }
 
-// Close ends a session: its sockets are closed, its reader goroutines have
-// exited and its ports are in quarantine when Close returns. It returns the
+// Close ends a session: its sockets are closed, nothing reads them any more
+// and its ports are in quarantine when Close returns. It returns the
 // final counters, and false if the session was not open. Close is
 // idempotent and safe to call concurrently with any other method.
 func (r *Relay) Close(id SessionID, reason string) (Stats, bool) {
@@ -266,10 +282,10 @@ func (r *Relay) PortsInUse() int { return r.pool.InUse() }
 // before their quarantine was over because none was free (see PortPool).
 func (r *Relay) QuarantineShortened() uint64 { return r.pool.Shortened() }
 
-// Shutdown stops the janitor and closes every session. Open fails with
-// ErrRelayClosed afterwards. It does not wait for OnTimeout callbacks that
-// are still running: they belong to the caller, which may itself be
-// shutting down.
+// Shutdown stops the janitor, closes every session and stops the poller.
+// Open fails with ErrRelayClosed afterwards. It does not wait for OnTimeout
+// callbacks that are still running: they belong to the caller, which may
+// itself be shutting down.
 func (r *Relay) Shutdown() {
 	r.stopOnce.Do(func() { close(r.stop) })
 	<-r.janitorDone
@@ -283,6 +299,9 @@ func (r *Relay) Shutdown() {
 	r.mu.Unlock()
 	for _, id := range ids {
 		r.Close(id, "shutdown")
+	}
+	if r.poll != nil {
+		r.poll.shutdown()
 	}
 	r.log.Info("relay stopped", "sessions", len(ids))
 }

@@ -3,6 +3,7 @@ package media
 import (
 	"net"
 	"runtime"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -91,5 +92,40 @@ func benchForward(b *testing.B, impl ioImpl) {
 	b.ReportMetric(float64(after.Mallocs-before.Mallocs)/float64(b.N), "allocs/pkt")
 	if lost := int64(b.N) - got; lost > 0 {
 		b.ReportMetric(float64(lost)/float64(b.N), "loss")
+	}
+}
+
+// BenchmarkSessionLifecycle measures what one call costs the relay when it
+// carries no packet, as most calls of a call-rate benchmark do: Open, an
+// offer from A and an answer from B (two port pairs, four sockets bound and
+// read), and Close. One op is one call.
+func BenchmarkSessionLifecycle(b *testing.B) {
+	for _, impl := range ioImpls() {
+		b.Run("io="+impl.String(), func(b *testing.B) { benchLifecycle(b, impl) })
+	}
+}
+
+func benchLifecycle(b *testing.B, impl ioImpl) {
+	// A quarantine of 1ns lets the pool hand a pair out again at once, so
+	// any b.N fits the test range.
+	r := newTestRelay(b, impl, func(c *Config) { c.Quarantine = time.Nanosecond })
+	pa, pb := newPhone(b, phoneAIP, false), newPhone(b, phoneBIP, true)
+	offer, answer := pa.sdp(1), pb.sdp(1)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		id := SessionID("bench-" + strconv.Itoa(i))
+		if err := r.Open(id, Address{Bind: relayA}, Address{Bind: relayB}); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := r.Offer(id, A, offer); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := r.Answer(id, B, answer); err != nil {
+			b.Fatal(err)
+		}
+		if _, ok := r.Close(id, "bye"); !ok {
+			b.Fatal("Close: session not open")
+		}
 	}
 }

@@ -381,8 +381,8 @@ func TestRelayReofferKeepsPorts(t *testing.T) {
 
 	// Adding video: audio keeps its ports, video gets new ones.
 	base := runtime.NumGoroutine()
-	if r.readers.Load() != 4 {
-		t.Fatalf("reader goroutines %d, want 4", r.readers.Load())
+	if r.reading.Load() != 4 {
+		t.Fatalf("sockets read %d, want 4", r.reading.Load())
 	}
 	video := newPhone(t, phoneAIP, true)
 	out, err = r.Offer(c.id, A, c.a.sdp(4, mline{kind: "video", port: int(addrOf(video.rtp).Port())}))
@@ -397,8 +397,8 @@ func TestRelayReofferKeepsPorts(t *testing.T) {
 	if r.pool.Allocated() != 4 {
 		t.Errorf("Allocated = %d, want 4", r.pool.Allocated())
 	}
-	if got := r.readers.Load(); got != 8 {
-		t.Errorf("reader goroutines %d, want 8 (four more for the new stream)", got)
+	if got := r.reading.Load(); got != 8 {
+		t.Errorf("sockets read %d, want 8 (four more for the new stream)", got)
 	}
 
 	// Disabling video: port 0 out, its sockets and readers gone, ports
@@ -413,8 +413,8 @@ func TestRelayReofferKeepsPorts(t *testing.T) {
 	if r.pool.Allocated() != 2 || r.pool.Quarantined() != 2 {
 		t.Errorf("Allocated = %d, Quarantined = %d; want 2, 2", r.pool.Allocated(), r.pool.Quarantined())
 	}
-	if got := r.readers.Load(); got != 4 {
-		t.Errorf("reader goroutines %d after disabling video, want 4", got)
+	if got := r.reading.Load(); got != 4 {
+		t.Errorf("sockets read %d after disabling video, want 4", got)
 	}
 	waitGoroutines(t, base)
 	st, _ := r.Stats(c.id)
@@ -440,7 +440,7 @@ func TestRelayAnswerTwice(t *testing.T) {
 		t.Fatal(err)
 	}
 	toA, _ := anchorOf(t, ans183, 0)
-	allocated, readers := r.pool.Allocated(), r.readers.Load()
+	allocated, readers := r.pool.Allocated(), r.reading.Load()
 	sendTo(t, a.rtp, toA, rtpPacket(t, 0, 1, 1))
 	if got := collect(early.rtp, 1, 5*time.Second, 50*time.Millisecond); len(got) != 1 {
 		t.Fatalf("early media: B got %d packets, want 1", len(got))
@@ -462,9 +462,9 @@ func TestRelayAnswerTwice(t *testing.T) {
 	if o183, o200 := parseOut(t, ans183).Origin(), parseOut(t, ans200).Origin(); o200.SessionID != o183.SessionID || o200.Version <= o183.Version {
 		t.Errorf("o= 183 %+v then 200 %+v: want same session, higher version", o183, o200)
 	}
-	if r.pool.Allocated() != allocated || r.readers.Load() != readers || readers != 4 {
-		t.Errorf("after the second answer: Allocated %d → %d, readers %d → %d; want unchanged (2 pairs, 4 readers)",
-			allocated, r.pool.Allocated(), readers, r.readers.Load())
+	if r.pool.Allocated() != allocated || r.reading.Load() != readers || readers != 4 {
+		t.Errorf("after the second answer: Allocated %d → %d, sockets read %d → %d; want unchanged (2 pairs, 4 sockets)",
+			allocated, r.pool.Allocated(), readers, r.reading.Load())
 	}
 	sendTo(t, a.rtp, toA, rtpPacket(t, 0, 3, 1))
 	if got := collect(final.rtp, 1, 5*time.Second, 50*time.Millisecond); len(got) != 1 {
@@ -675,8 +675,8 @@ func TestRelayCloseAndShutdownLeakNothing(t *testing.T) {
 	if r.Sessions() != 5 || r.PortsInUse() != 10 {
 		t.Fatalf("Sessions = %d, PortsInUse = %d; want 5, 10", r.Sessions(), r.PortsInUse())
 	}
-	if got := r.readers.Load(); got != 5*4 {
-		t.Errorf("reader goroutines %d, want 20 (4 per call)", got)
+	if got := r.reading.Load(); got != 5*4 {
+		t.Errorf("sockets read %d, want 20 (4 per call)", got)
 	}
 
 	for _, c := range calls[:2] {
@@ -704,8 +704,11 @@ func TestRelayCloseAndShutdownLeakNothing(t *testing.T) {
 
 	r.Shutdown()
 	r.Shutdown() // idempotent
-	if r.readers.Load() != 0 {
-		t.Errorf("reader goroutines %d after Shutdown, want 0", r.readers.Load())
+	if r.reading.Load() != 0 {
+		t.Errorf("sockets read %d after Shutdown, want 0", r.reading.Load())
+	}
+	if r.poll != nil && r.poll.registered() != 0 {
+		t.Errorf("sockets registered with the poller after Shutdown: %d, want 0", r.poll.registered())
 	}
 	if r.Sessions() != 0 || r.pool.Allocated() != 0 || r.PortsInUse() != 10 {
 		t.Errorf("after Shutdown: Sessions %d, Allocated %d, PortsInUse %d; want 0, 0, 10",

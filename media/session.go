@@ -50,7 +50,7 @@ func (s Side) String() string {
 // Locking: mu guards closed, streams (and everything inside each stream
 // except the reader-owned parts of relay sockets) and origins. It is held
 // for the whole of an Offer, Answer, Close or Stats, including socket binds
-// and waiting for reader goroutines to exit; reader goroutines never take
+// and waiting for the readers of its sockets to leave; readers never take
 // it, so that cannot deadlock. Lock order: session.mu, then PortPool.mu.
 // lastActivity and timedOut are atomics shared with the readers and the
 // janitor.
@@ -319,7 +319,10 @@ func (s *session) allocate(index int) ([2]*endpoint, error) {
 }
 
 // endpoints builds the two endpoints of stream index from the port pairs
-// get returns for each side, and links their sockets.
+// get returns for each side, links their sockets and prepares their
+// reading. On the ioEpoll path reading starts here: a datagram that
+// arrives before the stream is started finds no remote and is dropped as a
+// stranger's, as it would be by a reader started later.
 func (s *session) endpoints(index int, get func(Side) (PortPair, error)) ([2]*endpoint, error) {
 	var eps [2]*endpoint
 	for _, side := range [...]Side{A, B} {
@@ -328,75 +331,114 @@ func (s *session) endpoints(index int, get func(Side) (PortPair, error)) ([2]*en
 			s.dropUnstarted(eps)
 			return [2]*endpoint{}, fmt.Errorf("allocate ports for stream %d side %v: %w", index, side, err)
 		}
-		eps[side] = &endpoint{port: pair.Port, socks: [2]*relaySocket{
-			compRTP:  newRelaySocket(s, side, compRTP, index, pair.RTP),
-			compRTCP: newRelaySocket(s, side, compRTCP, index, pair.RTCP),
-		}}
+		ep := &endpoint{port: pair.Port}
+		ep.socks = [2]*relaySocket{
+			compRTP:  newRelaySocket(s, side, compRTP, index, pair.RTP, &ep.done),
+			compRTCP: newRelaySocket(s, side, compRTCP, index, pair.RTCP, &ep.done),
+		}
+		eps[side] = ep
 	}
 	for _, c := range components {
 		eps[A].socks[c].peer = eps[B].socks[c]
 		eps[B].socks[c].peer = eps[A].socks[c]
 		newLink(s, c, index, eps[A].socks[c], eps[B].socks[c])
 	}
+	r := s.relay
 	for _, ep := range eps {
 		for _, k := range ep.socks {
-			io, err := newBatchIO(s.relay.cfg.batchIO, k.conn, k.peer.conn, k.comp, s.relay.lanes)
+			var err error
+			if r.poll != nil {
+				err = r.poll.register(k)
+			} else {
+				k.io, err = newBatchIO(r.cfg.batchIO, k.sock.conn, k.peer.sock.conn, k.comp, r.lanes)
+			}
 			if err != nil {
 				s.dropUnstarted(eps)
 				return [2]*endpoint{}, fmt.Errorf("set up stream %d side %v %v: %w", index, k.side, k.comp, err)
 			}
-			k.io = io
 		}
 	}
 	return eps, nil
 }
 
-// dropUnstarted closes and releases endpoints whose readers never ran.
+// dropUnstarted closes and releases endpoints that were never started.
 func (s *session) dropUnstarted(eps [2]*endpoint) {
 	for _, ep := range eps {
-		if ep == nil {
-			continue
+		if ep != nil {
+			s.relay.stopReading(ep)
 		}
-		for _, k := range ep.socks {
-			k.conn.Close()
+	}
+	for _, ep := range eps {
+		if ep != nil {
+			ep.done.Wait()
+			s.relay.closeSockets(ep)
+			s.relay.pool.Release(ep.port)
 		}
-		s.relay.pool.Release(ep.port)
 	}
 }
 
-// start installs eps in st and starts their four reader goroutines.
+// start installs eps in st and, on the goroutine-per-socket paths, starts
+// their four reader goroutines.
 func (s *session) start(st *stream, eps [2]*endpoint) {
 	st.eps = eps
-	for _, ep := range eps {
-		for _, k := range ep.socks {
-			st.readers.Add(1)
-			s.relay.readers.Add(1)
-			go k.run(&st.readers)
+	if s.relay.poll == nil {
+		for _, ep := range eps {
+			for _, k := range ep.socks {
+				ep.done.Add(1)
+				s.relay.reading.Add(1)
+				go k.run()
+			}
 		}
 	}
 	s.log.Debug("stream started", "stream", st.index, "kind", st.kind,
 		"port_a", eps[A].port, "port_b", eps[B].port)
 }
 
-// retire closes st's sockets, waits for its readers to exit, keeps their
-// counters and quarantines the ports. Closing every socket first lets all
-// four readers exit in parallel.
+// stopReading makes the readers of ep's sockets stop: closing a socket
+// wakes its reader goroutine, and the poller stops handing it to workers.
+// ep.done is over once they have. It is idempotent.
+func (r *Relay) stopReading(ep *endpoint) {
+	for _, k := range ep.socks {
+		if r.poll != nil {
+			r.poll.stop(k)
+		} else {
+			k.sock.Close()
+		}
+	}
+}
+
+// closeSockets closes ep's sockets once reading them has stopped (ep.done
+// waited for). A stream's readers send out of each other's sockets, so all
+// four of them have stopped before any is closed.
+func (r *Relay) closeSockets(ep *endpoint) {
+	if r.poll == nil {
+		return // closed by stopReading
+	}
+	for _, k := range ep.socks {
+		r.poll.free(k)
+	}
+}
+
+// retire stops reading st's sockets, waits for the readers to leave, keeps
+// the counters, closes the sockets and quarantines the ports. Stopping
+// every socket first lets all four readers leave in parallel.
 func (s *session) retire(st *stream) {
 	if !st.active() {
 		return
 	}
 	closeLinks([]*stream{st})
 	for _, ep := range st.eps {
-		for _, k := range ep.socks {
-			k.conn.Close()
-		}
+		s.relay.stopReading(ep)
 	}
-	st.readers.Wait()
+	for _, ep := range st.eps {
+		ep.done.Wait()
+	}
 	for side, ep := range st.eps {
 		for c, k := range ep.socks {
 			st.retired[side][c].add(k.stats())
 			k.unpin()
 		}
+		s.relay.closeSockets(ep)
 		s.relay.pool.Release(ep.port)
 	}
 	st.eps = [2]*endpoint{}
@@ -413,11 +455,8 @@ func (s *session) close() Stats {
 		closeLinks(s.streams)
 		for _, st := range s.streams {
 			for _, ep := range st.eps {
-				if ep == nil {
-					continue
-				}
-				for _, k := range ep.socks {
-					k.conn.Close()
+				if ep != nil {
+					s.relay.stopReading(ep)
 				}
 			}
 		}

@@ -80,7 +80,7 @@ func (s Stats) Total() FlowStats {
 }
 
 // counters are the live counters of one relay socket. Only the socket's
-// reader goroutine writes them, once per batch; Stats reads them at any
+// reader (see relaySocket) writes them, once per batch; Stats reads them at any
 // time, hence atomics.
 type counters struct {
 	packets, bytes          atomic.Uint64

@@ -29,23 +29,24 @@ func (c component) String() string {
 
 // stream is one m= line across both legs: an endpoint facing each side. Both
 // endpoints exist together (the m= line is active) or neither does (port 0).
-// All fields are guarded by the owning session's mu; readers is waited on
-// with that lock held, which is safe because reader goroutines never take it.
+// All fields are guarded by the owning session's mu.
 type stream struct {
 	index   int
 	kind    string
 	eps     [2]*endpoint    // indexed by Side
-	readers sync.WaitGroup  // reader goroutines of the current endpoints
 	retired [2][2]FlowStats // [Side][component]: counters of endpoints closed earlier
 }
 
 func (st *stream) active() bool { return st.eps[A] != nil }
 
 // endpoint is the SBC's face toward one side for one stream: an RTP and an
-// RTCP socket on that side's bind address, from one PortPool pair.
+// RTCP socket on that side's bind address, from one PortPool pair. done
+// counts its sockets being read (see relaySocket.stopped); it is waited on
+// with the session lock held, which is safe because readers never take it.
 type endpoint struct {
 	port  int             // RTP port; RTCP is port+1
 	socks [2]*relaySocket // indexed by component
+	done  sync.WaitGroup
 }
 
 // remote is what a relay socket knows about the far end of its side. It is
@@ -115,42 +116,47 @@ func admission(r *remote, src netip.AddrPort) verdict {
 	return drop
 }
 
-// relaySocket is one UDP socket of an endpoint (RTP or RTCP) with its
-// reader goroutine. A datagram read here comes from this socket's side; if
-// admitted it is forwarded out of peer, the socket of the same component
-// facing the other side, so the far end sees the SBC's own address and port
-// of its side and never the other side's.
+// relaySocket is one UDP socket of an endpoint (RTP or RTCP) and its
+// reader: a goroutine of its own (run, on the ioMmsg and ioXNet paths) or,
+// on the ioEpoll path, whichever worker of the relay's poller holds it. A
+// datagram read here comes from this socket's side; if admitted it is
+// forwarded out of peer, the socket of the same component facing the other
+// side, so the far end sees the SBC's own address and port of its side and
+// never the other side's.
 //
-// Ownership: conn, io, fwd and the writes to c belong to the reader
-// goroutine (run). remote is written by the control path with the session
-// lock held and by the reader when latching (compare-and-swap), read by both
-// readers of the stream. peer and the identity fields are set before the
-// reader starts and never change.
+// Ownership: io and the writes to c belong to the reader, of which there is
+// exactly one at a time. remote is written by the control path with the
+// session lock held and by the reader when latching (compare-and-swap),
+// read by both readers of the stream. sock, peer, done and the identity
+// fields are set before reading starts and never change until it has
+// stopped; reg belongs to the poller.
 type relaySocket struct {
 	sess  *session
 	side  Side
 	comp  component
 	index int // stream index, for logs
-	conn  *net.UDPConn
+	sock  Socket
 	local netip.AddrPort
-	io    batchIO
+	io    batchIO // goroutine paths only
 	peer  *relaySocket
+	done  *sync.WaitGroup // the endpoint's: Done once reading stopped
+	reg   pollReg         // ioEpoll only
 
 	remote atomic.Pointer[remote]
 	c      counters
-	link   *link    // the component across both sides, for offloading
-	fwd    [][]byte // admitted payloads of the current batch
+	link   *link // the component across both sides, for offloading
 }
 
-func newRelaySocket(s *session, side Side, comp component, index int, conn *net.UDPConn) *relaySocket {
-	ua, _ := conn.LocalAddr().(*net.UDPAddr)
-	var local netip.AddrPort
-	if ua != nil {
-		local = ua.AddrPort()
-		local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
-	}
-	return &relaySocket{sess: s, side: side, comp: comp, index: index, conn: conn, local: local,
-		fwd: make([][]byte, 0, mmsgBatchLen)}
+func newRelaySocket(s *session, side Side, comp component, index int, sock Socket, done *sync.WaitGroup) *relaySocket {
+	local := sock.LocalAddr()
+	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+	return &relaySocket{sess: s, side: side, comp: comp, index: index, sock: sock, local: local, done: done}
+}
+
+// stopped records that nobody reads the socket any more.
+func (k *relaySocket) stopped() {
+	k.sess.relay.reading.Add(-1)
+	k.done.Done()
 }
 
 // expect records the address the side announced. An unchanged announcement
@@ -196,10 +202,11 @@ func (k *relaySocket) stats() FlowStats {
 	return f
 }
 
-// run is the socket's reader goroutine. It exits once the socket is closed.
-func (k *relaySocket) run(done *sync.WaitGroup) {
-	defer done.Done()
-	defer k.sess.relay.readers.Add(-1)
+// run is the socket's reader goroutine on the goroutine-per-socket paths.
+// It exits once the socket is closed.
+func (k *relaySocket) run() {
+	defer k.stopped()
+	fwd := make([][]byte, 0, mmsgBatchLen)
 	var backoff time.Duration
 	for {
 		n, err := k.io.recv()
@@ -217,19 +224,20 @@ func (k *relaySocket) run(done *sync.WaitGroup) {
 			continue
 		}
 		backoff = 0
-		k.forward(n) // holding a lane: see batchIO
+		k.forward(k.io, n, fwd) // holding a lane: see batchIO
 		k.io.release()
 	}
 }
 
-// forward handles the n datagrams of one batch. It is the hot path: no
+// forward handles the n datagrams of batch b, collecting the admitted ones
+// in fwd (the reader's, with room for a batch). It is the hot path: no
 // allocation, one atomic add per counter per batch.
-func (k *relaySocket) forward(n int) {
+func (k *relaySocket) forward(b batchView, n int, fwd [][]byte) {
 	r := k.remote.Load()
-	fwd := k.fwd[:0]
+	fwd = fwd[:0]
 	var bytes, stranger, trunc uint64
 	for i := range n {
-		p, src, truncated := k.io.datagram(i)
+		p, src, truncated := b.datagram(i)
 		bytes += uint64(len(p))
 		if !k.admit(&r, src) {
 			stranger++
@@ -249,7 +257,7 @@ func (k *relaySocket) forward(n int) {
 			noDest = len(fwd)
 		} else {
 			var err error
-			sent, sentBytes, err = k.io.send(fwd, dst)
+			sent, sentBytes, err = b.send(fwd, dst)
 			sendErr = len(fwd) - sent
 			if err != nil && !errors.Is(err, net.ErrClosed) && k.c.sendErr.Load() == 0 {
 				k.sess.log.Debug("forward failed", "side", k.side, "stream", k.index, "component", k.comp, "dst", dst, "error", err)
