@@ -270,7 +270,7 @@ func randCSeq() uint32 {
 // are never treated as learned topology.
 func (s *Server) isOwnHost(host string) bool {
 	for _, z := range s.zones {
-		if strings.EqualFold(strings.Trim(z.host, "[]"), host) || z.cfg.Address.String() == host {
+		if strings.EqualFold(z.ownHost, host) || z.ownAddr == host {
 			return true
 		}
 	}

@@ -68,6 +68,8 @@ type zone struct {
 	conn    *net.UDPConn
 	laddr   sip.Addr
 	host    string // advertised host for Via/Contact
+	ownHost string // host without brackets, for isOwnHost
+	ownAddr string // cfg.Address as text, for isOwnHost
 	port    int
 	peers   []*peer
 	foreign []netip.Prefix // networks of every other zone
@@ -184,6 +186,7 @@ func NewServer(cfg Config, m Media, hooks Hooks, log hclog.Logger, sl *slog.Logg
 		if adv.Is6() && !adv.Is4In6() {
 			z.host = "[" + adv.String() + "]"
 		}
+		z.ownHost, z.ownAddr = strings.Trim(z.host, "[]"), zc.Address.String()
 		z.laddr = sip.Addr{IP: net.IP(zc.Address.AsSlice()), Port: zc.SIPPort}
 		for _, t := range zc.Transports {
 			if !strings.EqualFold(t, TransportUDP) && !strings.EqualFold(t, TransportTCP) {
