@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
-	"github.com/hashicorp/go-hclog"
 
 	"github.com/edgesbc/edgesbc/media"
 )
@@ -85,7 +84,7 @@ type Leg struct {
 type Call struct {
 	id  string
 	srv *Server
-	log hclog.Logger
+	log *callLog
 
 	mu        sync.Mutex // guards everything below
 	state     callState
@@ -186,7 +185,7 @@ func newCall(s *Server, from, to *peer, req *sip.Request, tx sip.ServerTransacti
 		finalA:  make(chan struct{}),
 	}
 	c.acked = sync.NewCond(&c.mu)
-	c.log = s.log.Named("call").With("call", c.id)
+	c.log = newCallLog(s.callLog, c.id)
 	fromH, toH := req.From(), req.To()
 	remoteTag, _ := fromH.Params.Get("tag")
 	a := &Leg{

@@ -45,6 +45,8 @@ type Server struct {
 
 	counters counters
 	started  atomic.Bool
+
+	callLog hclog.Logger // log named "call": the base of each Call's log
 }
 
 // counters are exported through Status. All fields are atomics.
@@ -160,6 +162,7 @@ func NewServer(cfg Config, m Media, hooks Hooks, log hclog.Logger, sl *slog.Logg
 	s := &Server{
 		cfg:     cfg,
 		log:     log,
+		callLog: log.Named("call"),
 		slog:    sl,
 		media:   m,
 		hooks:   hooks,
