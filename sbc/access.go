@@ -463,7 +463,7 @@ func (s *Server) upstreamRegister(a *access, b *binding, req *sip.Request, reg r
 	for _, h := range copyHeaders(req, "Authorization", "Proxy-Authorization") {
 		r.AppendHeader(h)
 	}
-	r.AppendHeader(sip.NewHeader("User-Agent", s.cfg.UserAgent))
+	r.AppendHeader(s.hdrUA)
 	r.SetBody(nil)
 	// what the phone revealed about itself stays on its side
 	f := &foreignSet{networks: pz.foreign, addrs: []netip.Addr{sourceOf(req).Addr()}}
@@ -534,7 +534,7 @@ func (s *Server) accessRespond(z *zone, req *sip.Request, tx sip.ServerTransacti
 	if to := res.To(); to != nil && !to.Params.Has("tag") {
 		to.Params.Add("tag", newTag())
 	}
-	res.AppendHeader(sip.NewHeader("Server", s.cfg.UserAgent))
+	res.AppendHeader(s.hdrServer)
 	for _, h := range extra {
 		res.AppendHeader(h)
 	}

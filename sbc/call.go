@@ -552,18 +552,18 @@ func (c *Call) buildInvite(body []byte) *sip.Request {
 	b.localCSeq++
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: b.localCSeq, MethodName: sip.INVITE})
 	req.AppendHeader(c.srv.contact(b.zone))
-	req.AppendHeader(sip.NewHeader("Allow", allowMethods))
+	req.AppendHeader(hdrAllow)
 	// reliable provisionals (RFC 3262) are acknowledged by the SBC on
 	// leg B itself, whatever the caller supports
-	supported := "100rel"
 	if b.peer.timersOn() {
-		supported += ", timer"
+		req.AppendHeader(hdrSupportedTimer)
+	} else {
+		req.AppendHeader(hdrSupported)
 	}
-	req.AppendHeader(sip.NewHeader("Supported", supported))
 	for _, h := range uacHeaders(b, c.reqSE) {
 		req.AppendHeader(h)
 	}
-	req.AppendHeader(sip.NewHeader("User-Agent", c.srv.cfg.UserAgent))
+	req.AppendHeader(c.srv.hdrUA)
 	copyAllowed(c.inReq, req, b.peer)
 	if c.legs[media.A].peer.access != nil {
 		// the registrar authenticates the phone's call itself
@@ -572,7 +572,7 @@ func (c *Call) buildInvite(body []byte) *sip.Request {
 		}
 	}
 	if body != nil {
-		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		req.AppendHeader(hdrSDP)
 	}
 	req.SetBody(body)
 	req.Laddr = b.zone.laddr
@@ -667,7 +667,7 @@ func (c *Call) inDialog(l *Leg, method sip.RequestMethod, seq uint32) *sip.Reque
 	cid := sip.CallIDHeader(l.callID)
 	req.AppendHeader(&cid)
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: seq, MethodName: method})
-	req.AppendHeader(sip.NewHeader("User-Agent", c.srv.cfg.UserAgent))
+	req.AppendHeader(c.srv.hdrUA)
 	req.SetBody(nil)
 	req.Laddr = l.zone.laddr
 	req.SetDestination(l.dest)
@@ -1052,7 +1052,7 @@ func (c *Call) ackB(body []byte) {
 		c.bAck = c.inDialog(b, sip.ACK, c.outReq.CSeq().SeqNo)
 	}
 	if body != nil {
-		c.bAck.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		c.bAck.AppendHeader(hdrSDP)
 		c.bAck.SetBody(body)
 	}
 	if body != nil {
@@ -1182,7 +1182,7 @@ func (c *Call) cancelFor(l *Leg, inv *sip.Request) *sip.Request {
 	cid := sip.CallIDHeader(inv.CallID().Value())
 	req.AppendHeader(&cid)
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: inv.CSeq().SeqNo, MethodName: sip.CANCEL})
-	req.AppendHeader(sip.NewHeader("User-Agent", c.srv.cfg.UserAgent))
+	req.AppendHeader(c.srv.hdrUA)
 	req.SetBody(nil)
 	req.Laddr = l.zone.laddr
 	req.SetDestination(l.dest)

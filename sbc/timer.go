@@ -311,7 +311,7 @@ func (c *Call) refresh(l *Leg, st *sessionTimer) {
 		req.AppendHeader(h)
 	}
 	if body != nil {
-		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		req.AppendHeader(hdrSDP)
 	}
 	req.SetBody(body)
 	c.send(l, req)
