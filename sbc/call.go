@@ -355,8 +355,9 @@ func (c *Call) run() {
 	c.send(b, req)
 	c.mu.Unlock()
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	// sipgo uses the context only to resolve and dial: leg B's address
+	// is an IP and its connection exists (direct), so nothing waits on it
+	ctx := context.Background()
 	tx, err := b.zone.client.TransactionRequest(ctx, req, noBuild)
 	if err != nil {
 		c.finishEarly(503, fmt.Errorf("send invite to %s: %w", b.peer.cfg.Name, err), nil)
@@ -1205,14 +1206,17 @@ func (c *Call) runTxThen(l *Leg, req *sip.Request, then func()) {
 		if then != nil {
 			defer then()
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 64*sip.T1+time.Second)
-		defer cancel()
-		tx, err := l.zone.client.TransactionRequest(ctx, req, noBuild)
+		// Timer F ends the transaction; the timer is only a backstop, and
+		// one timer costs less than a context with a deadline (sipgo uses
+		// the context only to resolve and dial, which a leg never needs)
+		tx, err := l.zone.client.TransactionRequest(context.Background(), req, noBuild)
 		if err != nil {
 			c.log.Debug("send request", "method", req.Method, "leg", l.side, "error", err)
 			return
 		}
 		defer tx.Terminate()
+		backstop := time.NewTimer(64*sip.T1 + time.Second)
+		defer backstop.Stop()
 		for {
 			select {
 			case res := <-tx.Responses():
@@ -1221,7 +1225,7 @@ func (c *Call) runTxThen(l *Leg, req *sip.Request, then func()) {
 				}
 			case <-tx.Done():
 				return
-			case <-ctx.Done():
+			case <-backstop.C:
 				return
 			}
 		}
