@@ -276,15 +276,16 @@ func (s *Server) isOwnHost(host string) bool {
 	return false
 }
 
-// foreignFor is what must not appear in a message sent on leg l.
-func (c *Call) foreignFor(l *Leg) *foreignSet {
+// foreignFor is what must not appear in a message sent on leg l. It is a
+// value: made for every message sent, it stays on the sender's stack.
+func (c *Call) foreignFor(l *Leg) foreignSet {
 	other := c.legs[l.side.Other()]
 	if other.peer == l.peer && other.zone == l.zone {
 		// a call bridged back to the same peer (a transfer): what the
 		// peer revealed about itself is no secret to it
-		return &foreignSet{networks: l.zone.foreign}
+		return foreignSet{networks: l.zone.foreign}
 	}
-	f := &foreignSet{networks: l.zone.foreign, addrs: other.learned.addrs, hosts: other.learned.hosts}
+	f := foreignSet{networks: l.zone.foreign, addrs: other.learned.addrs, hosts: other.learned.hosts}
 	for _, x := range c.legs {
 		if ac := x.peer.access; ac != nil {
 			// a registered phone's call: both sides name the registrar's
@@ -686,7 +687,8 @@ func tagParams(tag string) sip.HeaderParams {
 // send runs the leak guard over a message about to leave on leg l and, for
 // a request, picks its transport and connection (see Server.direct).
 func (c *Call) send(l *Leg, msg sip.Message) {
-	if touched := c.srv.guard.scrub(msg, c.foreignFor(l)); len(touched) > 0 {
+	f := c.foreignFor(l)
+	if touched := c.srv.guard.scrub(msg, &f); len(touched) > 0 {
 		c.log.Warn("leak guard removed content", "leg", l.side, "zone", l.zone.cfg.Name, "headers", strings.Join(touched, ","))
 	}
 	if req, ok := msg.(*sip.Request); ok {
