@@ -610,19 +610,27 @@ func rehomeIdentity(v, host string) string {
 	if err != nil || (uri.Scheme != "sip" && uri.Scheme != "sips") || uri.Host == "" {
 		return v
 	}
-	out := sip.Uri{Scheme: uri.Scheme, User: uri.User, Host: host}
-	if up, ok := uri.UriParams.Get("user"); ok && up == "phone" {
-		out.UriParams = sip.NewParams()
-		out.UriParams.Add("user", "phone")
-	}
+	// the URI is written out here rather than by sip.Uri.String, which
+	// parses the host as an IP address each time; host is the zone's,
+	// which that would leave as it is
 	var b strings.Builder
+	b.Grow(len(v) + len(host))
 	if name != "" {
 		b.WriteString(`"`)
 		b.WriteString(strings.ReplaceAll(name, `"`, ""))
 		b.WriteString(`" `)
 	}
 	b.WriteString("<")
-	b.WriteString(out.String())
+	b.WriteString(uri.Scheme)
+	b.WriteString(":")
+	if uri.User != "" {
+		b.WriteString(uri.User)
+		b.WriteString("@")
+	}
+	b.WriteString(host)
+	if up, ok := uri.UriParams.Get("user"); ok && up == "phone" {
+		b.WriteString(";user=phone")
+	}
 	b.WriteString(">")
 	for _, kv := range params {
 		b.WriteString(";")
