@@ -30,12 +30,14 @@ import (
 // (user+system, every goroutine) per call, steadier than ns/op on a shared
 // machine. The sub-benchmarks differ in the media relay: "relay" binds
 // relay ports for every call as in production, "nomedia" has no relay and
-// shows the signalling path alone.
+// shows the signalling path alone, and "nomedia-tcpzone" is that with
+// both zones serving TCP as well (the calls stay on UDP).
 //
 // The addresses 127.0.0.71 to 127.0.0.74 are used by no other test.
 func BenchmarkCall(b *testing.B) {
-	b.Run("relay", func(b *testing.B) { benchCall(b, true) })
-	b.Run("nomedia", func(b *testing.B) { benchCall(b, false) })
+	b.Run("relay", func(b *testing.B) { benchCall(b, true, false) })
+	b.Run("nomedia", func(b *testing.B) { benchCall(b, false, false) })
+	b.Run("nomedia-tcpzone", func(b *testing.B) { benchCall(b, false, true) })
 }
 
 const benchWindow = 64
@@ -66,7 +68,7 @@ func benchListen(b *testing.B, ip string) *net.UDPConn {
 	return c
 }
 
-func newBenchRig(b *testing.B, withMedia bool) *benchRig {
+func newBenchRig(b *testing.B, withMedia, tcpZones bool) *benchRig {
 	b.Helper()
 	r := &benchRig{}
 	r.pbx, r.car = benchListen(b, "127.0.0.73"), benchListen(b, "127.0.0.74")
@@ -86,6 +88,11 @@ func newBenchRig(b *testing.B, withMedia bool) *benchRig {
 		},
 		InviteTimeout: 10 * time.Second,
 		DrainTimeout:  time.Second,
+	}
+	if tcpZones {
+		for i := range cfg.Zones {
+			cfg.Zones[i].Transports = []string{TransportUDP, TransportTCP}
+		}
 	}
 	// the daemon's levels: hclog at Info, sipgo's slog below Warn off
 	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: io.Discard})
@@ -136,8 +143,8 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-func benchCall(b *testing.B, withMedia bool) {
-	r := newBenchRig(b, withMedia)
+func benchCall(b *testing.B, withMedia, tcpZones bool) {
+	r := newBenchRig(b, withMedia, tcpZones)
 	// one warm-up call per slot, so that sockets, pools and goroutine
 	// stacks are in their steady state before the clock runs
 	warm := benchWindow
