@@ -468,11 +468,12 @@ func (s *Server) upstreamRegister(a *access, b *binding, req *sip.Request, reg r
 	// what the phone revealed about itself stays on its side
 	f := &foreignSet{networks: pz.foreign, addrs: []netip.Addr{sourceOf(req).Addr()}}
 	f.learnFrom(req, func(h string) bool { return s.isOwnHost(h) || strings.EqualFold(h, a.domain) })
-	if touched := s.guard.scrub(r, f); len(touched) > 0 {
+	touched, size := s.guard.scrubSized(r, f)
+	if len(touched) > 0 {
 		s.log.Warn("leak guard removed content", "zone", pz.cfg.Name, "method", "REGISTER", "headers", strings.Join(touched, ","))
 	}
 	dest := a.pbx.dest
-	s.direct(pz, a.pbx, &dest, a.pbx.cfg.Transport, r)
+	s.direct(pz, a.pbx, &dest, a.pbx.cfg.Transport, r, size)
 	return r
 }
 

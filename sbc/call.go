@@ -696,11 +696,12 @@ func tagParams(tag string) sip.HeaderParams {
 // a request, picks its transport and connection (see Server.direct).
 func (c *Call) send(l *Leg, msg sip.Message) {
 	f := c.foreignFor(l)
-	if touched := c.srv.guard.scrub(msg, &f); len(touched) > 0 {
+	touched, size := c.srv.guard.scrubSized(msg, &f)
+	if len(touched) > 0 {
 		c.log.Warn("leak guard removed content", "leg", l.side, "zone", l.zone.cfg.Name, "headers", strings.Join(touched, ","))
 	}
 	if req, ok := msg.(*sip.Request); ok {
-		c.srv.direct(l.zone, l.peer, &l.dest, l.transportName(), req)
+		c.srv.direct(l.zone, l.peer, &l.dest, l.transportName(), req, size)
 	}
 }
 

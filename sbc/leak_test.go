@@ -82,8 +82,13 @@ func TestLearnAndScrub(t *testing.T) {
 
 	clean := sip.NewRequest(sip.BYE, sip.Uri{Scheme: "sip", Host: "203.0.113.2"})
 	clean.AppendHeader(sip.NewHeader("X-Clean", "ok"))
-	if touched := g.scrub(clean, f); len(touched) != 0 {
-		t.Errorf("clean message touched: %v", touched)
+	if touched, size := g.scrubSized(clean, f); len(touched) != 0 || size != messageSize(clean) {
+		t.Errorf("clean message touched %v, or size %d is not its wire size %d", touched, size, messageSize(clean))
+	}
+	again := sip.NewRequest(sip.BYE, sip.Uri{Scheme: "sip", Host: "203.0.113.2"})
+	again.AppendHeader(sip.NewHeader("P-Leak", "10.91.1.44"))
+	if touched, size := g.scrubSized(again, f); len(touched) == 0 || size != -1 {
+		t.Errorf("scrubbed message: touched %v, size %d; the size of a changed message is unknown (-1)", touched, size)
 	}
 }
 

@@ -905,7 +905,7 @@ func (s *Server) ackAndByeOrphan(z *zone, res *sip.Response) {
 		r.AppendHeader(s.hdrUA)
 		r.SetBody(nil)
 		dest := p.dest
-		s.direct(z, p, &dest, p.cfg.Transport, r)
+		s.direct(z, p, &dest, p.cfg.Transport, r, -1)
 		return r
 	}
 	if err := z.client.WriteRequest(build(sip.ACK, cs.SeqNo), noBuild); err != nil {
