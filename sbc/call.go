@@ -518,18 +518,33 @@ func sdpBody(msg sip.Message) []byte {
 	if len(body) == 0 {
 		return nil
 	}
-	ct := msg.GetHeaders("Content-Type")
-	if len(ct) == 0 {
+	ct := firstHeader(msg, "Content-Type")
+	if ct == nil {
 		return nil
 	}
-	v := strings.ToLower(strings.TrimSpace(ct[0].Value()))
+	v := strings.TrimSpace(ct.Value())
 	if i := strings.IndexByte(v, ';'); i >= 0 {
 		v = strings.TrimSpace(v[:i])
 	}
-	if v != "application/sdp" {
+	if !asciiEqualFold(v, "application/sdp") {
 		return nil
 	}
 	return body
+}
+
+// asciiEqualFold reports whether s is the lower-case ASCII string lc,
+// ignoring ASCII case only (strings.EqualFold would also take, say, "ſ"
+// for "s").
+func asciiEqualFold(s, lc string) bool {
+	if len(s) != len(lc) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if lower(s[i]) != lc[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // passHeaders are copied from one leg's INVITE to the other's: they carry

@@ -61,3 +61,19 @@ func TestRehomeIdentity(t *testing.T) {
 		t.Errorf("got %q", got)
 	}
 }
+
+func TestSDPBodyContentType(t *testing.T) {
+	for ct, want := range map[string]bool{
+		"application/sdp": true, "Application/SDP": true, " application/sdp ; charset=x": true,
+		"application/sdpx": false, "application/ſdp": false, "text/plain": false, "": false,
+	} {
+		res := sip.NewResponse(200, "OK")
+		if ct != "" {
+			res.AppendHeader(sip.NewHeader("Content-Type", ct))
+		}
+		res.SetBody([]byte("v=0\r\n"))
+		if got := sdpBody(res) != nil; got != want {
+			t.Errorf("Content-Type %q: sdp %v, want %v", ct, got, want)
+		}
+	}
+}
