@@ -221,8 +221,14 @@ func scanAddrs(s string, match func(netip.Addr) bool) bool {
 		}
 		switch {
 		case colons >= 2:
-			if a, err := netip.ParseAddr(tok); err == nil && match(a) {
-				return true
+			// "sip:10.0.0.1:5060" gives ":10.0.0.1:5060", no IPv6 once
+			// its leading colon is off: parsing it would only fail (and
+			// allocate the error), and an address with fewer than two
+			// colons is an IPv4 one, which trailingIPv4 finds
+			if strings.Count(tok, ":") >= 2 {
+				if a, err := netip.ParseAddr(tok); err == nil && match(a) {
+					return true
+				}
 			}
 			fallthrough
 		case dots == 3 && letters == 0:
