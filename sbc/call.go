@@ -313,7 +313,9 @@ func (c *Call) run() {
 	}
 	s.register(c.keys[0], legRef{call: c, side: media.A})
 	s.register(c.keys[1], legRef{call: c, side: media.B})
-	c.log.Debug("new call", "from_peer", a.peer.cfg.Name, "to_peer", b.peer.cfg.Name, "from", c.rec.From, "to", c.rec.To)
+	if c.log.IsDebug() {
+		c.log.Debug("new call", "from_peer", a.peer.cfg.Name, "to_peer", b.peer.cfg.Name, "from", c.rec.From, "to", c.rec.To)
+	}
 
 	// register for CANCEL before anything leaves on leg B, so none is missed
 	cancelled := make(chan struct{})
@@ -1026,7 +1028,9 @@ func (c *Call) answerA(body []byte, res *sip.Response) {
 	c.startTimer(c.legs[media.A], c.aTimer)
 	c.startTimer(b, uacTimer(b.peer, c.reqSE, res))
 	c.startRetransmit()
-	c.log.Debug("call answered", "setup_ms", c.rec.Answer.Sub(c.rec.Start).Milliseconds())
+	if c.log.IsDebug() {
+		c.log.Debug("call answered", "setup_ms", c.rec.Answer.Sub(c.rec.Start).Milliseconds())
+	}
 }
 
 func (c *Call) setTarget(l *Leg, res *sip.Response) {
@@ -1432,7 +1436,9 @@ func (c *Call) end() {
 	c.dropSpare()
 	c.rec.End = time.Now()
 	c.srv.removeCall(c, c.keys)
-	c.log.Debug("call ended", "reason", c.rec.EndReason, "status", c.rec.Status, "duration_ms", c.rec.End.Sub(c.rec.Start).Milliseconds())
+	if c.log.IsDebug() {
+		c.log.Debug("call ended", "reason", c.rec.EndReason, "status", c.rec.Status, "duration_ms", c.rec.End.Sub(c.rec.Start).Milliseconds())
+	}
 	if h := c.srv.hooks.CallEnded; h != nil {
 		rec := c.rec
 		go h(context.Background(), rec)

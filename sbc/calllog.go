@@ -27,6 +27,11 @@ func (c *callLog) get() hclog.Logger {
 	return c.l
 }
 
+// IsDebug reports whether Debug lines are written. A line logged on every
+// call's path is built only then: its values, boxed into the arguments,
+// are allocated even when the line is dropped.
+func (c *callLog) IsDebug() bool { return c.base.IsDebug() }
+
 func (c *callLog) Trace(msg string, args ...any) {
 	if c.base.IsTrace() {
 		c.get().Trace(msg, args...)
