@@ -463,16 +463,17 @@ func (s *Server) upstreamRegister(a *access, b *binding, req *sip.Request, reg r
 	for _, h := range copyHeaders(req, "Authorization", "Proxy-Authorization") {
 		r.AppendHeader(h)
 	}
-	r.AppendHeader(sip.NewHeader("User-Agent", s.cfg.UserAgent))
+	r.AppendHeader(s.hdrUA)
 	r.SetBody(nil)
 	// what the phone revealed about itself stays on its side
 	f := &foreignSet{networks: pz.foreign, addrs: []netip.Addr{sourceOf(req).Addr()}}
 	f.learnFrom(req, func(h string) bool { return s.isOwnHost(h) || strings.EqualFold(h, a.domain) })
-	if touched := s.guard.scrub(r, f); len(touched) > 0 {
+	touched, size := s.guard.scrubSized(r, f)
+	if len(touched) > 0 {
 		s.log.Warn("leak guard removed content", "zone", pz.cfg.Name, "method", "REGISTER", "headers", strings.Join(touched, ","))
 	}
 	dest := a.pbx.dest
-	s.direct(pz, a.pbx, &dest, a.pbx.cfg.Transport, r)
+	s.direct(pz, a.pbx, &dest, a.pbx.cfg.Transport, r, size)
 	return r
 }
 
@@ -534,7 +535,7 @@ func (s *Server) accessRespond(z *zone, req *sip.Request, tx sip.ServerTransacti
 	if to := res.To(); to != nil && !to.Params.Has("tag") {
 		to.Params.Add("tag", newTag())
 	}
-	res.AppendHeader(sip.NewHeader("Server", s.cfg.UserAgent))
+	res.AppendHeader(s.hdrServer)
 	for _, h := range extra {
 		res.AppendHeader(h)
 	}

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/emiago/sipgo/sip"
-	"github.com/hashicorp/go-hclog"
 
 	"github.com/edgesbc/edgesbc/media"
 )
@@ -85,7 +84,7 @@ type Leg struct {
 type Call struct {
 	id  string
 	srv *Server
-	log hclog.Logger
+	log *callLog
 
 	mu        sync.Mutex // guards everything below
 	state     callState
@@ -186,7 +185,7 @@ func newCall(s *Server, from, to *peer, req *sip.Request, tx sip.ServerTransacti
 		finalA:  make(chan struct{}),
 	}
 	c.acked = sync.NewCond(&c.mu)
-	c.log = s.log.Named("call").With("call", c.id)
+	c.log = newCallLog(s.callLog, c.id)
 	fromH, toH := req.From(), req.To()
 	remoteTag, _ := fromH.Params.Get("tag")
 	a := &Leg{
@@ -270,22 +269,23 @@ func randCSeq() uint32 {
 // are never treated as learned topology.
 func (s *Server) isOwnHost(host string) bool {
 	for _, z := range s.zones {
-		if strings.EqualFold(strings.Trim(z.host, "[]"), host) || z.cfg.Address.String() == host {
+		if strings.EqualFold(z.ownHost, host) || z.ownAddr == host {
 			return true
 		}
 	}
 	return false
 }
 
-// foreignFor is what must not appear in a message sent on leg l.
-func (c *Call) foreignFor(l *Leg) *foreignSet {
+// foreignFor is what must not appear in a message sent on leg l. It is a
+// value: made for every message sent, it stays on the sender's stack.
+func (c *Call) foreignFor(l *Leg) foreignSet {
 	other := c.legs[l.side.Other()]
 	if other.peer == l.peer && other.zone == l.zone {
 		// a call bridged back to the same peer (a transfer): what the
 		// peer revealed about itself is no secret to it
-		return &foreignSet{networks: l.zone.foreign}
+		return foreignSet{networks: l.zone.foreign}
 	}
-	f := &foreignSet{networks: l.zone.foreign, addrs: other.learned.addrs, hosts: other.learned.hosts}
+	f := foreignSet{networks: l.zone.foreign, addrs: other.learned.addrs, hosts: other.learned.hosts}
 	for _, x := range c.legs {
 		if ac := x.peer.access; ac != nil {
 			// a registered phone's call: both sides name the registrar's
@@ -313,7 +313,9 @@ func (c *Call) run() {
 	}
 	s.register(c.keys[0], legRef{call: c, side: media.A})
 	s.register(c.keys[1], legRef{call: c, side: media.B})
-	c.log.Debug("new call", "from_peer", a.peer.cfg.Name, "to_peer", b.peer.cfg.Name, "from", c.rec.From, "to", c.rec.To)
+	if c.log.IsDebug() {
+		c.log.Debug("new call", "from_peer", a.peer.cfg.Name, "to_peer", b.peer.cfg.Name, "from", c.rec.From, "to", c.rec.To)
+	}
 
 	// register for CANCEL before anything leaves on leg B, so none is missed
 	cancelled := make(chan struct{})
@@ -356,8 +358,9 @@ func (c *Call) run() {
 	c.send(b, req)
 	c.mu.Unlock()
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	// sipgo uses the context only to resolve and dial: leg B's address
+	// is an IP and its connection exists (direct), so nothing waits on it
+	ctx := context.Background()
 	tx, err := b.zone.client.TransactionRequest(ctx, req, noBuild)
 	if err != nil {
 		c.finishEarly(503, fmt.Errorf("send invite to %s: %w", b.peer.cfg.Name, err), nil)
@@ -517,18 +520,33 @@ func sdpBody(msg sip.Message) []byte {
 	if len(body) == 0 {
 		return nil
 	}
-	ct := msg.GetHeaders("Content-Type")
-	if len(ct) == 0 {
+	ct := firstHeader(msg, "Content-Type")
+	if ct == nil {
 		return nil
 	}
-	v := strings.ToLower(strings.TrimSpace(ct[0].Value()))
+	v := strings.TrimSpace(ct.Value())
 	if i := strings.IndexByte(v, ';'); i >= 0 {
 		v = strings.TrimSpace(v[:i])
 	}
-	if v != "application/sdp" {
+	if !asciiEqualFold(v, "application/sdp") {
 		return nil
 	}
 	return body
+}
+
+// asciiEqualFold reports whether s is the lower-case ASCII string lc,
+// ignoring ASCII case only (strings.EqualFold would also take, say, "ſ"
+// for "s").
+func asciiEqualFold(s, lc string) bool {
+	if len(s) != len(lc) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if lower(s[i]) != lc[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // passHeaders are copied from one leg's INVITE to the other's: they carry
@@ -553,18 +571,18 @@ func (c *Call) buildInvite(body []byte) *sip.Request {
 	b.localCSeq++
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: b.localCSeq, MethodName: sip.INVITE})
 	req.AppendHeader(c.srv.contact(b.zone))
-	req.AppendHeader(sip.NewHeader("Allow", allowMethods))
+	req.AppendHeader(hdrAllow)
 	// reliable provisionals (RFC 3262) are acknowledged by the SBC on
 	// leg B itself, whatever the caller supports
-	supported := "100rel"
 	if b.peer.timersOn() {
-		supported += ", timer"
+		req.AppendHeader(hdrSupportedTimer)
+	} else {
+		req.AppendHeader(hdrSupported)
 	}
-	req.AppendHeader(sip.NewHeader("Supported", supported))
 	for _, h := range uacHeaders(b, c.reqSE) {
 		req.AppendHeader(h)
 	}
-	req.AppendHeader(sip.NewHeader("User-Agent", c.srv.cfg.UserAgent))
+	req.AppendHeader(c.srv.hdrUA)
 	copyAllowed(c.inReq, req, b.peer)
 	if c.legs[media.A].peer.access != nil {
 		// the registrar authenticates the phone's call itself
@@ -573,7 +591,7 @@ func (c *Call) buildInvite(body []byte) *sip.Request {
 		}
 	}
 	if body != nil {
-		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		req.AppendHeader(hdrSDP)
 	}
 	req.SetBody(body)
 	req.Laddr = b.zone.laddr
@@ -609,19 +627,27 @@ func rehomeIdentity(v, host string) string {
 	if err != nil || (uri.Scheme != "sip" && uri.Scheme != "sips") || uri.Host == "" {
 		return v
 	}
-	out := sip.Uri{Scheme: uri.Scheme, User: uri.User, Host: host}
-	if up, ok := uri.UriParams.Get("user"); ok && up == "phone" {
-		out.UriParams = sip.NewParams()
-		out.UriParams.Add("user", "phone")
-	}
+	// the URI is written out here rather than by sip.Uri.String, which
+	// parses the host as an IP address each time; host is the zone's,
+	// which that would leave as it is
 	var b strings.Builder
+	b.Grow(len(v) + len(host))
 	if name != "" {
 		b.WriteString(`"`)
 		b.WriteString(strings.ReplaceAll(name, `"`, ""))
 		b.WriteString(`" `)
 	}
 	b.WriteString("<")
-	b.WriteString(out.String())
+	b.WriteString(uri.Scheme)
+	b.WriteString(":")
+	if uri.User != "" {
+		b.WriteString(uri.User)
+		b.WriteString("@")
+	}
+	b.WriteString(host)
+	if up, ok := uri.UriParams.Get("user"); ok && up == "phone" {
+		b.WriteString(";user=phone")
+	}
 	b.WriteString(">")
 	for _, kv := range params {
 		b.WriteString(";")
@@ -668,7 +694,7 @@ func (c *Call) inDialog(l *Leg, method sip.RequestMethod, seq uint32) *sip.Reque
 	cid := sip.CallIDHeader(l.callID)
 	req.AppendHeader(&cid)
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: seq, MethodName: method})
-	req.AppendHeader(sip.NewHeader("User-Agent", c.srv.cfg.UserAgent))
+	req.AppendHeader(c.srv.hdrUA)
 	req.SetBody(nil)
 	req.Laddr = l.zone.laddr
 	req.SetDestination(l.dest)
@@ -686,11 +712,13 @@ func tagParams(tag string) sip.HeaderParams {
 // send runs the leak guard over a message about to leave on leg l and, for
 // a request, picks its transport and connection (see Server.direct).
 func (c *Call) send(l *Leg, msg sip.Message) {
-	if touched := c.srv.guard.scrub(msg, c.foreignFor(l)); len(touched) > 0 {
+	f := c.foreignFor(l)
+	touched, size := c.srv.guard.scrubSized(msg, &f)
+	if len(touched) > 0 {
 		c.log.Warn("leak guard removed content", "leg", l.side, "zone", l.zone.cfg.Name, "headers", strings.Join(touched, ","))
 	}
 	if req, ok := msg.(*sip.Request); ok {
-		c.srv.direct(l.zone, l.peer, &l.dest, l.transportName(), req)
+		c.srv.direct(l.zone, l.peer, &l.dest, l.transportName(), req, size)
 	}
 }
 
@@ -1000,7 +1028,9 @@ func (c *Call) answerA(body []byte, res *sip.Response) {
 	c.startTimer(c.legs[media.A], c.aTimer)
 	c.startTimer(b, uacTimer(b.peer, c.reqSE, res))
 	c.startRetransmit()
-	c.log.Debug("call answered", "setup_ms", c.rec.Answer.Sub(c.rec.Start).Milliseconds())
+	if c.log.IsDebug() {
+		c.log.Debug("call answered", "setup_ms", c.rec.Answer.Sub(c.rec.Start).Milliseconds())
+	}
 }
 
 func (c *Call) setTarget(l *Leg, res *sip.Response) {
@@ -1053,7 +1083,7 @@ func (c *Call) ackB(body []byte) {
 		c.bAck = c.inDialog(b, sip.ACK, c.outReq.CSeq().SeqNo)
 	}
 	if body != nil {
-		c.bAck.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		c.bAck.AppendHeader(hdrSDP)
 		c.bAck.SetBody(body)
 	}
 	if body != nil {
@@ -1183,7 +1213,7 @@ func (c *Call) cancelFor(l *Leg, inv *sip.Request) *sip.Request {
 	cid := sip.CallIDHeader(inv.CallID().Value())
 	req.AppendHeader(&cid)
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: inv.CSeq().SeqNo, MethodName: sip.CANCEL})
-	req.AppendHeader(sip.NewHeader("User-Agent", c.srv.cfg.UserAgent))
+	req.AppendHeader(c.srv.hdrUA)
 	req.SetBody(nil)
 	req.Laddr = l.zone.laddr
 	req.SetDestination(l.dest)
@@ -1206,14 +1236,17 @@ func (c *Call) runTxThen(l *Leg, req *sip.Request, then func()) {
 		if then != nil {
 			defer then()
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 64*sip.T1+time.Second)
-		defer cancel()
-		tx, err := l.zone.client.TransactionRequest(ctx, req, noBuild)
+		// Timer F ends the transaction; the timer is only a backstop, and
+		// one timer costs less than a context with a deadline (sipgo uses
+		// the context only to resolve and dial, which a leg never needs)
+		tx, err := l.zone.client.TransactionRequest(context.Background(), req, noBuild)
 		if err != nil {
 			c.log.Debug("send request", "method", req.Method, "leg", l.side, "error", err)
 			return
 		}
 		defer tx.Terminate()
+		backstop := time.NewTimer(64*sip.T1 + time.Second)
+		defer backstop.Stop()
 		for {
 			select {
 			case res := <-tx.Responses():
@@ -1222,7 +1255,7 @@ func (c *Call) runTxThen(l *Leg, req *sip.Request, then func()) {
 				}
 			case <-tx.Done():
 				return
-			case <-ctx.Done():
+			case <-backstop.C:
 				return
 			}
 		}
@@ -1403,7 +1436,9 @@ func (c *Call) end() {
 	c.dropSpare()
 	c.rec.End = time.Now()
 	c.srv.removeCall(c, c.keys)
-	c.log.Debug("call ended", "reason", c.rec.EndReason, "status", c.rec.Status, "duration_ms", c.rec.End.Sub(c.rec.Start).Milliseconds())
+	if c.log.IsDebug() {
+		c.log.Debug("call ended", "reason", c.rec.EndReason, "status", c.rec.Status, "duration_ms", c.rec.End.Sub(c.rec.Start).Milliseconds())
+	}
 	if h := c.srv.hooks.CallEnded; h != nil {
 		rec := c.rec
 		go h(context.Background(), rec)

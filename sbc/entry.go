@@ -61,8 +61,8 @@ func inspect(p *sip.Parser, data []byte, maxSize int) entryResult {
 	if !ok {
 		return entryResult{Action: entryDrop, Reason: "not sip"}
 	}
-	isAck := method == "ACK"
-	if isAck && version == "SIP/2.0" {
+	isAck := string(method) == "ACK"
+	if isAck && string(version) == "SIP/2.0" {
 		// nothing is ever answered to an ACK, so pre-parsing it would only
 		// cost time: sipgo drops one it cannot parse, and the dialog
 		// lookup ignores one without Call-ID or tags
@@ -78,7 +78,7 @@ func inspect(p *sip.Parser, data []byte, maxSize int) entryResult {
 		}
 		return entryResult{Action: entryRespond, Reply: reply, Reason: why}
 	}
-	if version != "SIP/2.0" {
+	if string(version) != "SIP/2.0" {
 		return answer(505, "version")
 	}
 	if !wellFormed {
@@ -104,24 +104,65 @@ func inspect(p *sip.Parser, data []byte, maxSize int) entryResult {
 // requestLine splits "METHOD uri SIP/2.0" loosely. ok is false for data
 // that does not look like a request at all (dropped silently); wellFormed is
 // false for a request line with extra whitespace inside (answered with 400,
-// RFC 4475 §3.1.2.8/§3.1.2.9).
-func requestLine(b []byte) (method, version string, ok, wellFormed bool) {
+// RFC 4475 §3.1.2.8/§3.1.2.9). method and version point into b. It runs for
+// every request from a peer, so it splits the line without allocating; the
+// fields are those of bytes.Fields.
+func requestLine(b []byte) (method, version []byte, ok, wellFormed bool) {
 	end := bytes.IndexByte(b, '\n')
 	if end < 0 {
-		return "", "", false, false
+		return nil, nil, false, false
 	}
 	line := bytes.TrimRight(b[:end], "\r")
-	f := bytes.Fields(line)
-	if len(f) < 3 || len(f[0]) > 64 || !bytes.HasPrefix(f[len(f)-1], []byte("SIP/")) {
-		return "", "", false, false
-	}
-	for _, c := range f[0] {
-		if !isTokenChar(c) {
-			return "", "", false, false
+	var first, last []byte
+	n := 0
+	if ascii(line) {
+		for i := 0; i < len(line); {
+			for i < len(line) && asciiSpace[line[i]] {
+				i++
+			}
+			if i == len(line) {
+				break
+			}
+			j := i
+			for j < len(line) && !asciiSpace[line[j]] {
+				j++
+			}
+			if n == 0 {
+				first = line[i:j]
+			}
+			last = line[i:j]
+			n++
+			i = j
+		}
+	} else {
+		// other white space than ASCII's: bytes.Fields knows it
+		f := bytes.Fields(line)
+		if n = len(f); n > 0 {
+			first, last = f[0], f[n-1]
 		}
 	}
-	wellFormed = len(f) == 3 && bytes.Count(line, []byte(" ")) == 2
-	return string(f[0]), string(f[len(f)-1]), true, wellFormed
+	if n < 3 || len(first) > 64 || !bytes.HasPrefix(last, []byte("SIP/")) {
+		return nil, nil, false, false
+	}
+	for _, c := range first {
+		if !isTokenChar(c) {
+			return nil, nil, false, false
+		}
+	}
+	wellFormed = n == 3 && bytes.Count(line, []byte(" ")) == 2
+	return first, last, true, wellFormed
+}
+
+// asciiSpace marks the ASCII bytes bytes.Fields splits at.
+var asciiSpace = [256]bool{'\t': true, '\n': true, '\v': true, '\f': true, '\r': true, ' ': true}
+
+func ascii(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 func isTokenChar(c byte) bool {

@@ -182,3 +182,43 @@ func FuzzInspect(f *testing.F) {
 		}
 	})
 }
+
+// requestLineFields is requestLine as bytes.Fields splits the line: the
+// reference the allocation-free split must agree with.
+func requestLineFields(b []byte) (method, version string, ok, wellFormed bool) {
+	end := bytes.IndexByte(b, '\n')
+	if end < 0 {
+		return "", "", false, false
+	}
+	line := bytes.TrimRight(b[:end], "\r")
+	f := bytes.Fields(line)
+	if len(f) < 3 || len(f[0]) > 64 || !bytes.HasPrefix(f[len(f)-1], []byte("SIP/")) {
+		return "", "", false, false
+	}
+	for _, c := range f[0] {
+		if !isTokenChar(c) {
+			return "", "", false, false
+		}
+	}
+	return string(f[0]), string(f[len(f)-1]), true, len(f) == 3 && bytes.Count(line, []byte(" ")) == 2
+}
+
+func FuzzRequestLine(f *testing.F) {
+	for _, b := range corpus(f) {
+		f.Add(b)
+	}
+	for _, s := range []string{
+		"INVITE sip:a@b SIP/2.0\r\n", "INVITE\tsip:a@b\tSIP/2.0\r\n", "INVITE  sip:a@b SIP/2.0\n",
+		" INVITE sip:a@b SIP/2.0 \r\n", "INVITE\vsip:a@b\fSIP/2.0\r\n", "INVITE\u00a0sip:a@b SIP/2.0\r\n",
+		"INVITE sip:a@b\u2003SIP/2.0\r\n", "OPTIONS sip:a@b SIP/3.0\r\n", "X sip SIP/\r\n", "A B\r\n", "\n",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, v, ok, wf := requestLine(data)
+		wm, wv, wok, wwf := requestLineFields(data)
+		if string(m) != wm || string(v) != wv || ok != wok || wf != wwf {
+			t.Fatalf("requestLine(%q) = %q %q %v %v, bytes.Fields says %q %q %v %v", data, m, v, ok, wf, wm, wv, wok, wwf)
+		}
+	})
+}

@@ -196,7 +196,7 @@ func (c *Call) relayInDialog(side media.Side, req *sip.Request, tx sip.ServerTra
 		}
 	}
 	if offerAnswer && body != nil {
-		out.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		out.AppendHeader(hdrSDP)
 	}
 	out.SetBody(body)
 	c.send(other, out)
@@ -455,7 +455,7 @@ func (c *Call) onUpdateAck(u *inDialogTx, req *sip.Request) {
 	if !u.acked && u.ack != nil {
 		if sdp := sdpBody(req); sdp != nil {
 			if out, err := c.negotiate(false, u.from, sdp); err == nil {
-				u.ack.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+				u.ack.AppendHeader(hdrSDP)
 				u.ack.SetBody(out)
 				c.sentSDP[other.side] = out
 			} else {
@@ -589,7 +589,7 @@ func (c *Call) respondOn(l *Leg, req *sip.Request, tx sip.ServerTransaction, cod
 		res.AppendHeader(h)
 	}
 	if body != nil {
-		res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		res.AppendHeader(hdrSDP)
 	}
 	res.SetBody(body)
 	setTransport(res, l.zone, "", transportOf(req))

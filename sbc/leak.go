@@ -221,8 +221,14 @@ func scanAddrs(s string, match func(netip.Addr) bool) bool {
 		}
 		switch {
 		case colons >= 2:
-			if a, err := netip.ParseAddr(tok); err == nil && match(a) {
-				return true
+			// "sip:10.0.0.1:5060" gives ":10.0.0.1:5060", no IPv6 once
+			// its leading colon is off: parsing it would only fail (and
+			// allocate the error), and an address with fewer than two
+			// colons is an IPv4 one, which trailingIPv4 finds
+			if strings.Count(tok, ":") >= 2 {
+				if a, err := netip.ParseAddr(tok); err == nil && match(a) {
+					return true
+				}
 			}
 			fallthrough
 		case dots == 3 && letters == 0:
@@ -270,10 +276,19 @@ var mandatoryHeaders = map[string]bool{"via": true, "from": true, "to": true, "c
 
 // scrub removes what leaks and returns the names of the headers it touched.
 func (g *leakGuard) scrub(msg sip.Message, f *foreignSet) []string {
+	touched, _ := g.scrubSized(msg, f)
+	return touched
+}
+
+// scrubSized is scrub that also returns the size of msg on the wire when
+// it left msg as it was (-1 when it changed it): the size the guard's one
+// serialisation measured, which the transport choice needs too (direct).
+func (g *leakGuard) scrubSized(msg sip.Message, f *foreignSet) ([]string, int) {
 	// fast path: one serialisation and one scan of the whole message;
 	// messages are clean by construction, so this is almost always it
-	if !f.leaksIn(msg) {
-		return nil
+	leak, size := f.leaksIn(msg)
+	if !leak {
+		return nil, size
 	}
 	var touched []string
 	all := headersOf(msg)
@@ -325,10 +340,11 @@ func (g *leakGuard) scrub(msg sip.Message, f *foreignSet) []string {
 		msg.SetBody(scrubBody(body, f))
 		touched = append(touched, "body")
 	}
-	if len(touched) > 0 {
-		g.fired.Add(1)
+	if len(touched) == 0 {
+		return nil, size
 	}
-	return touched
+	g.fired.Add(1)
+	return touched, -1
 }
 
 // wireBufs holds the buffers the fast path serialises messages into: every
@@ -337,12 +353,13 @@ func (g *leakGuard) scrub(msg sip.Message, f *foreignSet) []string {
 var wireBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // leaksIn reports whether msg, as it would be written, mentions a foreign
-// address or hostname.
-func (f *foreignSet) leaksIn(msg sip.Message) bool {
+// address or hostname, and how many bytes it is when written.
+func (f *foreignSet) leaksIn(msg sip.Message) (bool, int) {
 	buf := wireBufs.Get().(*bytes.Buffer)
 	buf.Reset()
 	msg.StringWrite(buf)
 	var leak bool
+	size := buf.Len()
 	if b := buf.Bytes(); len(b) > 0 {
 		// the buffer is neither changed nor kept while the string view of
 		// it is in use
@@ -351,7 +368,7 @@ func (f *foreignSet) leaksIn(msg sip.Message) bool {
 	if buf.Cap() <= 64<<10 { // an oversized message's buffer is not kept
 		wireBufs.Put(buf)
 	}
-	return leak
+	return leak, size
 }
 
 func scrubBody(body []byte, f *foreignSet) []byte {

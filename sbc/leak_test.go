@@ -1,6 +1,7 @@
 package sbc
 
 import (
+	"maps"
 	"net/netip"
 	"strings"
 	"testing"
@@ -82,8 +83,13 @@ func TestLearnAndScrub(t *testing.T) {
 
 	clean := sip.NewRequest(sip.BYE, sip.Uri{Scheme: "sip", Host: "203.0.113.2"})
 	clean.AppendHeader(sip.NewHeader("X-Clean", "ok"))
-	if touched := g.scrub(clean, f); len(touched) != 0 {
-		t.Errorf("clean message touched: %v", touched)
+	if touched, size := g.scrubSized(clean, f); len(touched) != 0 || size != messageSize(clean) {
+		t.Errorf("clean message touched %v, or size %d is not its wire size %d", touched, size, messageSize(clean))
+	}
+	again := sip.NewRequest(sip.BYE, sip.Uri{Scheme: "sip", Host: "203.0.113.2"})
+	again.AppendHeader(sip.NewHeader("P-Leak", "10.91.1.44"))
+	if touched, size := g.scrubSized(again, f); len(touched) == 0 || size != -1 {
+		t.Errorf("scrubbed message: touched %v, size %d; the size of a changed message is unknown (-1)", touched, size)
 	}
 }
 
@@ -124,4 +130,65 @@ func asciiOnly(s string) string {
 		}
 	}
 	return string(b)
+}
+
+// scanAddrsAll is scanAddrs with every token of two colons or more given
+// to the IPv6 parser: the reference scanAddrs must agree with.
+func scanAddrsAll(s string, match func(netip.Addr) bool) bool {
+	for i := 0; i < len(s); {
+		if !isAddrChar(s[i]) {
+			i++
+			continue
+		}
+		j := i
+		dots, colons, letters := 0, 0, 0
+		for j < len(s) && isAddrChar(s[j]) {
+			switch c := s[j]; {
+			case c == '.':
+				dots++
+			case c == ':':
+				colons++
+			case c > '9':
+				letters++
+			}
+			j++
+		}
+		tok := s[i:j]
+		i = j
+		for len(tok) > 0 && (tok[len(tok)-1] == ':' || tok[len(tok)-1] == '.') {
+			tok = tok[:len(tok)-1]
+		}
+		if len(tok) > 1 && tok[0] == ':' && tok[1] != ':' {
+			tok = tok[1:]
+		}
+		switch {
+		case colons >= 2:
+			if a, err := netip.ParseAddr(tok); err == nil && match(a) {
+				return true
+			}
+			fallthrough
+		case dots == 3 && letters == 0:
+			if a, ok := trailingIPv4(tok); ok && match(a) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func FuzzScanAddrs(f *testing.F) {
+	for _, s := range []string{"<sip:10.0.0.1:5060>", "c=IN IP6 ::ffff:10.0.0.1", "a=x:1.2.3.4:", "[2001:db8::5]:5060",
+		":1.2.3.4:", "::1", "a:b:c", "sip:x@fe80::1%eth0"} {
+		f.Add(s)
+	}
+	// scanAddrs reports whether any address satisfies match: the two must
+	// offer match the same addresses (the reference may offer one twice)
+	f.Fuzz(func(t *testing.T, s string) {
+		got, want := map[netip.Addr]bool{}, map[netip.Addr]bool{}
+		scanAddrs(s, func(a netip.Addr) bool { got[a] = true; return false })
+		scanAddrsAll(s, func(a netip.Addr) bool { want[a] = true; return false })
+		if !maps.Equal(got, want) {
+			t.Fatalf("scanAddrs(%q) saw %v, the reference %v", s, got, want)
+		}
+	})
 }

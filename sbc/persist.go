@@ -150,7 +150,7 @@ func (s *Server) Restore(st CallState) error {
 		mediaOpen: true,
 	}
 	c.acked = sync.NewCond(&c.mu)
-	c.log = s.log.Named("call").With("call", c.id)
+	c.log = newCallLog(s.callLog, c.id)
 	for side := range st.Legs {
 		l, err := s.restoreLeg(media.Side(side), st.Legs[side])
 		if err != nil {

@@ -93,7 +93,7 @@ func (c *Call) sendReliableA(code int, body []byte, offer bool) {
 	}
 	a := c.legs[media.A]
 	// Allow tells the caller that UPDATE works in the early dialog
-	extra := []sip.Header{sip.NewHeader("Require", "100rel"), sip.NewHeader("RSeq", strconv.FormatUint(uint64(c.aRSeq), 10)), sip.NewHeader("Allow", allowMethods)}
+	extra := []sip.Header{sip.NewHeader("Require", "100rel"), sip.NewHeader("RSeq", strconv.FormatUint(uint64(c.aRSeq), 10)), hdrAllow}
 	p := &relProv{rseq: c.aRSeq, sdp: body != nil, offer: offer, open: true}
 	p.res = c.respondOn(a, c.inReq, c.inTx, code, body, extra)
 	c.aProv = p
@@ -265,7 +265,7 @@ func (c *Call) sendPrackB(body []byte) {
 	req := c.inDialog(b, sip.PRACK, b.localCSeq)
 	req.AppendHeader(sip.NewHeader("RAck", fmt.Sprintf("%d %d INVITE", rseq, c.outReq.CSeq().SeqNo)))
 	if body != nil {
-		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		req.AppendHeader(hdrSDP)
 		req.SetBody(body)
 		c.sentSDP[media.B] = body
 	}

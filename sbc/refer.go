@@ -222,21 +222,21 @@ func (c *Call) startTransfer(x *Leg, to *peer, target sip.Uri) {
 	t.localCSeq++
 	req.AppendHeader(&sip.CSeqHeader{SeqNo: t.localCSeq, MethodName: sip.INVITE})
 	req.AppendHeader(c.srv.contact(t.zone))
-	req.AppendHeader(sip.NewHeader("Allow", allowMethods))
+	req.AppendHeader(hdrAllow)
 	if to.timersOn() {
 		req.AppendHeader(sip.NewHeader("Supported", "timer"))
 		for _, h := range uacHeaders(t, to.cfg.SessionExpires) {
 			req.AppendHeader(h)
 		}
 	}
-	req.AppendHeader(sip.NewHeader("User-Agent", c.srv.cfg.UserAgent))
+	req.AppendHeader(c.srv.hdrUA)
 	offer, err := c.transferOffer(t)
 	if err != nil {
 		// the target still gets the INVITE, without SDP
 		c.log.Warn("no offer for the transfer target", "error", err)
 	}
 	if offer != nil {
-		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		req.AppendHeader(hdrSDP)
 	}
 	req.SetBody(offer)
 	req.Laddr = t.zone.laddr
@@ -326,13 +326,13 @@ func (c *Call) startAttended(x *Leg, replaces string, ref legRef, req *sip.Reque
 	t.localCSeq++
 	inv := c.inDialog(t, sip.INVITE, t.localCSeq)
 	inv.AppendHeader(c.srv.contact(t.zone))
-	inv.AppendHeader(sip.NewHeader("Allow", allowMethods))
+	inv.AppendHeader(hdrAllow)
 	offer, err := c.transferOffer(t)
 	if err != nil {
 		c.log.Warn("no offer for the transfer target", "error", err)
 	}
 	if offer != nil {
-		inv.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		inv.AppendHeader(hdrSDP)
 	}
 	inv.SetBody(offer)
 	xf := &transfer{referrer: x, target: t, invite: inv, reinvite: true, answered: true, offer: offer}
@@ -528,7 +528,7 @@ func (c *Call) bridge(xf *transfer, res *sip.Response) {
 		}
 	}
 	if offer != nil {
-		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		req.AppendHeader(hdrSDP)
 	}
 	req.SetBody(offer)
 	c.send(y, req)
@@ -662,7 +662,7 @@ func (c *Call) bridged(xf *transfer, u *inDialogTx, req *sip.Request, ackT *sip.
 		return
 	}
 	if answer != nil {
-		ackT.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		ackT.AppendHeader(hdrSDP)
 		ackT.SetBody(answer)
 	}
 	ackTarget()

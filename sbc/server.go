@@ -45,6 +45,11 @@ type Server struct {
 
 	counters counters
 	started  atomic.Bool
+
+	callLog hclog.Logger // log named "call": the base of each Call's log
+	// hdrServer and hdrUA are the Server and User-Agent headers of every
+	// message (see hdrAllow)
+	hdrServer, hdrUA sip.Header
 }
 
 // counters are exported through Status. All fields are atomics.
@@ -68,6 +73,8 @@ type zone struct {
 	conn    *net.UDPConn
 	laddr   sip.Addr
 	host    string // advertised host for Via/Contact
+	ownHost string // host without brackets, for isOwnHost
+	ownAddr string // cfg.Address as text, for isOwnHost
 	port    int
 	peers   []*peer
 	foreign []netip.Prefix // networks of every other zone
@@ -158,6 +165,7 @@ func NewServer(cfg Config, m Media, hooks Hooks, log hclog.Logger, sl *slog.Logg
 	s := &Server{
 		cfg:     cfg,
 		log:     log,
+		callLog: log.Named("call"),
 		slog:    sl,
 		media:   m,
 		hooks:   hooks,
@@ -165,6 +173,7 @@ func NewServer(cfg Config, m Media, hooks Hooks, log hclog.Logger, sl *slog.Logg
 		calls:   make(map[string]*Call),
 		dialogs: make(map[dialogKey]legRef),
 	}
+	s.hdrServer, s.hdrUA = sip.NewHeader("Server", cfg.UserAgent), sip.NewHeader("User-Agent", cfg.UserAgent)
 	byName := map[string]*zone{}
 	for _, zc := range cfg.Zones {
 		if !zc.Address.IsValid() {
@@ -184,6 +193,7 @@ func NewServer(cfg Config, m Media, hooks Hooks, log hclog.Logger, sl *slog.Logg
 		if adv.Is6() && !adv.Is4In6() {
 			z.host = "[" + adv.String() + "]"
 		}
+		z.ownHost, z.ownAddr = strings.Trim(z.host, "[]"), zc.Address.String()
 		z.laddr = sip.Addr{IP: net.IP(zc.Address.AsSlice()), Port: zc.SIPPort}
 		for _, t := range zc.Transports {
 			if !strings.EqualFold(t, TransportUDP) && !strings.EqualFold(t, TransportTCP) {
@@ -775,9 +785,9 @@ func (s *Server) respond(z *zone, req *sip.Request, tx sip.ServerTransaction, co
 
 // decorateResponse adds what every response of ours carries.
 func (s *Server) decorateResponse(z *zone, res *sip.Response, code int) {
-	res.AppendHeader(sip.NewHeader("Server", s.cfg.UserAgent))
+	res.AppendHeader(s.hdrServer)
 	if code == 405 || code == 501 || (code >= 200 && code < 300) {
-		res.AppendHeader(sip.NewHeader("Allow", allowMethods))
+		res.AppendHeader(hdrAllow)
 	}
 	if code == 200 || (code > 100 && code < 200) {
 		res.AppendHeader(s.contact(z))
@@ -785,6 +795,18 @@ func (s *Server) decorateResponse(z *zone, res *sip.Response, code int) {
 }
 
 const allowMethods = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, PRACK, INFO, MESSAGE, NOTIFY, REFER"
+
+// Headers whose value never changes are made once and appended to every
+// message that carries them: nothing changes a header once it is in a
+// message (the leak guard drops headers, it does not edit generic ones),
+// and sending only reads them. Making them per message was a share of the
+// allocations of every call.
+var (
+	hdrAllow          = sip.NewHeader("Allow", allowMethods)
+	hdrSDP            = sip.NewHeader("Content-Type", "application/sdp")
+	hdrSupported      = sip.NewHeader("Supported", "100rel")
+	hdrSupportedTimer = sip.NewHeader("Supported", "100rel, timer")
+)
 
 func (s *Server) contact(z *zone) *sip.ContactHeader {
 	return &sip.ContactHeader{Address: sip.Uri{Scheme: "sip", Host: z.host, Port: z.port}}
@@ -880,10 +902,10 @@ func (s *Server) ackAndByeOrphan(z *zone, res *sip.Response) {
 		cid := sip.CallIDHeader(id.Value())
 		r.AppendHeader(&cid)
 		r.AppendHeader(&sip.CSeqHeader{SeqNo: seq, MethodName: m})
-		r.AppendHeader(sip.NewHeader("User-Agent", s.cfg.UserAgent))
+		r.AppendHeader(s.hdrUA)
 		r.SetBody(nil)
 		dest := p.dest
-		s.direct(z, p, &dest, p.cfg.Transport, r)
+		s.direct(z, p, &dest, p.cfg.Transport, r, -1)
 		return r
 	}
 	if err := z.client.WriteRequest(build(sip.ACK, cs.SeqNo), noBuild); err != nil {

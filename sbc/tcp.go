@@ -558,14 +558,15 @@ func (s *Server) hasTCP(z *zone, dest string) bool {
 // socket, a TCP one over a connection to *dest (reused while it is open,
 // else opened to the peer's configured address, never a Contact host).
 // A UDP request larger than the RFC 3261 §18.1.1 limit goes over TCP when
-// the zone serves TCP. Caller may hold a call's mu.
-func (s *Server) direct(z *zone, p *peer, dest *string, tp string, req *sip.Request) {
+// the zone serves TCP. size is req's size on the wire if the caller knows
+// it (the leak guard measured it), else -1. Caller may hold a call's mu.
+func (s *Server) direct(z *zone, p *peer, dest *string, tp string, req *sip.Request, size int) {
 	via := tp
 	switch {
 	case req.Method == sip.CANCEL && req.Via() != nil:
 		// a CANCEL goes the way of its INVITE (RFC 3261 §9.1)
 		via = strings.ToLower(req.Via().Transport)
-	case tp == TransportUDP && z.servesTCP() && req.Method != sip.ACK && messageSize(req) > mtuLimit:
+	case tp == TransportUDP && z.servesTCP() && req.Method != sip.ACK && sizeOf(req, size) > mtuLimit:
 		via = TransportTCP
 	}
 	setTransport(req, z, via, tp)
@@ -598,6 +599,15 @@ func messageSize(msg sip.Message) int {
 	var b bytes.Buffer
 	msg.StringWrite(&b)
 	return b.Len()
+}
+
+// sizeOf is msg's size on the wire: known, when it is not negative, or
+// measured.
+func sizeOf(msg sip.Message, known int) int {
+	if known >= 0 {
+		return known
+	}
+	return messageSize(msg)
 }
 
 // setTransport names the transport in the top Via (via) and in the

@@ -82,11 +82,11 @@ func readTimer(msg sip.Message) timerRequest {
 	var t timerRequest
 	t.supported = hasOption(msg, "Supported", "timer")
 	for _, name := range []string{"Session-Expires", "x"} {
-		hs := msg.GetHeaders(name)
-		if len(hs) == 0 {
+		h := firstHeader(msg, name)
+		if h == nil {
 			continue
 		}
-		parts := strings.Split(hs[0].Value(), ";")
+		parts := strings.Split(h.Value(), ";")
 		if n, err := strconv.ParseUint(strings.TrimSpace(parts[0]), 10, 32); err == nil && n > 0 {
 			t.se = time.Duration(n) * time.Second
 		}
@@ -98,8 +98,8 @@ func readTimer(msg sip.Message) timerRequest {
 		}
 		break
 	}
-	if hs := msg.GetHeaders("Min-SE"); len(hs) > 0 {
-		v, _, _ := strings.Cut(hs[0].Value(), ";")
+	if h := firstHeader(msg, "Min-SE"); h != nil {
+		v, _, _ := strings.Cut(h.Value(), ";")
 		if n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32); err == nil {
 			t.minSE = time.Duration(n) * time.Second
 		}
@@ -311,7 +311,7 @@ func (c *Call) refresh(l *Leg, st *sessionTimer) {
 		req.AppendHeader(h)
 	}
 	if body != nil {
-		req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+		req.AppendHeader(hdrSDP)
 	}
 	req.SetBody(body)
 	c.send(l, req)
