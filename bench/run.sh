@@ -41,6 +41,7 @@
 #   BENCH_EDGESBC       an edgesbc binary to use instead of building bin/edgesbc
 #   BENCH_MEDIA_EXTRA   extra lines for edgesbc's media block, e.g.
 #                       'pinhole_zones = []' to see what a feature costs
+#   BENCH_LOG_LEVEL     edgesbc's log level (info shows why calls were refused)  warn
 set -Eeuo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -554,7 +555,7 @@ write_edgesbc_config() {
 		  $MEDIA_EXTRA
 		}
 		log {
-		  level = "warn"
+		  level = "${BENCH_LOG_LEVEL:-warn}"
 		}
 	EOF
 }

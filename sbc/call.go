@@ -307,6 +307,15 @@ func (c *Call) run() {
 		return
 	}
 	s.counters.callsTotal.Add(1)
+	// 100 Trying at once (RFC 3261 §17.2.1 allows it; for a B2BUA, whose
+	// leg B takes a while, it is the norm): the caller stops retransmitting
+	// its INVITE, and sipgo's own 200 ms timer for a 100 never fires. Left
+	// to that timer and to retransmitted INVITEs, callers under load were
+	// seen receiving a 100 after the 200 (the bench's SIPp then drops the
+	// call).
+	c.mu.Lock()
+	c.respondA(100, nil, nil)
+	c.mu.Unlock()
 	c.keys = []dialogKey{
 		{zone: a.zone, callID: a.callID, localTag: a.localTag},
 		{zone: b.zone, callID: b.callID, localTag: b.localTag},
