@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -447,4 +448,72 @@ func TestPollerFailingSocket(t *testing.T) {
 	}
 	r.Shutdown()
 	waitGoroutines(t, base)
+}
+
+// parkedInWait reports whether a goroutine is blocked in a WaitGroup.Wait
+// called from the function fn (a method name such as "dropUnstarted").
+func parkedInWait(fn string) bool {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		head, _, _ := strings.Cut(g, "\n")
+		parked := strings.Contains(head, "[sync.WaitGroup.Wait") || strings.Contains(head, "[semacquire")
+		if parked && strings.Contains(g, "sync.(*WaitGroup).Wait(") && strings.Contains(g, "."+fn+"(") {
+			return true
+		}
+	}
+	return false
+}
+
+// TestPollerDropUnstartedWaitsForWholeStream drops the endpoints of a
+// stream that was never started (an offer that failed after its ports were
+// bound) while a worker is inside a socket of side B. That worker sends out
+// of the socket's peer on side A, so no socket of the stream may be closed
+// before it has left: a closed descriptor number can belong to a new
+// socket by then.
+func TestPollerDropUnstartedWaitsForWholeStream(t *testing.T) {
+	r := newPollRelay(t, 1, nil)
+	s := newSession(r, "drop-unstarted", Address{Bind: relayA}, Address{Bind: relayB})
+	eps, err := s.allocate(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kA, kB := eps[A].socks[compRTP], eps[B].socks[compRTP]
+	fdA := kA.sock.fd
+	// Be the worker draining kB: nothing was sent to the new ports, so no
+	// real worker holds its slot.
+	sl := kB.reg.slot
+	if !sl.acquire(kB.reg.gen) {
+		t.Fatal("the slot of an idle socket could not be taken")
+	}
+	dropped := make(chan struct{})
+	go func() {
+		defer close(dropped)
+		s.dropUnstarted(eps)
+	}()
+	eventually(t, "dropUnstarted to wait for the worker", func() bool { return parkedInWait("dropUnstarted") })
+
+	// What the worker does next: send out of the peer socket.
+	if fd := kB.peer.sock.fd; fd != fdA {
+		t.Errorf("peer descriptor %d while a worker is inside its stream, want %d (still open)", fd, fdA)
+	} else if sa, err := unix.Getsockname(fd); err != nil {
+		t.Errorf("peer descriptor %d closed while a worker is inside its stream: %v", fd, err)
+	} else if in4, ok := sa.(*unix.SockaddrInet4); !ok || in4.Port != int(kA.local.Port()) {
+		t.Errorf("peer descriptor %d is bound to %v, want port %d", fd, sa, kA.local.Port())
+	}
+	if !sl.release() {
+		t.Fatal("release of a closing slot kept it")
+	}
+	<-dropped
+	for _, ep := range eps {
+		for _, k := range ep.socks {
+			if k.sock.fd != -1 {
+				t.Errorf("%v not closed: fd %d", k.local, k.sock.fd)
+			}
+		}
+	}
+	if r.poll.registered() != 0 || r.reading.Load() != 0 || r.pool.Allocated() != 0 {
+		t.Errorf("registered %d, reading %d, allocated %d; want 0, 0, 0",
+			r.poll.registered(), r.reading.Load(), r.pool.Allocated())
+	}
 }
