@@ -517,3 +517,87 @@ func TestPollerDropUnstartedWaitsForWholeStream(t *testing.T) {
 			r.poll.registered(), r.reading.Load(), r.pool.Allocated())
 	}
 }
+
+// registeredSocket returns the relay socket registered with r's poller
+// that is bound to local, or nil.
+func registeredSocket(r *Relay, local netip.AddrPort) *relaySocket {
+	r.poll.mu.Lock()
+	defer r.poll.mu.Unlock()
+	for _, chunk := range *r.poll.table.Load() {
+		for i := range chunk {
+			if k := chunk[i].k; k != nil && k.local == local {
+				return k
+			}
+		}
+	}
+	return nil
+}
+
+// TestPollerRestoreHeldCallNotOffloaded restores a held call whose sides
+// are latched while side B keeps sending RTCP, as phones on hold do. The
+// poller reads a socket from the moment it is registered, before Restore
+// has set up the stream's links: a datagram forwarded then must already
+// find them held, since a held call is never offloaded.
+func TestPollerRestoreHeldCallNotOffloaded(t *testing.T) {
+	a, b := newPhone(t, phoneAIP, false), newPhone(t, phoneBIP, false)
+	fake := newFakeOffloader()
+	var lo int
+	r := newPollRelay(t, 1, func(c *Config) {
+		c.Offloader = fake
+		lo = c.PortMin
+	})
+	latched := func(c *net.UDPConn) RemoteState { return RemoteState{Expected: addrOf(c), Latched: addrOf(c)} }
+	toBRTCP := netip.AddrPortFrom(relayB, uint16(lo+3))
+	// The RTP flow was in the kernel before the restart and is gone now:
+	// Adopt is asked about it and finds nothing.
+	gone := Flow{Src: addrOf(a.rtp), Local: netip.AddrPortFrom(relayA, uint16(lo)),
+		Out: netip.AddrPortFrom(relayB, uint16(lo+2)), Dst: addrOf(b.rtp)}
+	state := SessionState{
+		ID:     "call-restore-held",
+		Addrs:  [2]Address{{Bind: relayA}, {Bind: relayB}},
+		Known:  [2]bool{true, true},
+		Duplex: [2]bool{true, false}, // B holds
+		Streams: []StreamState{{
+			Kind:  "audio",
+			Ports: [2]int{lo, lo + 2},
+			Remote: [2][2]RemoteState{
+				A: {latched(a.rtp), latched(a.rtcp)},
+				B: {latched(b.rtp), latched(b.rtcp)},
+			},
+			Kernel: [2]*Flow{compRTP: &gone},
+		}},
+	}
+	adopts := 0
+	fake.onAdopt = func(Flow) {
+		// Restore has registered the sockets and not started the stream:
+		// B's RTCP arrives now, and a worker reads it at once.
+		adopts++
+		k := registeredSocket(r, toBRTCP)
+		if k == nil {
+			t.Fatalf("no socket registered on %v while restoring", toBRTCP)
+		}
+		sendTo(t, b.rtcp, toBRTCP, rtcpPacket(1))
+		eventually(t, "B's RTCP to be read", func() bool {
+			// The worker has let go of the socket after counting the
+			// datagram: whatever forwarding it did is over.
+			return k.c.packets.Load() == 1 && k.reg.slot.state.Load()&slotBusy == 0
+		})
+	}
+	if err := r.Restore(state); err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	if adopts != 1 {
+		t.Fatalf("Adopt called %d times, want 1", adopts)
+	}
+	if off, _ := fake.calls(); len(off) != 0 {
+		t.Errorf("held call offloaded while it was restored: %v", off)
+	}
+	// The restored call relays (in userspace: it is held).
+	sendTo(t, b.rtcp, toBRTCP, rtcpPacket(2))
+	if got := collect(a.rtcp, 1, 5*time.Second, 0); len(got) != 1 {
+		t.Fatalf("after restore, B to A RTCP: %d packets, want 1", len(got))
+	}
+	if off, _ := fake.calls(); len(off) != 0 {
+		t.Errorf("held call offloaded: %v", off)
+	}
+}
