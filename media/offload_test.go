@@ -22,6 +22,7 @@ type fakeOffloader struct {
 	withdraws []Flow
 	counters  map[Flow]Counter
 	kernel    map[Flow]bool // what Adopt finds installed
+	onAdopt   func(Flow)    // called by Adopt, outside mu
 }
 
 func newFakeOffloader() *fakeOffloader {
@@ -276,12 +277,15 @@ func TestFlowReverse(t *testing.T) {
 // kernel, the fake's picture of what a previous process left installed.
 func (f *fakeOffloader) Adopt(fl Flow) bool {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	if !f.kernel[fl] {
-		return false
+	adopted, hook := f.kernel[fl], f.onAdopt
+	if adopted {
+		f.installed[fl] = true
 	}
-	f.installed[fl] = true
-	return true
+	f.mu.Unlock()
+	if hook != nil {
+		hook(fl)
+	}
+	return adopted
 }
 
 // TestDetachAndRestore moves a call with an offloaded stream from one relay

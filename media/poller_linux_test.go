@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -447,4 +448,156 @@ func TestPollerFailingSocket(t *testing.T) {
 	}
 	r.Shutdown()
 	waitGoroutines(t, base)
+}
+
+// parkedInWait reports whether a goroutine is blocked in a WaitGroup.Wait
+// called from the function fn (a method name such as "dropUnstarted").
+func parkedInWait(fn string) bool {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		head, _, _ := strings.Cut(g, "\n")
+		parked := strings.Contains(head, "[sync.WaitGroup.Wait") || strings.Contains(head, "[semacquire")
+		if parked && strings.Contains(g, "sync.(*WaitGroup).Wait(") && strings.Contains(g, "."+fn+"(") {
+			return true
+		}
+	}
+	return false
+}
+
+// TestPollerDropUnstartedWaitsForWholeStream drops the endpoints of a
+// stream that was never started (an offer that failed after its ports were
+// bound) while a worker is inside a socket of side B. That worker sends out
+// of the socket's peer on side A, so no socket of the stream may be closed
+// before it has left: a closed descriptor number can belong to a new
+// socket by then.
+func TestPollerDropUnstartedWaitsForWholeStream(t *testing.T) {
+	r := newPollRelay(t, 1, nil)
+	s := newSession(r, "drop-unstarted", Address{Bind: relayA}, Address{Bind: relayB})
+	eps, err := s.allocate(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kA, kB := eps[A].socks[compRTP], eps[B].socks[compRTP]
+	fdA := kA.sock.fd
+	// Be the worker draining kB: nothing was sent to the new ports, so no
+	// real worker holds its slot.
+	sl := kB.reg.slot
+	if !sl.acquire(kB.reg.gen) {
+		t.Fatal("the slot of an idle socket could not be taken")
+	}
+	dropped := make(chan struct{})
+	go func() {
+		defer close(dropped)
+		s.dropUnstarted(eps)
+	}()
+	eventually(t, "dropUnstarted to wait for the worker", func() bool { return parkedInWait("dropUnstarted") })
+
+	// What the worker does next: send out of the peer socket.
+	if fd := kB.peer.sock.fd; fd != fdA {
+		t.Errorf("peer descriptor %d while a worker is inside its stream, want %d (still open)", fd, fdA)
+	} else if sa, err := unix.Getsockname(fd); err != nil {
+		t.Errorf("peer descriptor %d closed while a worker is inside its stream: %v", fd, err)
+	} else if in4, ok := sa.(*unix.SockaddrInet4); !ok || in4.Port != int(kA.local.Port()) {
+		t.Errorf("peer descriptor %d is bound to %v, want port %d", fd, sa, kA.local.Port())
+	}
+	if !sl.release() {
+		t.Fatal("release of a closing slot kept it")
+	}
+	<-dropped
+	for _, ep := range eps {
+		for _, k := range ep.socks {
+			if k.sock.fd != -1 {
+				t.Errorf("%v not closed: fd %d", k.local, k.sock.fd)
+			}
+		}
+	}
+	if r.poll.registered() != 0 || r.reading.Load() != 0 || r.pool.Allocated() != 0 {
+		t.Errorf("registered %d, reading %d, allocated %d; want 0, 0, 0",
+			r.poll.registered(), r.reading.Load(), r.pool.Allocated())
+	}
+}
+
+// registeredSocket returns the relay socket registered with r's poller
+// that is bound to local, or nil.
+func registeredSocket(r *Relay, local netip.AddrPort) *relaySocket {
+	r.poll.mu.Lock()
+	defer r.poll.mu.Unlock()
+	for _, chunk := range *r.poll.table.Load() {
+		for i := range chunk {
+			if k := chunk[i].k; k != nil && k.local == local {
+				return k
+			}
+		}
+	}
+	return nil
+}
+
+// TestPollerRestoreHeldCallNotOffloaded restores a held call whose sides
+// are latched while side B keeps sending RTCP, as phones on hold do. The
+// poller reads a socket from the moment it is registered, before Restore
+// has set up the stream's links: a datagram forwarded then must already
+// find them held, since a held call is never offloaded.
+func TestPollerRestoreHeldCallNotOffloaded(t *testing.T) {
+	a, b := newPhone(t, phoneAIP, false), newPhone(t, phoneBIP, false)
+	fake := newFakeOffloader()
+	var lo int
+	r := newPollRelay(t, 1, func(c *Config) {
+		c.Offloader = fake
+		lo = c.PortMin
+	})
+	latched := func(c *net.UDPConn) RemoteState { return RemoteState{Expected: addrOf(c), Latched: addrOf(c)} }
+	toBRTCP := netip.AddrPortFrom(relayB, uint16(lo+3))
+	// The RTP flow was in the kernel before the restart and is gone now:
+	// Adopt is asked about it and finds nothing.
+	gone := Flow{Src: addrOf(a.rtp), Local: netip.AddrPortFrom(relayA, uint16(lo)),
+		Out: netip.AddrPortFrom(relayB, uint16(lo+2)), Dst: addrOf(b.rtp)}
+	state := SessionState{
+		ID:     "call-restore-held",
+		Addrs:  [2]Address{{Bind: relayA}, {Bind: relayB}},
+		Known:  [2]bool{true, true},
+		Duplex: [2]bool{true, false}, // B holds
+		Streams: []StreamState{{
+			Kind:  "audio",
+			Ports: [2]int{lo, lo + 2},
+			Remote: [2][2]RemoteState{
+				A: {latched(a.rtp), latched(a.rtcp)},
+				B: {latched(b.rtp), latched(b.rtcp)},
+			},
+			Kernel: [2]*Flow{compRTP: &gone},
+		}},
+	}
+	adopts := 0
+	fake.onAdopt = func(Flow) {
+		// Restore has registered the sockets and not started the stream:
+		// B's RTCP arrives now, and a worker reads it at once.
+		adopts++
+		k := registeredSocket(r, toBRTCP)
+		if k == nil {
+			t.Fatalf("no socket registered on %v while restoring", toBRTCP)
+		}
+		sendTo(t, b.rtcp, toBRTCP, rtcpPacket(1))
+		eventually(t, "B's RTCP to be read", func() bool {
+			// The worker has let go of the socket after counting the
+			// datagram: whatever forwarding it did is over.
+			return k.c.packets.Load() == 1 && k.reg.slot.state.Load()&slotBusy == 0
+		})
+	}
+	if err := r.Restore(state); err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	if adopts != 1 {
+		t.Fatalf("Adopt called %d times, want 1", adopts)
+	}
+	if off, _ := fake.calls(); len(off) != 0 {
+		t.Errorf("held call offloaded while it was restored: %v", off)
+	}
+	// The restored call relays (in userspace: it is held).
+	sendTo(t, b.rtcp, toBRTCP, rtcpPacket(2))
+	if got := collect(a.rtcp, 1, 5*time.Second, 0); len(got) != 1 {
+		t.Fatalf("after restore, B to A RTCP: %d packets, want 1", len(got))
+	}
+	if off, _ := fake.calls(); len(off) != 0 {
+		t.Errorf("held call offloaded: %v", off)
+	}
 }

@@ -361,7 +361,10 @@ func (s *session) endpoints(index int, get func(Side) (PortPair, error)) ([2]*en
 	return eps, nil
 }
 
-// dropUnstarted closes and releases endpoints that were never started.
+// dropUnstarted closes and releases endpoints that were never started. On
+// the ioEpoll path their sockets are read already, and a worker inside a
+// socket of one side uses its peer on the other: as in retire, every socket
+// has stopped before any is closed.
 func (s *session) dropUnstarted(eps [2]*endpoint) {
 	for _, ep := range eps {
 		if ep != nil {
@@ -371,6 +374,10 @@ func (s *session) dropUnstarted(eps [2]*endpoint) {
 	for _, ep := range eps {
 		if ep != nil {
 			ep.done.Wait()
+		}
+	}
+	for _, ep := range eps {
+		if ep != nil {
 			s.relay.closeSockets(ep)
 			s.relay.pool.Release(ep.port)
 		}

@@ -149,15 +149,9 @@ func (r *Relay) Restore(st SessionState) error {
 			errs = append(errs, fmt.Errorf("stream %d: %w", i, err))
 			continue
 		}
-		for side, ep := range eps {
-			for c, k := range ep.socks {
-				rm := ss.Remote[side][c]
-				k.remote.Store(&remote{expected: rm.Expected, latched: rm.Latched})
-				if w := k.repin(netip.AddrPort{}, rm.Expected); w != nil {
-					pinned = append(pinned, w)
-				}
-			}
-		}
+		// The links first: the sockets are read already (see endpoints),
+		// and once they know their remotes a datagram may ask for an
+		// offload, which must find the link held or adopted.
 		for c, k := range eps[A].socks {
 			lk := k.link
 			lk.mu.Lock()
@@ -169,6 +163,15 @@ func (r *Relay) Restore(st SessionState) error {
 			}
 			lk.refreshLocked()
 			lk.mu.Unlock()
+		}
+		for side, ep := range eps {
+			for c, k := range ep.socks {
+				rm := ss.Remote[side][c]
+				k.remote.Store(&remote{expected: rm.Expected, latched: rm.Latched})
+				if w := k.repin(netip.AddrPort{}, rm.Expected); w != nil {
+					pinned = append(pinned, w)
+				}
+			}
 		}
 		s.start(stream, eps)
 	}
