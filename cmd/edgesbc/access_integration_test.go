@@ -80,6 +80,18 @@ func TestIntegrationAccessAuthFailures(t *testing.T) {
 		t.Fatalf("phone registration: %+v %v\n%s", res, err, l.daemon.Log())
 	}
 
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		// what the registrar saw, for a failure before its trace is read
+		for _, name := range []string{"messages.log", "errors.log"} {
+			if b, err := os.ReadFile(filepath.Join(registrar.Dir(), name)); err == nil {
+				t.Logf("registrar %s (tail):\n%s", name, tail(string(b), 6000))
+			}
+		}
+	})
+
 	// svcrack against 1001, a dictionary without the password
 	dict := filepath.Join(accessDir(t), "passwords.txt")
 	// svcrack stops 3 s after its last answer, then waits 10 s more on
