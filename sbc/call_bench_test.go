@@ -297,20 +297,9 @@ func appendResponse(buf, req []byte, status, toTag, contact, body string) []byte
 // runCarrier answers every INVITE with 100, 180 and 200 and every BYE with
 // 200, statelessly (a retransmission gets the same answers again).
 func (r *benchRig) runCarrier(stop <-chan struct{}) {
-	in := make([]byte, 65535)
 	out := make([]byte, 0, 2048)
 	contact := "<sip:carrier@" + r.carAddr.String() + ">"
-	for {
-		n, src, err := r.car.ReadFromUDPAddrPort(in)
-		if err != nil {
-			select {
-			case <-stop:
-				return
-			default:
-				continue
-			}
-		}
-		msg := in[:n]
+	readLoop(r.car, stop, func(msg []byte, src netip.AddrPort) {
 		switch {
 		case bytes.HasPrefix(msg, []byte("INVITE ")):
 			for _, st := range [...]struct{ status, tag, contact, body string }{
@@ -327,16 +316,15 @@ func (r *benchRig) runCarrier(stop <-chan struct{}) {
 			out = appendResponse(out[:0], msg, "200 OK", "", "", "")
 			_, _ = r.car.WriteToUDPAddrPort(out, src)
 		}
-	}
+	})
 }
 
-// runPBX ACKs each 200 to an INVITE and hangs up at once; the 200 to the
-// BYE completes the call.
-func (r *benchRig) runPBX(stop <-chan struct{}) {
+// readLoop hands every datagram read on conn to handle until stop is
+// closed (the caller then sets a past read deadline to end the read).
+func readLoop(conn *net.UDPConn, stop <-chan struct{}, handle func(msg []byte, src netip.AddrPort)) {
 	in := make([]byte, 65535)
-	out := make([]byte, 0, 2048)
 	for {
-		n, _, err := r.pbx.ReadFromUDPAddrPort(in)
+		n, src, err := conn.ReadFromUDPAddrPort(in)
 		if err != nil {
 			select {
 			case <-stop:
@@ -345,14 +333,22 @@ func (r *benchRig) runPBX(stop <-chan struct{}) {
 				continue
 			}
 		}
-		msg := in[:n]
+		handle(in[:n], src)
+	}
+}
+
+// runPBX ACKs each 200 to an INVITE and hangs up at once; the 200 to the
+// BYE completes the call.
+func (r *benchRig) runPBX(stop <-chan struct{}) {
+	out := make([]byte, 0, 2048)
+	readLoop(r.pbx, stop, func(msg []byte, _ netip.AddrPort) {
 		if !bytes.HasPrefix(msg, []byte("SIP/2.0 200")) {
-			continue // 100 and 180
+			return // 100 and 180
 		}
 		id := headerLine(msg, "Call-ID")
 		i, err := strconv.Atoi(string(bytes.TrimPrefix(id, []byte("bench-"))))
 		if err != nil || i < 0 || i >= len(r.state) {
-			continue
+			return
 		}
 		cseq := headerLine(msg, "CSeq")
 		switch {
@@ -369,7 +365,7 @@ func (r *benchRig) runPBX(stop <-chan struct{}) {
 				<-r.slots
 			}
 		}
-	}
+	})
 }
 
 // inDialog builds the pbx's ACK or BYE in the dialog the 200 ok set up.
