@@ -366,6 +366,20 @@ func (s *session) endpoints(index int, get func(Side) (PortPair, error)) ([2]*en
 // socket of one side uses its peer on the other: as in retire, every socket
 // has stopped before any is closed.
 func (s *session) dropUnstarted(eps [2]*endpoint) {
+	s.quiesce(eps)
+	for _, ep := range eps {
+		if ep != nil {
+			s.relay.closeSockets(ep)
+			s.relay.pool.Release(ep.port)
+		}
+	}
+}
+
+// quiesce stops reading all of a stream's sockets and waits until no
+// reader is inside any of them: a worker reading one socket sends out of
+// its peer on the other side, so none may close before all four stopped.
+// A nil endpoint is skipped.
+func (s *session) quiesce(eps [2]*endpoint) {
 	for _, ep := range eps {
 		if ep != nil {
 			s.relay.stopReading(ep)
@@ -374,12 +388,6 @@ func (s *session) dropUnstarted(eps [2]*endpoint) {
 	for _, ep := range eps {
 		if ep != nil {
 			ep.done.Wait()
-		}
-	}
-	for _, ep := range eps {
-		if ep != nil {
-			s.relay.closeSockets(ep)
-			s.relay.pool.Release(ep.port)
 		}
 	}
 }
@@ -434,12 +442,7 @@ func (s *session) retire(st *stream) {
 		return
 	}
 	closeLinks([]*stream{st})
-	for _, ep := range st.eps {
-		s.relay.stopReading(ep)
-	}
-	for _, ep := range st.eps {
-		ep.done.Wait()
-	}
+	s.quiesce(st.eps)
 	for side, ep := range st.eps {
 		for c, k := range ep.socks {
 			st.retired[side][c].add(k.stats())
