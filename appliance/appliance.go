@@ -84,7 +84,7 @@ func Run(ctx context.Context, cfg *config.Config, opts Options, log hclog.Logger
 			return fmt.Errorf("set up network: %w", err)
 		}
 	}
-	raiseFileLimit(log)
+	warnFileCeiling(log, raiseFileLimit(log), cfg.SIP.MaxCalls)
 	tuneGC(log)
 	sl := NewSlogLogger(log.Named("sip"))
 	sip.SetDefaultLogger(sl)
@@ -371,20 +371,50 @@ func SBCConfig(cfg *config.Config) sbc.Config {
 }
 
 // raiseFileLimit lifts the soft RLIMIT_NOFILE to the hard limit: every call
-// holds four media sockets per stream.
-func raiseFileLimit(log hclog.Logger) {
+// holds four media sockets per stream. It returns the soft limit in force
+// afterwards, 0 when it cannot be read.
+func raiseFileLimit(log hclog.Logger) uint64 {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		return
+		return 0
 	}
 	if lim.Cur < lim.Max {
 		old := lim.Cur
 		lim.Cur = lim.Max
 		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 			log.Warn("cannot raise open file limit", "soft", old, "hard", lim.Max, "error", err)
-			return
+			return uint64(old)
 		}
 		log.Debug("raised open file limit", "from", old, "to", lim.Max)
+	}
+	return uint64(lim.Cur)
+}
+
+// fileReserve is the descriptors kept aside from media sockets in
+// mediaCallCeiling: SIP listeners and TCP connections, netlink, the admin
+// socket, state files.
+const fileReserve = 1024
+
+// mediaCallCeiling is how many calls with one audio stream an open file
+// limit lets the relay hold at once: four sockets each (RTP and RTCP on
+// both sides) after fileReserve.
+func mediaCallCeiling(limit uint64) int {
+	if limit <= fileReserve {
+		return 0
+	}
+	return int(min((limit-fileReserve)/4, 1<<31-1))
+}
+
+// warnFileCeiling tells the operator when the open file limit, not
+// sip.max_calls, bounds the calls in progress: beyond it a new call gets
+// 503 (its relay sockets cannot be opened), whatever the CPU.
+func warnFileCeiling(log hclog.Logger, limit uint64, maxCalls int) {
+	if limit == 0 {
+		return
+	}
+	if n := mediaCallCeiling(limit); n < maxCalls {
+		log.Warn("open file limit caps calls with media below sip.max_calls: raise LimitNOFILE (ulimit -n)",
+			"nofile", limit, "calls_with_media", n, "max_calls", maxCalls)
 	}
 }
 
