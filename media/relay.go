@@ -217,6 +217,11 @@ func (r *Relay) Rename(from, to SessionID) error {
 	r.mu.Lock()
 	s := r.sessions[from]
 	switch {
+	case r.closed:
+		// Shutdown closes the sessions it listed by name: a rename now
+		// would hide one from it and leave its sockets open
+		r.mu.Unlock()
+		return fmt.Errorf("rename session %s: %w", from, ErrRelayClosed)
 	case s == nil:
 		r.mu.Unlock()
 		return fmt.Errorf("rename session %s: %w", from, ErrNoSession)

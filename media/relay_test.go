@@ -962,3 +962,20 @@ func TestRelayOwnAnswer(t *testing.T) {
 	}
 	exchangeRTP(t, a, b, toA, toB, 10)
 }
+
+// TestRelayRenameAfterShutdownBegan: once Shutdown has listed the sessions
+// to close, a rename is refused, so the session is still found (and its
+// sockets closed) under the name Shutdown listed.
+func TestRelayRenameAfterShutdownBegan(t *testing.T) {
+	r := newTestRelay(t, ioDefault, nil)
+	openCall(t, r, "call-listed")
+	r.mu.Lock()
+	r.closed = true // what Shutdown sets when it lists the sessions
+	r.mu.Unlock()
+	if err := r.Rename("call-listed", "call-hidden"); !errors.Is(err, ErrRelayClosed) {
+		t.Fatalf("rename during shutdown: %v, want ErrRelayClosed", err)
+	}
+	if _, ok := r.Close("call-listed", "shutdown"); !ok {
+		t.Fatal("the listed session is gone under its listed name")
+	}
+}
