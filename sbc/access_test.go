@@ -187,42 +187,50 @@ func TestAccessOff(t *testing.T) {
 
 func TestAccessBindingTable(t *testing.T) {
 	a := newAccess(AccessConfig{Domain: accessDomain, MaxBindings: 10}, &zone{cfg: ZoneConfig{Name: "public"}}, nil)
-	now := time.Unix(1000, 0)
 	src := netip.MustParseAddrPort("198.51.100.9:5060")
 	key := func(user string, port uint16) bindingKey {
 		return bindingKey{src: netip.AddrPortFrom(src.Addr(), port), transport: "udp", user: user}
 	}
+	// take and give the turn back, as one relayed REGISTER does
+	take := func(k bindingKey) (binding, refusal) {
+		b, c, why := a.take(k)
+		if why == admitted {
+			a.done(b)
+		}
+		return c, why
+	}
 	// one source holds at most maxPendingPerSource attempts
 	for i := range maxPendingPerSource {
-		if _, code := a.take(key(fmt.Sprint(i), 5060), now); code != 0 {
+		if _, why := take(key(fmt.Sprint(i), 5060)); why != admitted {
 			t.Fatalf("attempt %d refused", i)
 		}
 	}
-	if _, code := a.take(key("x", 5060), now); code != 503 {
-		t.Errorf("attempt beyond the per-source bound: %d, want 503", code)
+	if _, why := take(key("x", 5060)); why != tableFull {
+		t.Errorf("attempt beyond the per-source bound: %v, want tableFull", why)
 	}
 	// the same binding again is no new attempt, and keeps its identity
-	b1, _ := a.take(key("0", 5060), now)
-	b2, code := a.take(key("0", 5060), now)
-	if code != 0 || b1.token != b2.token || b1.callID != b2.callID || b2.cseq != b1.cseq+1 {
+	b1, _ := take(key("0", 5060))
+	b2, why := take(key("0", 5060))
+	if why != admitted || b1.token != b2.token || b1.callID != b2.callID || b2.cseq != b1.cseq+1 {
 		t.Errorf("same binding taken twice: %+v %+v", b1, b2)
 	}
 	// registering it frees its pending slot
+	now := time.Now()
 	ct := &sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "0", Host: "192.168.1.2"}}
 	a.settle(key("0", 5060), b2.token, ct, 60, false, now)
-	if _, code := a.take(key("y", 5060), now); code != 0 {
-		t.Errorf("attempt after a registration refused: %d", code)
+	if _, why := take(key("y", 5060)); why != admitted {
+		t.Errorf("attempt after a registration refused: %v", why)
 	}
 	// the table bound holds across sources
 	other := netip.MustParseAddrPort("198.51.100.10:5060")
-	if _, code := a.take(bindingKey{src: other, transport: "udp", user: "1"}, now); code != 0 {
-		t.Errorf("tenth binding refused: %d", code)
+	if _, why := take(bindingKey{src: other, transport: "udp", user: "1"}); why != admitted {
+		t.Errorf("tenth binding refused: %v", why)
 	}
-	if _, code := a.take(bindingKey{src: other, transport: "udp", user: "2"}, now); code != 503 {
-		t.Errorf("binding beyond max_bindings: %d, want 503", code)
+	if _, why := take(bindingKey{src: other, transport: "udp", user: "2"}); why != tableFull {
+		t.Errorf("binding beyond max_bindings: %v, want tableFull", why)
 	}
 	// attempts expire after one transaction, registrations at their expiry
-	if n := a.reap(now.Add(pendingLife)); n != 9 {
+	if n := a.reap(time.Now().Add(pendingLife)); n != 9 {
 		t.Errorf("reaped %d attempts, want 9", n)
 	}
 	if reg, pend := a.count(); reg != 1 || pend != 0 || len(a.pending) != 0 {
@@ -306,11 +314,12 @@ func FuzzAccessRegister(f *testing.F) {
 			return
 		}
 		k := bindingKey{src: ph.addr, transport: "udp", user: reg.user}
-		b, code := a.take(k, time.Now())
-		if code != 0 {
+		held, b, why := a.take(k)
+		if why != admitted {
 			a.reap(time.Now().Add(time.Hour))
 			return
 		}
+		defer a.done(held)
 		up := srv.upstreamRegister(a, &b, req, reg)
 		out := up.String()
 		back, err := sip.ParseMessage([]byte(out))
