@@ -41,6 +41,13 @@ const (
 	maxPendingPerSource = 8
 	// maxAccessUser bounds an AOR user part.
 	maxAccessUser = 64
+	// maxRegisterWaiters bounds the REGISTERs of one binding waiting
+	// while another of it is relayed: phones have one at a time in
+	// flight, and a source sending more (a password guesser) gets 503
+	// with Retry-After for the rest instead of holding a goroutine each.
+	maxRegisterWaiters = 4
+	// registerRetryAfter is the Retry-After of that 503, in seconds.
+	registerRetryAfter = "5"
 )
 
 // tokenPrefix starts every token, so that a Request-URI user from the PBX
@@ -65,6 +72,11 @@ func isBindingToken(user string) bool {
 // last REGISTER: one non-INVITE transaction (64*T1).
 var pendingLife = 64 * sip.T1
 
+// registerWait bounds how long a REGISTER waits for the one of its binding
+// relayed before it: one non-INVITE transaction (64*T1), the longest the
+// relayed one can take. A test shortens it.
+var registerWait = 64 * sip.T1
+
 type access struct {
 	cfg    AccessConfig
 	zone   *zone // the phones' zone
@@ -72,6 +84,8 @@ type access struct {
 	domain string // lower case
 
 	lastFullLog atomic.Int64 // unix seconds of the last "table full" log line
+	lastBusyLog atomic.Int64 // unix seconds of the last "registration busy" log line
+	busyRefused atomic.Int64 // REGISTERs refused as busy since that line
 
 	mu       sync.RWMutex // read by the entry filter for every stranger's datagram
 	bindings map[bindingKey]*binding
@@ -86,10 +100,18 @@ type bindingKey struct {
 	user      string
 }
 
-// binding is one phone registration. Fields after key are guarded by the
+// binding is one phone registration. Fields after turn are guarded by the
 // access's mu.
+//
+// Its REGISTERs toward the PBX go one at a time (RFC 3261 §10.2: no new
+// registration before the final response to the previous one, or its
+// timeout): a request holds turn, a one-slot semaphore, from reserving its
+// CSeq until its upstream transaction has ended, so CSeqs rise in the order
+// the PBX is sent them.
 type binding struct {
 	key        bindingKey
+	turn       chan struct{}
+	waiting    int // requests counted by enter that hold no turn yet
 	token      string
 	callID     string
 	fromTag    string
@@ -234,27 +256,97 @@ func validUser(u string) bool {
 	return true
 }
 
-// take finds or makes the binding of a REGISTER and reserves a CSeq of its
-// registration. It returns a copy of the fields the request needs, or the
-// code of a local 503 when the table is full.
-func (a *access) take(k bindingKey, now time.Time) (binding, int) {
+// refusal is why a REGISTER gets a local response instead of its turn.
+type refusal int
+
+const (
+	admitted    refusal = iota
+	tableFull           // max_bindings, or the pending attempts of its source
+	bindingBusy         // too many REGISTERs of its binding wait, or waited too long
+)
+
+// enter finds or makes the binding of a REGISTER and counts the request
+// among the binding's waiters. The caller then waits for the binding's
+// turn (wait) and, holding it, reserves a CSeq (reserve).
+func (a *access) enter(k bindingKey, now time.Time) (*binding, refusal) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	b := a.bindings[k]
 	if b == nil {
 		if len(a.bindings) >= a.cfg.MaxBindings || a.pending[k.src.Addr()] >= maxPendingPerSource {
-			return binding{}, 503
+			return nil, tableFull
 		}
-		b = &binding{key: k, token: tokenPrefix + newID(), callID: newID(), fromTag: newTag(), cseq: randCSeq()}
+		b = &binding{key: k, turn: make(chan struct{}, 1), token: tokenPrefix + newID(), callID: newID(), fromTag: newTag(), cseq: randCSeq()}
 		a.bindings[k] = b
 		a.tokens[b.token] = b
 		a.pending[k.src.Addr()]++
+	}
+	if b.waiting >= maxRegisterWaiters {
+		return nil, bindingBusy
+	}
+	b.waiting++
+	if !b.registered {
+		b.expires = now.Add(pendingLife)
+	}
+	return b, admitted
+}
+
+// wait takes b's turn for a request counted by enter, waiting at most
+// registerWait for the request before it; false when it did not get it.
+// Either way the request no longer counts as waiting.
+func (a *access) wait(b *binding) bool {
+	t := time.NewTimer(registerWait)
+	defer t.Stop()
+	got := false
+	select {
+	case b.turn <- struct{}{}:
+		got = true
+	case <-t.C:
+	}
+	a.mu.Lock()
+	b.waiting--
+	a.mu.Unlock()
+	return got
+}
+
+// reserve takes the next CSeq of b's registration for the request holding
+// b's turn, and returns a copy of the fields the request needs; false when
+// b was dropped (unregistered, reaped) while the request waited.
+func (a *access) reserve(b *binding, now time.Time) (binding, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.bindings[b.key] != b {
+		return binding{}, false
 	}
 	if !b.registered {
 		b.expires = now.Add(pendingLife)
 	}
 	b.cseq++
-	return *b, 0
+	return *b, true
+}
+
+// done gives b's turn back once its holder's upstream transaction ended.
+func (a *access) done(b *binding) { <-b.turn }
+
+// take finds or makes the binding of k, waits for its turn and reserves a
+// CSeq. It returns the binding, whose turn the caller holds until it calls
+// done, and a copy of the fields the request needs. A binding dropped while
+// the request waited is left for a new one, a bounded number of times.
+func (a *access) take(k bindingKey) (*binding, binding, refusal) {
+	for range 3 {
+		b, why := a.enter(k, time.Now())
+		if why != admitted {
+			return nil, binding{}, why
+		}
+		if !a.wait(b) {
+			return nil, binding{}, bindingBusy
+		}
+		if c, ok := a.reserve(b, time.Now()); ok {
+			return b, c, admitted
+		}
+		a.done(b)
+	}
+	return nil, binding{}, bindingBusy
 }
 
 // settle records the outcome of a 2xx: granted seconds for the phone's
@@ -380,18 +472,30 @@ func (s *Server) onRegister(z *zone, req *sip.Request, tx sip.ServerTransaction)
 		s.accessRespond(z, req, tx, code, nil)
 		return
 	}
-	now := time.Now()
 	k := bindingKey{src: src, transport: transportOf(req), user: reg.user}
-	b, code := a.take(k, now)
-	if code != 0 {
+	held, b, why := a.take(k)
+	switch why {
+	case tableFull:
 		// at most one line every 10 seconds: a flood of made-up users
 		// must not flood the log
 		if now, last := time.Now().Unix(), a.lastFullLog.Load(); now-last >= 10 && a.lastFullLog.CompareAndSwap(last, now) {
 			s.log.Warn("register refused: too many registrations", "zone", z.cfg.Name, "src", src, "max_bindings", a.cfg.MaxBindings, "per_source_attempts", maxPendingPerSource)
 		}
-		s.accessRespond(z, req, tx, code, nil)
+		s.accessRespond(z, req, tx, 503, nil)
+		return
+	case bindingBusy:
+		// likewise for REGISTERs of one binding sent faster than the
+		// PBX answers them
+		a.busyRefused.Add(1)
+		if now, last := time.Now().Unix(), a.lastBusyLog.Load(); now-last >= 10 && a.lastBusyLog.CompareAndSwap(last, now) {
+			s.log.Warn("register refused: registration busy", "zone", z.cfg.Name, "src", src, "user", reg.user, "refused", a.busyRefused.Swap(0), "max_waiting", maxRegisterWaiters)
+		}
+		s.accessRespond(z, req, tx, 503, []sip.Header{sip.NewHeader("Retry-After", registerRetryAfter)})
 		return
 	}
+	// the turn goes to the next REGISTER of the binding once this one's
+	// outcome is recorded: an unregister's 200 drops the binding first
+	defer a.done(held)
 	up := s.upstreamRegister(a, &b, req, reg)
 	res, err := s.relayRegister(a, up)
 	if err != nil {

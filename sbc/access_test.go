@@ -3,6 +3,7 @@ package sbc
 import (
 	"fmt"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -187,42 +188,50 @@ func TestAccessOff(t *testing.T) {
 
 func TestAccessBindingTable(t *testing.T) {
 	a := newAccess(AccessConfig{Domain: accessDomain, MaxBindings: 10}, &zone{cfg: ZoneConfig{Name: "public"}}, nil)
-	now := time.Unix(1000, 0)
 	src := netip.MustParseAddrPort("198.51.100.9:5060")
 	key := func(user string, port uint16) bindingKey {
 		return bindingKey{src: netip.AddrPortFrom(src.Addr(), port), transport: "udp", user: user}
 	}
+	// take and give the turn back, as one relayed REGISTER does
+	take := func(k bindingKey) (binding, refusal) {
+		b, c, why := a.take(k)
+		if why == admitted {
+			a.done(b)
+		}
+		return c, why
+	}
 	// one source holds at most maxPendingPerSource attempts
 	for i := range maxPendingPerSource {
-		if _, code := a.take(key(fmt.Sprint(i), 5060), now); code != 0 {
+		if _, why := take(key(fmt.Sprint(i), 5060)); why != admitted {
 			t.Fatalf("attempt %d refused", i)
 		}
 	}
-	if _, code := a.take(key("x", 5060), now); code != 503 {
-		t.Errorf("attempt beyond the per-source bound: %d, want 503", code)
+	if _, why := take(key("x", 5060)); why != tableFull {
+		t.Errorf("attempt beyond the per-source bound: %v, want tableFull", why)
 	}
 	// the same binding again is no new attempt, and keeps its identity
-	b1, _ := a.take(key("0", 5060), now)
-	b2, code := a.take(key("0", 5060), now)
-	if code != 0 || b1.token != b2.token || b1.callID != b2.callID || b2.cseq != b1.cseq+1 {
+	b1, _ := take(key("0", 5060))
+	b2, why := take(key("0", 5060))
+	if why != admitted || b1.token != b2.token || b1.callID != b2.callID || b2.cseq != b1.cseq+1 {
 		t.Errorf("same binding taken twice: %+v %+v", b1, b2)
 	}
 	// registering it frees its pending slot
+	now := time.Now()
 	ct := &sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "0", Host: "192.168.1.2"}}
 	a.settle(key("0", 5060), b2.token, ct, 60, false, now)
-	if _, code := a.take(key("y", 5060), now); code != 0 {
-		t.Errorf("attempt after a registration refused: %d", code)
+	if _, why := take(key("y", 5060)); why != admitted {
+		t.Errorf("attempt after a registration refused: %v", why)
 	}
 	// the table bound holds across sources
 	other := netip.MustParseAddrPort("198.51.100.10:5060")
-	if _, code := a.take(bindingKey{src: other, transport: "udp", user: "1"}, now); code != 0 {
-		t.Errorf("tenth binding refused: %d", code)
+	if _, why := take(bindingKey{src: other, transport: "udp", user: "1"}); why != admitted {
+		t.Errorf("tenth binding refused: %v", why)
 	}
-	if _, code := a.take(bindingKey{src: other, transport: "udp", user: "2"}, now); code != 503 {
-		t.Errorf("binding beyond max_bindings: %d, want 503", code)
+	if _, why := take(bindingKey{src: other, transport: "udp", user: "2"}); why != tableFull {
+		t.Errorf("binding beyond max_bindings: %v, want tableFull", why)
 	}
 	// attempts expire after one transaction, registrations at their expiry
-	if n := a.reap(now.Add(pendingLife)); n != 9 {
+	if n := a.reap(time.Now().Add(pendingLife)); n != 9 {
 		t.Errorf("reaped %d attempts, want 9", n)
 	}
 	if reg, pend := a.count(); reg != 1 || pend != 0 || len(a.pending) != 0 {
@@ -306,11 +315,12 @@ func FuzzAccessRegister(f *testing.F) {
 			return
 		}
 		k := bindingKey{src: ph.addr, transport: "udp", user: reg.user}
-		b, code := a.take(k, time.Now())
-		if code != 0 {
+		held, b, why := a.take(k)
+		if why != admitted {
 			a.reap(time.Now().Add(time.Hour))
 			return
 		}
+		defer a.done(held)
 		up := srv.upstreamRegister(a, &b, req, reg)
 		out := up.String()
 		back, err := sip.ParseMessage([]byte(out))
@@ -589,4 +599,217 @@ func FuzzRewriteConnection(f *testing.F) {
 			}
 		}
 	})
+}
+
+// The serialization tests: REGISTERs of one binding reach the pbx one at a
+// time (RFC 3261 §10.2), each after the final response to the one before.
+
+// accessOf is the access mode of the rig's public zone.
+func accessOf(t *testing.T, r *rig) *access {
+	t.Helper()
+	for _, z := range r.srv.zones {
+		if z.access != nil {
+			return z.access
+		}
+	}
+	t.Fatal("no access mode")
+	return nil
+}
+
+// waitWaiting waits until n REGISTERs of the phone's binding of 1001 wait
+// for their turn: they reached the SBC and hold no turn.
+func waitWaiting(t *testing.T, a *access, ph *phone, n int) {
+	t.Helper()
+	k := bindingKey{src: ph.addr, transport: TransportUDP, user: "1001"}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		a.mu.Lock()
+		got := -1
+		if b := a.bindings[k]; b != nil {
+			got = b.waiting
+		}
+		a.mu.Unlock()
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d REGISTERs of the binding waiting, want %d", got, n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// goroutinesBack waits until the goroutines are back to base: nothing of
+// the REGISTERs outlives them. sipgo's transactions end by their timers
+// (Timer K, T4 = 5 s, for the client transactions toward the pbx).
+func goroutinesBack(t *testing.T, base int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for runtime.NumGoroutine() > base && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > base {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("goroutines %d, baseline %d\n%s", n, base, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+// TestAccessRegisterOneAtATime: a phone's second REGISTER, sent while the
+// pbx has not answered its first, reaches the pbx only after the first's
+// final response, with the next CSeq of the same registration.
+func TestAccessRegisterOneAtATime(t *testing.T) {
+	r := accessRig(t, nil)
+	a := accessOf(t, r)
+	ph := newPhone(t, "127.0.0.5")
+	time.Sleep(100 * time.Millisecond)
+	base := runtime.NumGoroutine()
+
+	ph.send(r.pub, phoneRegister(r, ph, "one-1", 1, "3600", ""))
+	up1, _ := r.pbx.recv("REGISTER")
+	auth := `Authorization: Digest username="1001", realm="pbx.example.test", nonce="5f1e2d3c4b5a", uri="sip:pbx.example.test", response="0123456789abcdef0123456789abcdef", algorithm=MD5` + "\n"
+	ph.send(r.pub, phoneRegister(r, ph, "one-1", 2, "3600", auth))
+	// the first is still open: the second must not reach the pbx
+	r.pbx.expectNothing(300 * time.Millisecond)
+	waitWaiting(t, a, ph, 1)
+	r.pbx.expectNothing(50 * time.Millisecond)
+
+	r.pbx.send(r.priv, pbxAnswer(up1, 401, "Unauthorized", "WWW-Authenticate: "+testChallenge+"\n"))
+	if res, _ := ph.recv("SIP/2.0 401"); res.CSeq().SeqNo != 1 {
+		t.Errorf("401 for CSeq %d, want the first REGISTER's", res.CSeq().SeqNo)
+	}
+	up2, raw2 := r.pbx.recv("REGISTER")
+	if up2.CallID().Value() != up1.CallID().Value() || up2.CSeq().SeqNo != up1.CSeq().SeqNo+1 || header(up2, "Authorization") == "" {
+		t.Errorf("second REGISTER toward the pbx is not the next of the registration (CSeq %d after %d):\n%s", up2.CSeq().SeqNo, up1.CSeq().SeqNo, raw2)
+	}
+	token := msgContact(up2).Address.User
+	r.pbx.send(r.priv, pbxAnswer(up2, 200, "OK", fmt.Sprintf("Contact: <sip:%s@%s>;expires=3600\n", token, r.priv)))
+	if res, _ := ph.recv("SIP/2.0 200"); res.CSeq().SeqNo != 2 {
+		t.Errorf("200 for CSeq %d, want the second REGISTER's", res.CSeq().SeqNo)
+	}
+	if st := r.srv.Status(); st.Registrations != 1 || st.RegistrationsPending != 0 {
+		t.Errorf("status: %+v", st)
+	}
+	goroutinesBack(t, base)
+}
+
+// TestAccessRegisterWaitersBounded: while one REGISTER of a binding is at
+// the pbx, maxRegisterWaiters more wait and the next gets a local 503 with
+// Retry-After; the waiting ones then go to the pbx one by one, their CSeqs
+// rising in the order they are sent.
+func TestAccessRegisterWaitersBounded(t *testing.T) {
+	r := accessRig(t, nil)
+	a := accessOf(t, r)
+	ph := newPhone(t, "127.0.0.5")
+	time.Sleep(100 * time.Millisecond)
+	base := runtime.NumGoroutine()
+
+	ph.send(r.pub, phoneRegister(r, ph, "cap-1", 1, "3600", ""))
+	up, _ := r.pbx.recv("REGISTER")
+	for i := range maxRegisterWaiters {
+		ph.send(r.pub, phoneRegister(r, ph, "cap-1", 2+i, "3600", ""))
+	}
+	waitWaiting(t, a, ph, maxRegisterWaiters)
+	over := 2 + maxRegisterWaiters
+	ph.send(r.pub, phoneRegister(r, ph, "cap-1", over, "3600", ""))
+	res, raw := ph.recv("SIP/2.0 503")
+	if int(res.CSeq().SeqNo) != over || header(res, "Retry-After") != registerRetryAfter {
+		t.Errorf("local 503 for the REGISTER beyond the bound:\n%s", raw)
+	}
+	r.pbx.expectNothing(100 * time.Millisecond)
+
+	answered := map[uint32]bool{}
+	for i := range 1 + maxRegisterWaiters {
+		r.pbx.send(r.priv, pbxAnswer(up, 401, "Unauthorized", "WWW-Authenticate: "+testChallenge+"\n"))
+		res, _ := ph.recv("SIP/2.0 401")
+		answered[res.CSeq().SeqNo] = true
+		if i == maxRegisterWaiters {
+			break
+		}
+		next, raw := r.pbx.recv("REGISTER")
+		if next.CallID().Value() != up.CallID().Value() || next.CSeq().SeqNo != up.CSeq().SeqNo+1 {
+			t.Fatalf("REGISTER %d toward the pbx: CSeq %d after %d:\n%s", i+2, next.CSeq().SeqNo, up.CSeq().SeqNo, raw)
+		}
+		up = next
+	}
+	if len(answered) != 1+maxRegisterWaiters || answered[uint32(over)] {
+		t.Errorf("answered CSeqs %v, want 1..%d", answered, 1+maxRegisterWaiters)
+	}
+	r.pbx.expectNothing(100 * time.Millisecond)
+	goroutinesBack(t, base)
+}
+
+// TestAccessRegisterWaiterBindingDropped: a REGISTER waiting while its
+// binding goes (the one before unregistered it, or the reaper dropped
+// it) is relayed on a binding of its own: a new registration, whose 200
+// counts.
+func TestAccessRegisterWaiterBindingDropped(t *testing.T) {
+	r := accessRig(t, nil)
+	a := accessOf(t, r)
+	ph := newPhone(t, "127.0.0.5")
+	time.Sleep(100 * time.Millisecond)
+	base := runtime.NumGoroutine()
+
+	// the first REGISTER unregisters: its 200 drops the binding
+	ph.send(r.pub, phoneRegister(r, ph, "drop-1", 1, "0", ""))
+	up1, _ := r.pbx.recv("REGISTER")
+	ph.send(r.pub, phoneRegister(r, ph, "drop-1", 2, "3600", ""))
+	waitWaiting(t, a, ph, 1)
+	r.pbx.send(r.priv, pbxAnswer(up1, 200, "OK", ""))
+	ph.recv("SIP/2.0 200")
+	up2, _ := r.pbx.recv("REGISTER")
+	if up2.CallID().Value() == up1.CallID().Value() || msgContact(up2).Address.User == msgContact(up1).Address.User {
+		t.Errorf("REGISTER after the unregister is not a new registration: Call-ID %s, Contact %v", up2.CallID().Value(), msgContact(up2))
+	}
+
+	// the reaper drops the binding while the next one waits
+	ph.send(r.pub, phoneRegister(r, ph, "drop-1", 3, "3600", ""))
+	waitWaiting(t, a, ph, 1)
+	if n := a.reap(time.Now().Add(time.Hour)); n != 1 {
+		t.Fatalf("reaped %d bindings, want 1", n)
+	}
+	r.pbx.send(r.priv, pbxAnswer(up2, 200, "OK", fmt.Sprintf("Contact: <sip:%s@%s>;expires=3600\n", msgContact(up2).Address.User, r.priv)))
+	ph.recv("SIP/2.0 200")
+	up3, _ := r.pbx.recv("REGISTER")
+	if up3.CallID().Value() == up2.CallID().Value() {
+		t.Errorf("REGISTER after the reaper is not a new registration: Call-ID %s", up3.CallID().Value())
+	}
+	token := msgContact(up3).Address.User
+	r.pbx.send(r.priv, pbxAnswer(up3, 200, "OK", fmt.Sprintf("Contact: <sip:%s@%s>;expires=3600\n", token, r.priv)))
+	ph.recv("SIP/2.0 200")
+	if st := r.srv.Status(); st.Registrations != 1 || st.RegistrationsPending != 0 {
+		t.Errorf("status: %+v", st)
+	}
+	if _, _, _, ok := a.callee(token); !ok {
+		t.Error("the last registration's token does not reach the phone")
+	}
+	goroutinesBack(t, base)
+}
+
+// TestAccessRegisterWaitEnds: a REGISTER whose turn does not come within
+// registerWait gets a local 503 and never reaches the pbx, while the one
+// before it still completes.
+func TestAccessRegisterWaitEnds(t *testing.T) {
+	old := registerWait
+	registerWait = 200 * time.Millisecond
+	t.Cleanup(func() { registerWait = old })
+	r := accessRig(t, nil)
+	a := accessOf(t, r)
+	ph := newPhone(t, "127.0.0.5")
+	time.Sleep(100 * time.Millisecond)
+	base := runtime.NumGoroutine()
+
+	ph.send(r.pub, phoneRegister(r, ph, "wait-1", 1, "3600", ""))
+	up1, _ := r.pbx.recv("REGISTER")
+	ph.send(r.pub, phoneRegister(r, ph, "wait-1", 2, "3600", ""))
+	res, raw := ph.recv("SIP/2.0 503")
+	if res.CSeq().SeqNo != 2 || header(res, "Retry-After") != registerRetryAfter {
+		t.Errorf("local 503 for the REGISTER that waited too long:\n%s", raw)
+	}
+	waitWaiting(t, a, ph, 0)
+	r.pbx.send(r.priv, pbxAnswer(up1, 401, "Unauthorized", "WWW-Authenticate: "+testChallenge+"\n"))
+	if res, _ := ph.recv("SIP/2.0 401"); res.CSeq().SeqNo != 1 {
+		t.Errorf("401 for CSeq %d, want the first REGISTER's", res.CSeq().SeqNo)
+	}
+	r.pbx.expectNothing(100 * time.Millisecond)
+	goroutinesBack(t, base)
 }
