@@ -478,7 +478,7 @@ func (s *Server) onRegister(z *zone, req *sip.Request, tx sip.ServerTransaction)
 	case tableFull:
 		// at most one line every 10 seconds: a flood of made-up users
 		// must not flood the log
-		if now, last := time.Now().Unix(), a.lastFullLog.Load(); now-last >= 10 && a.lastFullLog.CompareAndSwap(last, now) {
+		if logTurn(&a.lastFullLog) {
 			s.log.Warn("register refused: too many registrations", "zone", z.cfg.Name, "src", src, "max_bindings", a.cfg.MaxBindings, "per_source_attempts", maxPendingPerSource)
 		}
 		s.accessRespond(z, req, tx, 503, nil)
@@ -487,7 +487,7 @@ func (s *Server) onRegister(z *zone, req *sip.Request, tx sip.ServerTransaction)
 		// likewise for REGISTERs of one binding sent faster than the
 		// PBX answers them
 		a.busyRefused.Add(1)
-		if now, last := time.Now().Unix(), a.lastBusyLog.Load(); now-last >= 10 && a.lastBusyLog.CompareAndSwap(last, now) {
+		if logTurn(&a.lastBusyLog) {
 			s.log.Warn("register refused: registration busy", "zone", z.cfg.Name, "src", src, "user", reg.user, "refused", a.busyRefused.Swap(0), "max_waiting", maxRegisterWaiters)
 		}
 		s.accessRespond(z, req, tx, 503, []sip.Header{sip.NewHeader("Retry-After", registerRetryAfter)})

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/emiago/sipgo/sip"
@@ -221,4 +222,18 @@ func FuzzRequestLine(f *testing.F) {
 			t.Fatalf("requestLine(%q) = %q %q %v %v, bytes.Fields says %q %q %v %v", data, m, v, ok, wf, wm, wv, wok, wwf)
 		}
 	})
+}
+
+func TestLogTurn(t *testing.T) {
+	var last atomic.Int64
+	if !logTurn(&last) {
+		t.Fatal("first warning not logged")
+	}
+	if logTurn(&last) {
+		t.Error("a second warning within 10 s logged")
+	}
+	last.Add(-10)
+	if !logTurn(&last) {
+		t.Error("a warning 10 s after the last not logged")
+	}
 }

@@ -536,12 +536,18 @@ func (s *Server) admit(z *zone, src netip.AddrPort, data []byte, datagram bool) 
 // logUnknownSource logs at most one line every 10 seconds, so a scan cannot
 // flood the log; the counter keeps the full count.
 func (s *Server) logUnknownSource(z *zone, src netip.AddrPort) {
-	now := time.Now().Unix()
-	last := s.counters.lastUnknownLogN.Load()
-	if now-last < 10 || !s.counters.lastUnknownLogN.CompareAndSwap(last, now) {
+	if !logTurn(&s.counters.lastUnknownLogN) {
 		return
 	}
 	s.log.Warn("dropping requests from unknown sources", "zone", z.cfg.Name, "src", src, "dropped_total", s.counters.unknownSource.Load())
+}
+
+// logTurn reports whether a warning that may repeat at a stranger's pace
+// may be logged now: at most once every 10 seconds per last, which holds
+// the unix second of the last line logged.
+func logTurn(last *atomic.Int64) bool {
+	now, prev := time.Now().Unix(), last.Load()
+	return now-prev >= 10 && last.CompareAndSwap(prev, now)
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {
