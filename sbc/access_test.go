@@ -639,6 +639,17 @@ func waitWaiting(t *testing.T, a *access, ph *phone, n int) {
 	}
 }
 
+// serialRig is the setup of the REGISTER serialization tests: an access
+// rig, its access, one phone, and the goroutine count once they settled.
+func serialRig(t *testing.T) (*rig, *access, *phone, int) {
+	t.Helper()
+	r := accessRig(t, nil)
+	a := accessOf(t, r)
+	ph := newPhone(t, "127.0.0.5")
+	time.Sleep(100 * time.Millisecond)
+	return r, a, ph, runtime.NumGoroutine()
+}
+
 // goroutinesBack waits until the goroutines are back to base: nothing of
 // the REGISTERs outlives them. sipgo's transactions end by their timers
 // (Timer K, T4 = 5 s, for the client transactions toward the pbx).
@@ -658,11 +669,7 @@ func goroutinesBack(t *testing.T, base int) {
 // pbx has not answered its first, reaches the pbx only after the first's
 // final response, with the next CSeq of the same registration.
 func TestAccessRegisterOneAtATime(t *testing.T) {
-	r := accessRig(t, nil)
-	a := accessOf(t, r)
-	ph := newPhone(t, "127.0.0.5")
-	time.Sleep(100 * time.Millisecond)
-	base := runtime.NumGoroutine()
+	r, a, ph, base := serialRig(t)
 
 	ph.send(r.pub, phoneRegister(r, ph, "one-1", 1, "3600", ""))
 	up1, _ := r.pbx.recv("REGISTER")
@@ -697,11 +704,7 @@ func TestAccessRegisterOneAtATime(t *testing.T) {
 // Retry-After; the waiting ones then go to the pbx one by one, their CSeqs
 // rising in the order they are sent.
 func TestAccessRegisterWaitersBounded(t *testing.T) {
-	r := accessRig(t, nil)
-	a := accessOf(t, r)
-	ph := newPhone(t, "127.0.0.5")
-	time.Sleep(100 * time.Millisecond)
-	base := runtime.NumGoroutine()
+	r, a, ph, base := serialRig(t)
 
 	ph.send(r.pub, phoneRegister(r, ph, "cap-1", 1, "3600", ""))
 	up, _ := r.pbx.recv("REGISTER")
@@ -743,11 +746,7 @@ func TestAccessRegisterWaitersBounded(t *testing.T) {
 // it) is relayed on a binding of its own: a new registration, whose 200
 // counts.
 func TestAccessRegisterWaiterBindingDropped(t *testing.T) {
-	r := accessRig(t, nil)
-	a := accessOf(t, r)
-	ph := newPhone(t, "127.0.0.5")
-	time.Sleep(100 * time.Millisecond)
-	base := runtime.NumGoroutine()
+	r, a, ph, base := serialRig(t)
 
 	// the first REGISTER unregisters: its 200 drops the binding
 	ph.send(r.pub, phoneRegister(r, ph, "drop-1", 1, "0", ""))
@@ -792,11 +791,7 @@ func TestAccessRegisterWaitEnds(t *testing.T) {
 	old := registerWait
 	registerWait = 200 * time.Millisecond
 	t.Cleanup(func() { registerWait = old })
-	r := accessRig(t, nil)
-	a := accessOf(t, r)
-	ph := newPhone(t, "127.0.0.5")
-	time.Sleep(100 * time.Millisecond)
-	base := runtime.NumGoroutine()
+	r, a, ph, base := serialRig(t)
 
 	ph.send(r.pub, phoneRegister(r, ph, "wait-1", 1, "3600", ""))
 	up1, _ := r.pbx.recv("REGISTER")
