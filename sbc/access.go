@@ -3,6 +3,7 @@ package sbc
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -48,6 +49,9 @@ const (
 	maxRegisterWaiters = 4
 	// registerRetryAfter is the Retry-After of that 503, in seconds.
 	registerRetryAfter = "5"
+	// tableFullRetryAfter is the Retry-After of the 503 for a full
+	// binding table: registrations end far slower than one refusal.
+	tableFullRetryAfter = "60"
 )
 
 // tokenPrefix starts every token, so that a Request-URI user from the PBX
@@ -82,6 +86,9 @@ type access struct {
 	zone   *zone // the phones' zone
 	pbx    *peer
 	domain string // lower case
+	// quit is closed when the server shuts down: REGISTERs waiting for
+	// their turn or for the PBX stop waiting and get 503.
+	quit <-chan struct{}
 
 	lastFullLog atomic.Int64 // unix seconds of the last "table full" log line
 	lastBusyLog atomic.Int64 // unix seconds of the last "registration busy" log line
@@ -122,7 +129,7 @@ type binding struct {
 	peer       *peer // the phone's calls' peer, once registered
 }
 
-func newAccess(cfg AccessConfig, z *zone, pbx *peer) *access {
+func newAccess(cfg AccessConfig, z *zone, pbx *peer, quit <-chan struct{}) *access {
 	if cfg.Expires <= 0 {
 		cfg.Expires = defaultAccessExpires
 	}
@@ -136,6 +143,7 @@ func newAccess(cfg AccessConfig, z *zone, pbx *peer) *access {
 		cfg:      cfg,
 		zone:     z,
 		pbx:      pbx,
+		quit:     quit,
 		domain:   strings.ToLower(cfg.Domain),
 		bindings: map[bindingKey]*binding{},
 		tokens:   map[string]*binding{},
@@ -170,7 +178,7 @@ func (s *Server) setupAccess(byName map[string]*zone) error {
 		if ac.Domain == "" {
 			return fmt.Errorf("access %q: no domain", ac.Name)
 		}
-		z.access = newAccess(ac, z, pbx)
+		z.access = newAccess(ac, z, pbx, s.quit)
 	}
 	return nil
 }
@@ -302,6 +310,7 @@ func (a *access) wait(b *binding) bool {
 	case b.turn <- struct{}{}:
 		got = true
 	case <-t.C:
+	case <-a.quit:
 	}
 	a.mu.Lock()
 	b.waiting--
@@ -481,7 +490,7 @@ func (s *Server) onRegister(z *zone, req *sip.Request, tx sip.ServerTransaction)
 		if logTurn(&a.lastFullLog) {
 			s.log.Warn("register refused: too many registrations", "zone", z.cfg.Name, "src", src, "max_bindings", a.cfg.MaxBindings, "per_source_attempts", maxPendingPerSource)
 		}
-		s.accessRespond(z, req, tx, 503, nil)
+		s.accessRespond(z, req, tx, 503, []sip.Header{sip.NewHeader("Retry-After", tableFullRetryAfter)})
 		return
 	case bindingBusy:
 		// likewise for REGISTERs of one binding sent faster than the
@@ -500,6 +509,10 @@ func (s *Server) onRegister(z *zone, req *sip.Request, tx sip.ServerTransaction)
 	res, err := s.relayRegister(a, up)
 	if err != nil {
 		s.log.Debug("register relay", "zone", z.cfg.Name, "src", src, "error", err)
+		if errors.Is(err, ErrShuttingDown) {
+			s.accessRespond(z, req, tx, 503, []sip.Header{sip.NewHeader("Retry-After", registerRetryAfter)})
+			return
+		}
 		s.accessRespond(z, req, tx, 408, nil)
 		return
 	}
@@ -601,6 +614,8 @@ func (s *Server) relayRegister(a *access, r *sip.Request) (*sip.Response, error)
 			return nil, fmt.Errorf("register to pbx %s: %w", a.pbx.cfg.Name, tx.Err())
 		case <-ctx.Done():
 			return nil, fmt.Errorf("register to pbx %s: %w", a.pbx.cfg.Name, ctx.Err())
+		case <-a.quit:
+			return nil, fmt.Errorf("register to pbx %s: %w", a.pbx.cfg.Name, ErrShuttingDown)
 		}
 	}
 }

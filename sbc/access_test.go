@@ -187,7 +187,7 @@ func TestAccessOff(t *testing.T) {
 }
 
 func TestAccessBindingTable(t *testing.T) {
-	a := newAccess(AccessConfig{Domain: accessDomain, MaxBindings: 10}, &zone{cfg: ZoneConfig{Name: "public"}}, nil)
+	a := newAccess(AccessConfig{Domain: accessDomain, MaxBindings: 10}, &zone{cfg: ZoneConfig{Name: "public"}}, nil, nil)
 	src := netip.MustParseAddrPort("198.51.100.9:5060")
 	key := func(user string, port uint16) bindingKey {
 		return bindingKey{src: netip.AddrPortFrom(src.Addr(), port), transport: "udp", user: user}
@@ -804,6 +804,35 @@ func TestAccessRegisterWaitEnds(t *testing.T) {
 	r.pbx.send(r.priv, pbxAnswer(up1, 401, "Unauthorized", "WWW-Authenticate: "+testChallenge+"\n"))
 	if res, _ := ph.recv("SIP/2.0 401"); res.CSeq().SeqNo != 1 {
 		t.Errorf("401 for CSeq %d, want the first REGISTER's", res.CSeq().SeqNo)
+	}
+	r.pbx.expectNothing(100 * time.Millisecond)
+	goroutinesBack(t, base)
+}
+
+// TestAccessRegisterStopsAtShutdown: once the server stops, a REGISTER the
+// pbx has not answered and one waiting for its turn both get 503 with
+// Retry-After at once, instead of lasting a transaction timeout past it.
+func TestAccessRegisterStopsAtShutdown(t *testing.T) {
+	r, a, ph, base := serialRig(t)
+
+	ph.send(r.pub, phoneRegister(r, ph, "quit-1", 1, "3600", ""))
+	r.pbx.recv("REGISTER")
+	ph.send(r.pub, phoneRegister(r, ph, "quit-1", 2, "3600", ""))
+	waitWaiting(t, a, ph, 1)
+
+	// what Shutdown and Detach do first; the listeners stay up here so
+	// the phone hears the answers
+	r.srv.stopWaiting()
+	got := map[uint32]bool{}
+	for range 2 {
+		res, raw := ph.recv("SIP/2.0 503")
+		if header(res, "Retry-After") != registerRetryAfter {
+			t.Errorf("503 without Retry-After %s:\n%s", registerRetryAfter, raw)
+		}
+		got[res.CSeq().SeqNo] = true
+	}
+	if !got[1] || !got[2] {
+		t.Errorf("503s for CSeqs %v, want 1 and 2", got)
 	}
 	r.pbx.expectNothing(100 * time.Millisecond)
 	goroutinesBack(t, base)

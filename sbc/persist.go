@@ -253,6 +253,7 @@ func (c *Call) resumeTimer(l *Leg, ts *LegTimerState) {
 // Restore); calls still being set up are abandoned, their peers' timers end
 // them.
 func (s *Server) Detach() {
+	s.stopWaiting()
 	s.mu.Lock()
 	s.draining = true
 	calls := make([]*Call, 0, len(s.calls))

@@ -41,6 +41,10 @@ type Server struct {
 	draining bool
 
 	callWG sync.WaitGroup // one per call until it is fully released
+	// quit is closed once Shutdown or Detach begins: work that waits on
+	// its own (relayed REGISTERs) stops waiting.
+	quit     chan struct{}
+	quitOnce sync.Once
 	active atomic.Int64   // len(calls), readable without mu by the entry filter
 
 	counters counters
@@ -172,6 +176,7 @@ func NewServer(cfg Config, m Media, hooks Hooks, log hclog.Logger, sl *slog.Logg
 		parser:  sip.NewParser(),
 		calls:   make(map[string]*Call),
 		dialogs: make(map[dialogKey]legRef),
+		quit:    make(chan struct{}),
 	}
 	s.hdrServer, s.hdrUA = sip.NewHeader("Server", cfg.UserAgent), sip.NewHeader("User-Agent", cfg.UserAgent)
 	byName := map[string]*zone{}
@@ -408,6 +413,7 @@ func (s *Server) closeListeners() {
 // legs of answered calls, CANCEL/487 on ringing ones), waits for them up to
 // ctx or the drain timeout, and closes the user agents.
 func (s *Server) Shutdown(ctx context.Context) {
+	s.stopWaiting()
 	s.mu.Lock()
 	s.draining = true
 	calls := make([]*Call, 0, len(s.calls))
@@ -435,6 +441,9 @@ func (s *Server) Shutdown(ctx context.Context) {
 		}
 	}
 }
+
+// stopWaiting ends the waits of relayed REGISTERs. It is idempotent.
+func (s *Server) stopWaiting() { s.quitOnce.Do(func() { close(s.quit) }) }
 
 // Status returns counters and table sizes.
 func (s *Server) Status() Status {
