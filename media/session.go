@@ -312,9 +312,16 @@ func (s *session) announcement(from Side, m sdp.Media) (announced, error) {
 
 // allocate binds a new endpoint on each side for stream index and pairs
 // their sockets. Nothing runs yet; start or dropUnstarted ends that state.
+// On the ioEpoll path only the RTP sockets are bound now; the RTCP sockets
+// wait for RTP (see rtcpBinding).
 func (s *session) allocate(index int) ([2]*endpoint, error) {
+	pool := s.relay.pool
+	alloc := pool.Allocate
+	if s.relay.poll != nil {
+		alloc = pool.AllocateRTP
+	}
 	return s.endpoints(index, func(side Side) (PortPair, error) {
-		return s.relay.pool.Allocate(s.addrs[side].Bind)
+		return alloc(s.addrs[side].Bind)
 	})
 }
 
@@ -322,7 +329,9 @@ func (s *session) allocate(index int) ([2]*endpoint, error) {
 // get returns for each side, links their sockets and prepares their
 // reading. On the ioEpoll path reading starts here: a datagram that
 // arrives before the stream is started finds no remote and is dropped as a
-// stranger's, as it would be by a reader started later.
+// stranger's, as it would be by a reader started later. RTCP sockets that
+// get left unbound are neither bound nor read here: the stream's RTP
+// sockets ask for them when they latch (see rtcpBinding).
 func (s *session) endpoints(index int, get func(Side) (PortPair, error)) ([2]*endpoint, error) {
 	var eps [2]*endpoint
 	for _, side := range [...]Side{A, B} {
@@ -343,9 +352,16 @@ func (s *session) endpoints(index int, get func(Side) (PortPair, error)) ([2]*en
 		eps[B].socks[c].peer = eps[A].socks[c]
 		newLink(s, c, index, eps[A].socks[c], eps[B].socks[c])
 	}
+	if !eps[A].socks[compRTCP].sock.bound() && !eps[B].socks[compRTCP].sock.bound() {
+		b := &rtcpBinding{sess: s, index: index, eps: eps}
+		eps[A].socks[compRTP].rtcp, eps[B].socks[compRTP].rtcp = b, b
+	}
 	r := s.relay
 	for _, ep := range eps {
 		for _, k := range ep.socks {
+			if !k.sock.bound() {
+				continue
+			}
 			var err error
 			if r.poll != nil {
 				err = r.poll.register(k)

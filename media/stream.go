@@ -141,6 +141,7 @@ type relaySocket struct {
 	peer  *relaySocket
 	done  *sync.WaitGroup // the endpoint's: Done once reading stopped
 	reg   pollReg         // ioEpoll only
+	rtcp  *rtcpBinding    // RTP sockets whose stream's RTCP is not bound yet; else nil
 
 	remote atomic.Pointer[remote]
 	c      counters
@@ -311,6 +312,9 @@ func (k *relaySocket) admit(r **remote, src netip.AddrPort) bool {
 				"src", src, "announced", cur.expected)
 			// Once both sides are latched the component's flows are
 			// fixed 5-tuples: forward then tries to offload them.
+			if k.rtcp != nil {
+				k.rtcp.request() // RTP flows: RTCP follows
+			}
 			return true
 		}
 		*r = k.remote.Load() // new SDP arrived meanwhile: decide again
