@@ -20,8 +20,10 @@ import (
 // Goroutines: one janitor per Relay (started by NewRelay, stopped by
 // Shutdown); the readers of the relay sockets: on Linux (ioEpoll) a fixed
 // set of poller workers per Relay (pollWorkers, started by NewRelay and
-// stopped by Shutdown), elsewhere four reader goroutines per active stream
-// (one per socket, stopped by the stream's or session's close); and one
+// stopped by Shutdown) and one goroutine binding the RTCP sockets of
+// streams whose RTP starts flowing (serveRTCP, likewise), elsewhere four
+// reader goroutines per active stream (one per socket, stopped by the
+// stream's or session's close); and one
 // short-lived goroutine per idle session, running OnTimeout or the relay's
 // own Close (the latter waited for by Shutdown).
 type Relay struct {

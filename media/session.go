@@ -393,8 +393,9 @@ func (s *session) dropUnstarted(eps [2]*endpoint) {
 
 // quiesce stops reading all of a stream's sockets and waits until no
 // reader is inside any of them: a worker reading one socket sends out of
-// its peer on the other side, so none may close before all four stopped.
-// A nil endpoint is skipped.
+// its peer on the other side, so none may close before all have stopped.
+// A nil endpoint is skipped, and so is an RTCP socket never bound (see
+// rtcpBinding): nothing reads it.
 func (s *session) quiesce(eps [2]*endpoint) {
 	for _, ep := range eps {
 		if ep != nil {
@@ -440,7 +441,8 @@ func (r *Relay) stopReading(ep *endpoint) {
 
 // closeSockets closes ep's sockets once reading them has stopped (ep.done
 // waited for). A stream's readers send out of each other's sockets, so all
-// four of them have stopped before any is closed.
+// of them have stopped before any is closed. An RTCP socket that was never
+// bound has nothing to close (its Socket holds no descriptor).
 func (r *Relay) closeSockets(ep *endpoint) {
 	if r.poll == nil {
 		return // closed by stopReading
@@ -451,8 +453,9 @@ func (r *Relay) closeSockets(ep *endpoint) {
 }
 
 // retire stops reading st's sockets, waits for the readers to leave, keeps
-// the counters, closes the sockets and quarantines the ports. Stopping
-// every socket first lets all four readers leave in parallel.
+// the counters, closes the sockets and quarantines the ports (the RTCP
+// port too, bound or not: the pool owns the pair). Stopping every socket
+// first lets all the readers leave in parallel.
 func (s *session) retire(st *stream) {
 	if !st.active() {
 		return
