@@ -327,7 +327,17 @@ func TestPollerDescriptorReuse(t *testing.T) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		for _, ep := range s.streams[0].eps {
-			ks = append(ks, ep.socks[:]...)
+			for _, k := range ep.socks {
+				// Registered sockets only: the RTCP sockets wait for RTP
+				// (see rtcpBinding), which the RTP sent below brings on
+				// the binder's goroutine.
+				if k.reg.slot != nil {
+					ks = append(ks, k)
+				}
+			}
+		}
+		if len(ks) == 0 {
+			t.Fatalf("%s: no socket registered", id)
 		}
 		return toA, ks
 	}
