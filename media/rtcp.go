@@ -152,8 +152,8 @@ func (r *Relay) rtcpLost(s *session, index int, err error) {
 }
 
 // RTCPBindFailed returns how many streams have gone without RTCP because
-// their RTCP sockets, bound when RTP first flowed, could not be (another
-// process held the port next to their RTP port).
+// their RTCP sockets, bound when RTP first flowed, could not be bound
+// (another process held the port next to their RTP port) or read.
 func (r *Relay) RTCPBindFailed() uint64 {
 	if r.rtcp == nil {
 		return 0
