@@ -146,7 +146,7 @@ type relaySocket struct {
 	peer  *relaySocket
 	done  *sync.WaitGroup // the endpoint's: Done once reading stopped
 	reg   pollReg         // ioEpoll only
-	rtcp  *rtcpBinding    // RTP sockets whose stream's RTCP is not bound yet; else nil
+	rtcp  *rtcpBinding    // RTP sockets of a stream whose RTCP is bound on latch; else nil
 
 	remote atomic.Pointer[remote]
 	c      counters
