@@ -60,7 +60,10 @@ type Status struct {
 	// QuarantineShortened counts port pairs reused before their
 	// quarantine ended because the range had no free pair.
 	QuarantineShortened uint64 `json:"ports_quarantine_shortened"`
-	Goroutines          int    `json:"goroutines"`
+	// RTCPBindFailed counts streams that relay RTP only: their RTCP
+	// sockets, bound when RTP first flows, found the port taken.
+	RTCPBindFailed uint64 `json:"rtcp_bind_failed"`
+	Goroutines     int    `json:"goroutines"`
 	// KernelOffload is whether latched media goes to the kernel;
 	// Offloaded counts the stream components it forwards now.
 	KernelOffload bool `json:"kernel_offload"`
@@ -254,6 +257,7 @@ func (a *Agent) Status() Status {
 		Sessions:            a.relay.Sessions(),
 		PortsInUse:          a.relay.PortsInUse(),
 		QuarantineShortened: a.relay.QuarantineShortened(),
+		RTCPBindFailed:      a.relay.RTCPBindFailed(),
 		Goroutines:          runtime.NumGoroutine(),
 		KernelOffload:       a.offload,
 		Offloaded:           a.relay.OffloadedLinks(),
@@ -397,7 +401,9 @@ const fileReserve = 1024
 
 // mediaCallCeiling is how many calls with one audio stream an open file
 // limit lets the relay hold at once: four sockets each (RTP and RTCP on
-// both sides) after fileReserve.
+// both sides) after fileReserve. That is what a call holds once its RTP
+// flows; one being set up or ringing holds two until then (the relay binds
+// RTCP with the first RTP), so more such calls fit.
 func mediaCallCeiling(limit uint64) int {
 	if limit <= fileReserve {
 		return 0

@@ -617,10 +617,12 @@ reject_summary() {
 # pool_ceiling Q prints the call rate at which edgesbc's port pool runs dry
 # when every call holds one RTP/RTCP pair per leg for the hold time plus Q
 # seconds of quarantine.
-# fd_ceiling prints how many calls with one audio stream edgesbc can hold
+# fd_ceiling prints how many calls of the signalling steps edgesbc can hold
 # at once under this shell's hard open file limit (the daemon raises its
-# soft limit to it): four relay sockets per call after the 1,024
-# descriptors the daemon keeps aside (as its start-up warning counts).
+# soft limit to it): two relay sockets per call (RTP on each side; RTCP
+# sockets are bound only once RTP flows, which it never does in these
+# steps) after the 1,024 descriptors the daemon keeps aside (as its
+# start-up warning counts, though at four sockets per call with media).
 fd_ceiling() {
 	local n
 	n=$(ulimit -Hn)
@@ -628,7 +630,7 @@ fd_ceiling() {
 		echo unlimited
 		return
 	fi
-	echo $(((n - 1024) / 4))
+	echo $(((n - 1024) / 2))
 }
 
 pool_ceiling() {
@@ -1020,7 +1022,7 @@ bounded_ratio() {
 	echo
 	if [[ " $TARGETS " == *" edgesbc "* ]]; then
 		echo "edgesbc port pool: port_range ${PORT_RANGE}, quarantine ${QUARANTINE_S} s, two pairs per call: with a ${HOLD_MS} ms hold it runs out of fully quarantined pairs above about $(pool_ceiling "$QUARANTINE_S") CPS (from there pairs are reused after ${QUARANTINE_FLOOR_S} s, counted in ports_quarantine_shortened) and out of pairs altogether above about $(pool_ceiling "$QUARANTINE_FLOOR_S") CPS, where the SBC answers 503 whatever the CPU."
-		echo "edgesbc descriptors: hard open file limit $(ulimit -Hn), four relay sockets per call: at most about $(fd_ceiling) calls in progress (signalling steps hold calls ${HOLD_MS} ms plus their setup time, which grows near saturation); beyond it calls get 503, logged as \"too many open files\". Kamailio without media opens no socket per call."
+		echo "edgesbc descriptors: hard open file limit $(ulimit -Hn), two relay sockets per call without RTP (four once RTP flows): at most about $(fd_ceiling) calls in progress (signalling steps hold calls ${HOLD_MS} ms plus their setup time, which grows near saturation); beyond it calls get 503, logged as \"too many open files\". Kamailio without media opens no socket per call."
 		echo
 	fi
 	echo "Other load before: CPU busy with work outside the bench in the second before the part started (should be near 0%)."

@@ -9,7 +9,13 @@
 //     release so late packets of an ended call never reach a new one.
 //   - Sessions (one per call, SessionID = the sbc CallID), each with one
 //     Stream per m= line and, per Stream, one Endpoint facing each Side. An
-//     Endpoint is an RTP and an RTCP socket.
+//     Endpoint is an RTP and an RTCP socket. On Linux (the epoll path) the
+//     RTCP sockets of a Stream are bound only once its RTP flows (the
+//     first latch on either side), so a call that is being set up, rings
+//     or never carries RTP holds two sockets per Stream instead of four;
+//     the pool still reserves the RTCP port from the start. Should another
+//     process hold it by then, the Stream relays RTP only (counted in
+//     Relay.RTCPBindFailed). See rtcpBinding.
 //   - SDP anchoring: Offer and Answer read what a side announced (through
 //     package media/sdp) and return the body for the other side, rewritten
 //     with the SBC's advertised address and the ports of the Endpoints

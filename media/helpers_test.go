@@ -347,3 +347,47 @@ func waitGoroutines(t testing.TB, base int) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// rtcpBound counts the bound RTCP sockets of stream i of session id: on
+// the ioEpoll path they are bound (and read) only once RTP has latched on
+// the stream (see rtcpBinding), elsewhere from the start.
+func rtcpBound(t testing.TB, r *Relay, id SessionID, i int) int {
+	t.Helper()
+	s := r.session(id)
+	if s == nil {
+		t.Fatalf("session %s not open", id)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i >= len(s.streams) {
+		t.Fatalf("session %s has %d streams, want > %d", id, len(s.streams), i)
+	}
+	n := 0
+	for _, ep := range s.streams[i].eps {
+		if ep != nil && ep.socks[compRTCP].sock.bound() {
+			n++
+		}
+	}
+	return n
+}
+
+// waitRTCP waits until both RTCP sockets of stream i of session id are
+// bound and read, which on the ioEpoll path follows the first RTP latched
+// on the stream. The binder registers both with the poller under the
+// session lock that rtcpBound takes, so bound means read.
+func waitRTCP(t testing.TB, r *Relay, id SessionID, i int) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("rtcp sockets of %s stream %d to be bound", id, i), func() bool {
+		return rtcpBound(t, r, id, i) == 2
+	})
+}
+
+// idleSockets is how many sockets a stream reads before RTP flows: two
+// (RTP on each side) on the ioEpoll path, where RTCP waits for RTP, four
+// elsewhere.
+func idleSockets(r *Relay) int64 {
+	if r.poll != nil {
+		return 2
+	}
+	return 4
+}

@@ -159,8 +159,10 @@ func (sl *pollSlot) closing() bool { return sl.state.Load()&slotClosing != 0 }
 // stop marks the slot closing, and the socket counts as stopped once no
 // worker is inside it (relaySocket.stopped); only then does free close the
 // descriptor and bump the generation. A worker sends on the peer socket
-// of the one it drains; the session stops and waits for all four sockets
-// of a stream before it closes any, so that descriptor is open too.
+// of the one it drains; the session stops and waits for every socket of a
+// stream before it closes any, so that descriptor is open too. The RTCP
+// sockets of a stream are registered later than its RTP sockets, once RTP
+// flows (see rtcpBinding), and only after both of them are bound.
 //
 // A socket closed while its worker waits out a read backoff counts as
 // stopped when that wait ends, at most 100 ms later.

@@ -115,10 +115,22 @@ func TestPollerManySockets(t *testing.T) {
 	for i := range cs {
 		cs[i] = setupCall(t, r, SessionID(fmt.Sprintf("call-many-%d", i)))
 	}
-	if got, want := r.poll.registered(), 4*calls; got != want || r.reading.Load() != int64(want) {
-		t.Fatalf("registered %d, reading %d; want %d", got, r.reading.Load(), want)
+	// Before RTP only the RTP sockets are read; the first packet of each
+	// call brings its RTCP sockets.
+	if got, want := r.poll.registered(), 2*calls; got != want || r.reading.Load() != int64(want) {
+		t.Fatalf("registered %d, reading %d before RTP; want %d", got, r.reading.Load(), want)
 	}
 	pktA, pktB := rtpPacket(t, 0, 1, 0xA), rtpPacket(t, 0, 1, 0xB)
+	for _, c := range cs {
+		sendTo(t, c.a.rtp, c.toA, pktA)
+		if got := collect(c.b.rtp, 1, 5*time.Second, 0); len(got) != 1 {
+			t.Fatalf("%s: first RTP: B got %d packets, want 1", c.id, len(got))
+		}
+		waitRTCP(t, r, c.id, 0)
+	}
+	if got, want := r.poll.registered(), 4*calls; got != want || r.reading.Load() != int64(want) {
+		t.Fatalf("registered %d, reading %d once RTP flowed; want %d", got, r.reading.Load(), want)
+	}
 	var wg sync.WaitGroup
 	got := make([][4]int, calls) // rtp at B, rtp at A, rtcp at B, rtcp at A
 	for i, c := range cs {
@@ -162,8 +174,8 @@ func TestPollerManySockets(t *testing.T) {
 		}
 		st, _ := r.Stats(c.id)
 		checkAccounting(t, st)
-		if f := st.Streams[0].Sides[A].RTP; f.Forwarded != rtp || f.Packets != rtp {
-			t.Errorf("%s: side A RTP %+v, want %d forwarded", c.id, f, rtp)
+		if f := st.Streams[0].Sides[A].RTP; f.Forwarded != rtp+1 || f.Packets != rtp+1 {
+			t.Errorf("%s: side A RTP %+v, want %d forwarded", c.id, f, rtp+1)
 		}
 	}
 	for _, c := range cs {
@@ -315,7 +327,17 @@ func TestPollerDescriptorReuse(t *testing.T) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		for _, ep := range s.streams[0].eps {
-			ks = append(ks, ep.socks[:]...)
+			for _, k := range ep.socks {
+				// Registered sockets only: the RTCP sockets wait for RTP
+				// (see rtcpBinding), which the RTP sent below brings on
+				// the binder's goroutine.
+				if k.reg.slot != nil {
+					ks = append(ks, k)
+				}
+			}
+		}
+		if len(ks) == 0 {
+			t.Fatalf("%s: no socket registered", id)
 		}
 		return toA, ks
 	}
@@ -385,8 +407,8 @@ func TestPollerShutdownWithSocketsRegistered(t *testing.T) {
 		ap, _ := anchorOf(t, answer, 0)
 		toA = append(toA, ap)
 	}
-	if got := openFDs(t); got != fds+2+5*4 {
-		t.Errorf("descriptors: %d, want %d (epoll and eventfd, and 4 sockets per call)", got, fds+2+5*4)
+	if got := openFDs(t); got != fds+2+5*2 {
+		t.Errorf("descriptors: %d, want %d (epoll and eventfd, and 2 RTP sockets per call)", got, fds+2+5*2)
 	}
 	var senders sync.WaitGroup
 	for _, ap := range toA {
@@ -394,6 +416,12 @@ func TestPollerShutdownWithSocketsRegistered(t *testing.T) {
 		go func() { defer senders.Done(); blast(t, phones[A].rtp, ap, rtpPacket(t, 0, 1, 1), 300) }()
 	}
 	collect(phones[B].rtp, 1, 5*time.Second, 0) // traffic flows
+	// RTP latched on every call: their RTCP sockets are bound and read too,
+	// and Shutdown closes them as well.
+	eventually(t, "the RTCP sockets of every call to be read", func() bool { return r.poll.registered() == 5*4 })
+	if got := openFDs(t); got != fds+2+5*4 {
+		t.Errorf("descriptors once RTP flowed: %d, want %d (4 sockets per call)", got, fds+2+5*4)
+	}
 	r.Shutdown()
 	senders.Wait()
 	if r.poll.registered() != 0 || r.reading.Load() != 0 || r.Sessions() != 0 {

@@ -10,13 +10,14 @@ import (
 	"time"
 )
 
-// PortPair is one allocated RTP/RTCP port pair with both sockets bound. The
+// PortPair is one allocated RTP/RTCP port pair with its sockets. The
 // caller owns the sockets: it closes them before handing the port back with
-// PortPool.Release.
+// PortPool.Release. The pool owns both ports either way; only the binding of
+// the RTCP socket may be left to the caller (see PortPool.AllocateRTP).
 type PortPair struct {
 	Port int    // RTP port, even; RTCP is Port+1
 	RTP  Socket // bound to Port
-	RTCP Socket // bound to Port+1
+	RTCP Socket // bound to Port+1, or unbound (AllocateRTP) until BindRTCP
 }
 
 // PortPool hands out even-aligned RTP/RTCP port pairs from a fixed range.
@@ -109,6 +110,31 @@ func NewPortPool(min, max int, quarantine time.Duration) (*PortPool, error) {
 // fault that no other pair would fix: it is returned at once and the pair
 // stays free. With no pair left it returns ErrPoolExhausted.
 func (p *PortPool) Allocate(bind netip.Addr) (PortPair, error) {
+	return p.allocate(bind, true)
+}
+
+// AllocateRTP is Allocate without binding the RTCP socket: the pair is
+// allocated, quarantined and released as a whole, and its RTCP port is
+// reserved for the caller, which binds it later with BindRTCP if at all.
+// Only a busy RTP port makes it skip a pair; a busy RTCP port shows when
+// BindRTCP fails. The pair's RTCP Socket is unbound, and closing it does
+// nothing.
+func (p *PortPool) AllocateRTP(bind netip.Addr) (PortPair, error) {
+	return p.allocate(bind, false)
+}
+
+// BindRTCP binds the RTCP socket of an allocated pair, for the caller of
+// AllocateRTP: local is the RTCP address of the pair (its PortPair.RTCP's
+// LocalAddr).
+func (p *PortPool) BindRTCP(local netip.AddrPort) (Socket, error) {
+	s, err := bindSocket(p.raw, local)
+	if err != nil {
+		return Socket{}, fmt.Errorf("bind rtcp %v: %w", local, err)
+	}
+	return s, nil
+}
+
+func (p *PortPool) allocate(bind netip.Addr, rtcp bool) (PortPair, error) {
 	if !bind.IsValid() {
 		return PortPair{}, fmt.Errorf("media: allocate port pair: bind address is missing")
 	}
@@ -122,7 +148,7 @@ func (p *PortPool) Allocate(bind netip.Addr) (PortPair, error) {
 			continue // taken by Reserve while queued: drop the stale entry
 		}
 		port := p.first + 2*i
-		pair, err := p.bindPair(bind.Unmap(), port)
+		pair, err := p.bindPair(bind.Unmap(), port, rtcp)
 		switch {
 		case err == nil:
 			p.state[i] = pairAllocated
@@ -147,7 +173,7 @@ func (p *PortPool) Allocate(bind netip.Addr) (PortPair, error) {
 		p.held.pop()
 		p.quarantined--
 		port := p.first + 2*h.pair
-		pair, err := p.bindPair(bind.Unmap(), port)
+		pair, err := p.bindPair(bind.Unmap(), port, rtcp)
 		switch {
 		case err == nil:
 			p.state[h.pair] = pairAllocated
@@ -180,7 +206,7 @@ func (p *PortPool) Reserve(bind netip.Addr, port int) (PortPair, error) {
 	if p.state[i] != pairFree {
 		return PortPair{}, fmt.Errorf("media: reserve port %d: pair in use", port)
 	}
-	pair, err := p.bindPair(bind.Unmap(), port)
+	pair, err := p.bindPair(bind.Unmap(), port, true)
 	if err != nil {
 		return PortPair{}, err
 	}
@@ -189,17 +215,22 @@ func (p *PortPool) Reserve(bind netip.Addr, port int) (PortPair, error) {
 	return pair, nil
 }
 
-// bindPair binds the RTP and RTCP sockets of port on bind: "udp4" sockets
-// for an IPv4 address, "udp6" (IPv6 only) otherwise.
-func (p *PortPool) bindPair(bind netip.Addr, port int) (PortPair, error) {
+// bindPair binds the RTP socket of port on bind and, with withRTCP, the
+// RTCP socket of port+1: "udp4" sockets for an IPv4 address, "udp6" (IPv6
+// only) otherwise. Without withRTCP the RTCP socket is left unbound.
+func (p *PortPool) bindPair(bind netip.Addr, port int, withRTCP bool) (PortPair, error) {
 	rtp, err := bindSocket(p.raw, netip.AddrPortFrom(bind, uint16(port)))
 	if err != nil {
 		return PortPair{}, fmt.Errorf("bind rtp %v: %w", netip.AddrPortFrom(bind, uint16(port)), err)
 	}
-	rtcp, err := bindSocket(p.raw, netip.AddrPortFrom(bind, uint16(port+1)))
+	rtcpAddr := netip.AddrPortFrom(bind, uint16(port+1))
+	if !withRTCP {
+		return PortPair{Port: port, RTP: rtp, RTCP: unboundSocket(rtcpAddr)}, nil
+	}
+	rtcp, err := p.BindRTCP(rtcpAddr)
 	if err != nil {
 		rtp.Close()
-		return PortPair{}, fmt.Errorf("bind rtcp %v: %w", netip.AddrPortFrom(bind, uint16(port+1)), err)
+		return PortPair{}, err
 	}
 	return PortPair{Port: port, RTP: rtp, RTCP: rtcp}, nil
 }

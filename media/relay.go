@@ -20,8 +20,10 @@ import (
 // Goroutines: one janitor per Relay (started by NewRelay, stopped by
 // Shutdown); the readers of the relay sockets: on Linux (ioEpoll) a fixed
 // set of poller workers per Relay (pollWorkers, started by NewRelay and
-// stopped by Shutdown), elsewhere four reader goroutines per active stream
-// (one per socket, stopped by the stream's or session's close); and one
+// stopped by Shutdown) and one goroutine binding the RTCP sockets of
+// streams whose RTP starts flowing (serveRTCP, likewise), elsewhere four
+// reader goroutines per active stream (one per socket, stopped by the
+// stream's or session's close); and one
 // short-lived goroutine per idle session, running OnTimeout or the relay's
 // own Close (the latter waited for by Shutdown).
 type Relay struct {
@@ -43,6 +45,9 @@ type Relay struct {
 	reading atomic.Int64
 	// poll reads every relay socket on the ioEpoll path; nil otherwise.
 	poll *poller
+	// rtcp binds the RTCP sockets of streams once their RTP flows, on the
+	// ioEpoll path (see rtcpBinding); nil otherwise.
+	rtcp *rtcpBinder
 
 	// lanes bounds how many reader goroutines forward at once to
 	// GOMAXPROCS-1 (at least one). Forwarding is almost all syscall time;
@@ -101,6 +106,8 @@ func NewRelay(cfg Config, log hclog.Logger) (*Relay, error) {
 			return nil, err
 		}
 		pool.raw = true
+		r.rtcp = newRTCPBinder()
+		go r.serveRTCP()
 	}
 	go r.janitor()
 	r.log.Info("relay started", "port_min", cfg.PortMin, "port_max", cfg.PortMax, "pairs", pool.Size(),
@@ -287,13 +294,17 @@ func (r *Relay) PortsInUse() int { return r.pool.InUse() }
 // before their quarantine was over because none was free (see PortPool).
 func (r *Relay) QuarantineShortened() uint64 { return r.pool.Shortened() }
 
-// Shutdown stops the janitor, closes every session and stops the poller.
+// Shutdown stops the janitor and the RTCP binder, closes every session and
+// stops the poller.
 // Open fails with ErrRelayClosed afterwards. It does not wait for OnTimeout
 // callbacks that are still running: they belong to the caller, which may
 // itself be shutting down.
 func (r *Relay) Shutdown() {
 	r.stopOnce.Do(func() { close(r.stop) })
 	<-r.janitorDone
+	if r.rtcp != nil {
+		<-r.rtcp.done
+	}
 	r.closers.Wait()
 	r.mu.Lock()
 	r.closed = true

@@ -97,8 +97,9 @@ func benchForward(b *testing.B, impl ioImpl) {
 
 // BenchmarkSessionLifecycle measures what one call costs the relay when it
 // carries no packet, as most calls of a call-rate benchmark do: Open, an
-// offer from A and an answer from B (two port pairs, four sockets bound and
-// read), and Close. One op is one call.
+// offer from A and an answer from B (two port pairs; two RTP sockets bound
+// and read on the ioEpoll path, whose RTCP sockets wait for RTP that never
+// comes, four sockets elsewhere), and Close. One op is one call.
 func BenchmarkSessionLifecycle(b *testing.B) {
 	for _, impl := range ioImpls() {
 		b.Run("io="+impl.String(), func(b *testing.B) { benchLifecycle(b, impl) })

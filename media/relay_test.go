@@ -80,6 +80,8 @@ func TestRelayForwardsBothWays(t *testing.T) {
 			}
 			sendTo(t, c.a.rtp, c.toA, fromA...)
 			sendTo(t, c.b.rtp, c.toB, fromB...)
+			// RTP has latched: the RTCP sockets are bound now or soon.
+			waitRTCP(t, r, c.id, 0)
 			for i := range 5 {
 				sendTo(t, c.a.rtcp, c.toARTCP, rtcpPacket(0xA0+uint32(i)))
 				sendTo(t, c.b.rtcp, c.toBRTCP, rtcpPacket(0xB0+uint32(i)))
@@ -304,6 +306,7 @@ func TestRelayMixedFamilies(t *testing.T) {
 			checkRTP(t, "v4→v6", collect(b.rtp, 2, 5*time.Second, 50*time.Millisecond), 1, 1, 2, toB)
 			sendTo(t, b.rtp, toB, rtpPacket(t, 0, 7, 2))
 			checkRTP(t, "v6→v4", collect(a.rtp, 1, 5*time.Second, 50*time.Millisecond), 2, 7, 1, toA)
+			waitRTCP(t, r, id, 0)
 			sendTo(t, b.rtcp, toBRTCP, rtcpPacket(1))
 			if got := collect(a.rtcp, 1, 5*time.Second, 50*time.Millisecond); len(got) != 1 {
 				t.Errorf("v6→v4 rtcp: got %d, want 1", len(got))
@@ -379,10 +382,13 @@ func TestRelayReofferKeepsPorts(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Adding video: audio keeps its ports, video gets new ones.
+	// Adding video: audio keeps its ports, video gets new ones. No RTP
+	// has flowed: on the ioEpoll path each stream reads only its two RTP
+	// sockets.
 	base := runtime.NumGoroutine()
-	if r.reading.Load() != 4 {
-		t.Fatalf("sockets read %d, want 4", r.reading.Load())
+	idle := idleSockets(r)
+	if r.reading.Load() != idle {
+		t.Fatalf("sockets read %d, want %d", r.reading.Load(), idle)
 	}
 	video := newPhone(t, phoneAIP, true)
 	out, err = r.Offer(c.id, A, c.a.sdp(4, mline{kind: "video", port: int(addrOf(video.rtp).Port())}))
@@ -397,8 +403,8 @@ func TestRelayReofferKeepsPorts(t *testing.T) {
 	if r.pool.Allocated() != 4 {
 		t.Errorf("Allocated = %d, want 4", r.pool.Allocated())
 	}
-	if got := r.reading.Load(); got != 8 {
-		t.Errorf("sockets read %d, want 8 (four more for the new stream)", got)
+	if got := r.reading.Load(); got != 2*idle {
+		t.Errorf("sockets read %d, want %d (%d more for the new stream)", got, 2*idle, idle)
 	}
 
 	// Disabling video: port 0 out, its sockets and readers gone, ports
@@ -413,8 +419,8 @@ func TestRelayReofferKeepsPorts(t *testing.T) {
 	if r.pool.Allocated() != 2 || r.pool.Quarantined() != 2 {
 		t.Errorf("Allocated = %d, Quarantined = %d; want 2, 2", r.pool.Allocated(), r.pool.Quarantined())
 	}
-	if got := r.reading.Load(); got != 4 {
-		t.Errorf("sockets read %d after disabling video, want 4", got)
+	if got := r.reading.Load(); got != idle {
+		t.Errorf("sockets read %d after disabling video, want %d", got, idle)
 	}
 	waitGoroutines(t, base)
 	st, _ := r.Stats(c.id)
@@ -440,7 +446,6 @@ func TestRelayAnswerTwice(t *testing.T) {
 		t.Fatal(err)
 	}
 	toA, _ := anchorOf(t, ans183, 0)
-	allocated, readers := r.pool.Allocated(), r.reading.Load()
 	sendTo(t, a.rtp, toA, rtpPacket(t, 0, 1, 1))
 	if got := collect(early.rtp, 1, 5*time.Second, 50*time.Millisecond); len(got) != 1 {
 		t.Fatalf("early media: B got %d packets, want 1", len(got))
@@ -449,6 +454,8 @@ func TestRelayAnswerTwice(t *testing.T) {
 	if got := collect(a.rtp, 1, 5*time.Second, 50*time.Millisecond); len(got) != 1 {
 		t.Fatalf("early media: A got %d packets, want 1", len(got))
 	}
+	waitRTCP(t, r, id, 0) // RTP flowed: RTCP sockets too from now on
+	allocated, readers := r.pool.Allocated(), r.reading.Load()
 
 	// 200 with the final answer from another address: same anchor, no new
 	// sockets, media now goes to the new address.
@@ -671,6 +678,7 @@ func TestRelayCloseAndShutdownLeakNothing(t *testing.T) {
 		if got := collect(c.b.rtp, 1, 5*time.Second, 0); len(got) != 1 {
 			t.Fatalf("%s: B got %d packets, want 1", c.id, len(got))
 		}
+		waitRTCP(t, r, c.id, 0)
 	}
 	if r.Sessions() != 5 || r.PortsInUse() != 10 {
 		t.Fatalf("Sessions = %d, PortsInUse = %d; want 5, 10", r.Sessions(), r.PortsInUse())

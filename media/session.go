@@ -312,9 +312,16 @@ func (s *session) announcement(from Side, m sdp.Media) (announced, error) {
 
 // allocate binds a new endpoint on each side for stream index and pairs
 // their sockets. Nothing runs yet; start or dropUnstarted ends that state.
+// On the ioEpoll path only the RTP sockets are bound now; the RTCP sockets
+// wait for RTP (see rtcpBinding).
 func (s *session) allocate(index int) ([2]*endpoint, error) {
+	pool := s.relay.pool
+	alloc := pool.Allocate
+	if s.relay.poll != nil {
+		alloc = pool.AllocateRTP
+	}
 	return s.endpoints(index, func(side Side) (PortPair, error) {
-		return s.relay.pool.Allocate(s.addrs[side].Bind)
+		return alloc(s.addrs[side].Bind)
 	})
 }
 
@@ -322,7 +329,9 @@ func (s *session) allocate(index int) ([2]*endpoint, error) {
 // get returns for each side, links their sockets and prepares their
 // reading. On the ioEpoll path reading starts here: a datagram that
 // arrives before the stream is started finds no remote and is dropped as a
-// stranger's, as it would be by a reader started later.
+// stranger's, as it would be by a reader started later. RTCP sockets that
+// get left unbound are neither bound nor read here: the stream's RTP
+// sockets ask for them when they latch (see rtcpBinding).
 func (s *session) endpoints(index int, get func(Side) (PortPair, error)) ([2]*endpoint, error) {
 	var eps [2]*endpoint
 	for _, side := range [...]Side{A, B} {
@@ -343,9 +352,16 @@ func (s *session) endpoints(index int, get func(Side) (PortPair, error)) ([2]*en
 		eps[B].socks[c].peer = eps[A].socks[c]
 		newLink(s, c, index, eps[A].socks[c], eps[B].socks[c])
 	}
+	if !eps[A].socks[compRTCP].sock.bound() && !eps[B].socks[compRTCP].sock.bound() {
+		b := &rtcpBinding{sess: s, index: index, eps: eps}
+		eps[A].socks[compRTP].rtcp, eps[B].socks[compRTP].rtcp = b, b
+	}
 	r := s.relay
 	for _, ep := range eps {
 		for _, k := range ep.socks {
+			if !k.sock.bound() {
+				continue
+			}
 			var err error
 			if r.poll != nil {
 				err = r.poll.register(k)
@@ -377,8 +393,9 @@ func (s *session) dropUnstarted(eps [2]*endpoint) {
 
 // quiesce stops reading all of a stream's sockets and waits until no
 // reader is inside any of them: a worker reading one socket sends out of
-// its peer on the other side, so none may close before all four stopped.
-// A nil endpoint is skipped.
+// its peer on the other side, so none may close before all have stopped.
+// A nil endpoint is skipped, and so is an RTCP socket never bound (see
+// rtcpBinding): nothing reads it.
 func (s *session) quiesce(eps [2]*endpoint) {
 	for _, ep := range eps {
 		if ep != nil {
@@ -424,7 +441,8 @@ func (r *Relay) stopReading(ep *endpoint) {
 
 // closeSockets closes ep's sockets once reading them has stopped (ep.done
 // waited for). A stream's readers send out of each other's sockets, so all
-// four of them have stopped before any is closed.
+// of them have stopped before any is closed. An RTCP socket that was never
+// bound has nothing to close (its Socket holds no descriptor).
 func (r *Relay) closeSockets(ep *endpoint) {
 	if r.poll == nil {
 		return // closed by stopReading
@@ -435,8 +453,9 @@ func (r *Relay) closeSockets(ep *endpoint) {
 }
 
 // retire stops reading st's sockets, waits for the readers to leave, keeps
-// the counters, closes the sockets and quarantines the ports. Stopping
-// every socket first lets all four readers leave in parallel.
+// the counters, closes the sockets and quarantines the ports (the RTCP
+// port too, bound or not: the pool owns the pair). Stopping every socket
+// first lets all the readers leave in parallel.
 func (s *session) retire(st *stream) {
 	if !st.active() {
 		return

@@ -16,8 +16,18 @@ type Socket struct {
 	fd    int          // raw socket; -1 when conn is set or after Close
 }
 
-// LocalAddr returns the address and port the socket is bound to.
+// unboundSocket is the Socket of a relay socket whose binding is deferred
+// (the RTCP sockets of a stream on the ioEpoll path: see rtcpBinding). It
+// knows the address it will be bound to; closing it does nothing.
+func unboundSocket(ap netip.AddrPort) Socket { return Socket{local: ap, fd: -1} }
+
+// LocalAddr returns the address and port the socket is bound to, or will
+// be once bound.
 func (s *Socket) LocalAddr() netip.AddrPort { return s.local }
+
+// bound reports whether the socket holds a descriptor. The zero Socket
+// counts as bound (descriptor 0): unbound ones come from unboundSocket.
+func (s *Socket) bound() bool { return s.conn != nil || s.fd >= 0 }
 
 // Close closes the socket. A raw socket registered with a poller is closed
 // by the poller instead (see poller), never here.

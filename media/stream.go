@@ -40,9 +40,12 @@ type stream struct {
 func (st *stream) active() bool { return st.eps[A] != nil }
 
 // endpoint is the SBC's face toward one side for one stream: an RTP and an
-// RTCP socket on that side's bind address, from one PortPool pair. done
-// counts its sockets being read (see relaySocket.stopped); it is waited on
-// with the session lock held, which is safe because readers never take it.
+// RTCP socket on that side's bind address, from one PortPool pair. On the
+// ioEpoll path the RTCP socket is bound only once the stream's RTP flows
+// (see rtcpBinding). done counts its sockets being read (see
+// relaySocket.stopped); it is waited on, and grown by a late RTCP
+// registration, only with the session lock held, which is safe because
+// readers never take it.
 type endpoint struct {
 	port  int             // RTP port; RTCP is port+1
 	socks [2]*relaySocket // indexed by component
@@ -129,7 +132,9 @@ func admission(r *remote, src netip.AddrPort) verdict {
 // session lock held and by the reader when latching (compare-and-swap),
 // read by both readers of the stream. sock, peer, done and the identity
 // fields are set before reading starts and never change until it has
-// stopped; reg belongs to the poller.
+// stopped: an RTCP socket bound late (see rtcpBinding) gets its sock under
+// the session lock before it and its peer are registered; reg belongs to
+// the poller. rtcp is fixed at creation.
 type relaySocket struct {
 	sess  *session
 	side  Side
@@ -141,6 +146,7 @@ type relaySocket struct {
 	peer  *relaySocket
 	done  *sync.WaitGroup // the endpoint's: Done once reading stopped
 	reg   pollReg         // ioEpoll only
+	rtcp  *rtcpBinding    // RTP sockets of a stream whose RTCP is bound on latch; else nil
 
 	remote atomic.Pointer[remote]
 	c      counters
@@ -311,6 +317,9 @@ func (k *relaySocket) admit(r **remote, src netip.AddrPort) bool {
 				"src", src, "announced", cur.expected)
 			// Once both sides are latched the component's flows are
 			// fixed 5-tuples: forward then tries to offload them.
+			if k.rtcp != nil {
+				k.rtcp.request() // RTP flows: RTCP follows
+			}
 			return true
 		}
 		*r = k.remote.Load() // new SDP arrived meanwhile: decide again
