@@ -162,8 +162,12 @@ type Call struct {
 	update *inDialogTx
 	done   chan struct{} // closed by end()
 	// acked is signalled (with mu) whenever an ACK completes an INVITE
-	// transaction of the call or the call ends; see awaitAck.
+	// transaction of the call, a relayed REFER has its final response, or
+	// the call ends; see awaitAck and awaitReferAnswer.
 	acked *sync.Cond
+	// referring counts the REFERs relayed onto each leg (refer = "pass")
+	// whose final response has not gone back to the referrer yet.
+	referring [2]int
 }
 
 func newID() string {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	mathrand "math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -67,6 +68,9 @@ func (c *Call) onInDialog(side media.Side, req *sip.Request, tx sip.ServerTransa
 func (c *Call) relayInDialog(side media.Side, req *sip.Request, tx sip.ServerTransaction, referTo sip.Header) {
 	c.mu.Lock()
 	c.awaitAck(side, 2*time.Second)
+	if req.Method == sip.NOTIFY && eventPackage(req) == "refer" {
+		c.awaitReferAnswer(side)
+	}
 	if c.strayRequest(side, req, tx) {
 		c.mu.Unlock()
 		return
@@ -200,6 +204,10 @@ func (c *Call) relayInDialog(side media.Side, req *sip.Request, tx sip.ServerTra
 	}
 	out.SetBody(body)
 	c.send(other, out)
+	if req.Method == sip.REFER {
+		c.referring[other.side]++
+		defer c.referAnswered(other.side)
+	}
 	c.mu.Unlock()
 
 	var cancelled chan struct{}
@@ -263,7 +271,7 @@ func (c *Call) relayInDialog(side media.Side, req *sip.Request, tx sip.ServerTra
 // for a 2xx waits for it (bounded), instead of being refused with 491.
 // Caller holds mu; it is released while waiting.
 func (c *Call) awaitAck(side media.Side, limit time.Duration) {
-	owes := func() bool {
+	c.waitWhile(limit, func() bool {
 		switch {
 		case c.state == stateEnded:
 			return false
@@ -273,8 +281,39 @@ func (c *Call) awaitAck(side media.Side, limit time.Duration) {
 			return true
 		}
 		return false
-	}
-	if !owes() {
+	})
+}
+
+// awaitReferAnswer keeps a NOTIFY of the refer subscription from leg side
+// behind the final response to a REFER relayed onto that leg (refer =
+// "pass"). The REFER's recipient sends its first NOTIFY right after its
+// 202, or even before it (RFC 6665 §4.1.2.4), and the 202 (in the relayed
+// REFER's client transaction) and the NOTIFY (a request of its own) are
+// handled in separate goroutines: without the wait the NOTIFY can reach the
+// referrer first, which referrers that expect RFC 3515's order take for a
+// broken transfer. The wait ends with the REFER's transaction or the call,
+// and the server's inDialogWait bounds it. Caller holds mu; it is released
+// while waiting.
+func (c *Call) awaitReferAnswer(side media.Side) {
+	c.waitWhile(c.srv.cfg.inDialogWait, func() bool {
+		return c.state != stateEnded && c.referring[side] > 0
+	})
+}
+
+// referAnswered ends the wait of awaitReferAnswer for one REFER relayed
+// onto leg side, once its final response has gone to the referrer (or it
+// never will). Caller does not hold mu.
+func (c *Call) referAnswered(side media.Side) {
+	c.mu.Lock()
+	c.referring[side]--
+	c.mu.Unlock()
+	c.acked.Broadcast()
+}
+
+// waitWhile waits on acked while pending reports true, at most limit.
+// Caller holds mu; it is released while waiting.
+func (c *Call) waitWhile(limit time.Duration, pending func() bool) {
+	if !pending() {
 		return
 	}
 	expired := false
@@ -285,9 +324,21 @@ func (c *Call) awaitAck(side media.Side, limit time.Duration) {
 		c.acked.Broadcast()
 	})
 	defer t.Stop()
-	for owes() && !expired {
+	for pending() && !expired {
 		c.acked.Wait()
 	}
+}
+
+// eventPackage returns the event package of a SUBSCRIBE or NOTIFY, lower
+// case and without parameters (RFC 6665 §8.2.1): "refer" for "refer;id=3".
+func eventPackage(req *sip.Request) string {
+	for _, name := range []string{"Event", "o"} { // o: the compact form
+		for h := range headersNamed(req, name) {
+			pkg, _, _ := strings.Cut(h.Value(), ";")
+			return strings.ToLower(strings.TrimSpace(pkg))
+		}
+	}
+	return ""
 }
 
 // onInDialogResponse handles one response of the relayed request and
