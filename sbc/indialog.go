@@ -229,9 +229,18 @@ func (c *Call) relayInDialog(side media.Side, req *sip.Request, tx sip.ServerTra
 		return
 	}
 	defer func() { otx.Terminate() }()
+	// the stack's Timer F (Timer B for an INVITE, until a provisional)
+	// ends the transaction too; this timer is the SBC's own, which a test
+	// can shorten
+	wait := time.NewTimer(c.srv.cfg.inDialogWait)
+	defer wait.Stop()
+	waitC := wait.C
 	for {
 		select {
 		case res := <-otx.Responses():
+			if req.Method == sip.INVITE && res.StatusCode < 200 {
+				waitC = nil
+			}
 			if done := c.onInDialogResponse(u, req, tx, out, res); done {
 				return
 			}
@@ -242,9 +251,14 @@ func (c *Call) relayInDialog(side media.Side, req *sip.Request, tx sip.ServerTra
 					c.finishInDialog(u, req, tx, 503, err)
 					return
 				}
+				wait.Reset(c.srv.cfg.inDialogWait)
+				waitC = wait.C
 			}
 		case <-otx.Done():
 			c.finishInDialog(u, req, tx, 408, otx.Err())
+			return
+		case <-waitC:
+			c.finishInDialog(u, req, tx, 408, fmt.Errorf("no final response in %v: %w", c.srv.cfg.inDialogWait, sip.ErrTransactionTimeout))
 			return
 		case <-cancelled:
 			cancelled = nil
@@ -553,7 +567,11 @@ func (c *Call) retransmitUpdate(u *inDialogTx) {
 }
 
 // finishInDialog answers a relayed request whose other side never
-// answered. Caller does not hold mu.
+// answered. When its transaction timed out, that side's dialog is gone as
+// after a 408 (RFC 3261 §12.2.1.2: no response at all counts like 408 or
+// 481), and the call ends with BYE on both legs; a call must not stay up
+// on a leg that no longer answers, whatever the request was (a REFER, a
+// NOTIFY of its subscription). Caller does not hold mu.
 func (c *Call) finishInDialog(u *inDialogTx, req *sip.Request, tx sip.ServerTransaction, code int, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -565,9 +583,16 @@ func (c *Call) finishInDialog(u *inDialogTx, req *sip.Request, tx sip.ServerTran
 			c.update = nil
 		}
 	}
-	c.log.Info("in-dialog request not answered", "method", req.Method, "code", code, "error", err)
-	if c.state != stateEnded {
-		c.respondOn(c.legs[side], req, tx, code, nil, nil)
+	timedOut := errors.Is(err, sip.ErrTransactionTimeout)
+	c.log.Info("in-dialog request not answered", "method", req.Method, "code", code, "error", err,
+		"ending_call", timedOut && c.state != stateEarly && c.state != stateEnded)
+	if c.state == stateEnded {
+		return
+	}
+	c.respondOn(c.legs[side], req, tx, code, nil, nil)
+	if timedOut && c.state != stateEarly {
+		c.rec.EndReason = fmt.Sprintf("in-dialog %s timed out", req.Method)
+		c.byeBoth()
 	}
 }
 
