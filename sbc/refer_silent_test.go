@@ -73,3 +73,83 @@ func TestReferPassReferrerSilent(t *testing.T) {
 	r.answerByes("NOTIFY", "SIP/2.0 100")
 	r.waitIdle()
 }
+
+// TestReferReferrerSilentTargetBusy: the SBC performs the transfer; the
+// pbx (the referrer) answers none of its NOTIFYs and the target is busy.
+// The call is back to its two parties, one of which no longer answers: it
+// ends with BYE on both legs instead of staying up.
+func TestReferReferrerSilentTargetBusy(t *testing.T) {
+	r := newRig(t, withSilentWait(nil))
+	okA, invB := r.establish("rs-3")
+	r.pbx.send(r.priv, r.pbxRefer(11, okA, "rs-3", "<sip:+15559999@127.0.0.1>"))
+	r.pbx.recv("SIP/2.0 202", "SIP/2.0 100")
+	r.pbx.recv("NOTIFY") // 100 Trying, never answered
+	invT, _ := r.car.recv("INVITE")
+	r.car.send(r.pub, answer(invT, 486, "Busy Here", "tgt-tag", "", ""))
+	r.car.recv("ACK")
+	_, bye := r.answerByes("NOTIFY", "ACK")
+	if bye.CallID().Value() != invB.CallID().Value() {
+		t.Errorf("BYE on the wrong carrier dialog: %s", bye.CallID().Value())
+	}
+	r.waitIdle()
+}
+
+// TestReferReferrerSilentTransferDone: the referrer answers none of the
+// NOTIFYs but the transfer succeeds: the call goes on between the target
+// and the transferee, the referrer's leg is released with a BYE once its
+// last NOTIFY went unanswered, and the call still ends normally later.
+func TestReferReferrerSilentTransferDone(t *testing.T) {
+	r := newRig(t, withSilentWait(nil))
+	okA, invB := r.establish("rs-4")
+	r.pbx.send(r.priv, r.pbxRefer(11, okA, "rs-4", "<sip:+15559999@127.0.0.1>"))
+	r.pbx.recv("SIP/2.0 202", "SIP/2.0 100")
+	invT, _ := r.car.recv("INVITE")
+	r.car.send(r.pub, answer(invT, 200, "OK", "tgt-tag", "<sip:target@"+r.car.addr.String()+">", transferSDP))
+	reinv, _ := r.car.recv("INVITE", "SIP/2.0 100")
+	r.car.send(r.pub, answer(reinv, 200, "OK", "", "<sip:carrier@"+r.car.addr.String()+">", carrierSDP))
+	r.car.recv("ACK")
+	r.car.recv("ACK")
+	bye, _ := r.pbx.recv("BYE", "NOTIFY", "SIP/2.0 100")
+	if bye.CallID().Value() != "rs-4" {
+		t.Fatalf("BYE on the wrong pbx dialog: %s", bye.CallID().Value())
+	}
+	r.pbx.send(r.priv, answer(bye, 200, "OK", "", "", ""))
+	if st := r.srv.Status(); st.Calls != 1 {
+		t.Fatalf("transferred call must go on: %+v", st)
+	}
+	// the transferee hangs up: the BYE reaches the target
+	r.car.send(r.pub, r.carInDialog("BYE", 5, invB, nil, ""))
+	r.car.recv("SIP/2.0 200")
+	byeT, _ := r.car.recv("BYE", "SIP/2.0 200")
+	if byeT.CallID().Value() != invT.CallID().Value() {
+		t.Fatalf("BYE on the wrong dialog: %s", byeT.CallID().Value())
+	}
+	r.car.send(r.pub, answer(byeT, 200, "OK", "", "", ""))
+	r.waitIdle()
+}
+
+// TestReferReferrerSilentWhileTargetRings: the referrer stops answering
+// while the target rings. Its leg is released with a BYE and the transfer
+// goes on without it, as when a referrer hangs up after the 202; when the
+// target then refuses, nobody is left to go back to and the transferee
+// gets BYE too.
+func TestReferReferrerSilentWhileTargetRings(t *testing.T) {
+	r := newRig(t, withSilentWait(nil))
+	okA, invB := r.establish("rs-5")
+	r.pbx.send(r.priv, r.pbxRefer(11, okA, "rs-5", "<sip:+15559999@127.0.0.1>"))
+	r.pbx.recv("SIP/2.0 202", "SIP/2.0 100")
+	invT, _ := r.car.recv("INVITE")
+	r.car.send(r.pub, answer(invT, 180, "Ringing", "tgt-tag", "", ""))
+	bye, _ := r.pbx.recv("BYE", "NOTIFY")
+	r.pbx.send(r.priv, answer(bye, 200, "OK", "", "", ""))
+	if st := r.srv.Status(); st.Calls != 1 {
+		t.Fatalf("the transfer must go on without the referrer: %+v", st)
+	}
+	r.car.send(r.pub, answer(invT, 486, "Busy Here", "tgt-tag", "", ""))
+	byeB, _ := r.car.recv("BYE", "ACK")
+	if byeB.CallID().Value() != invB.CallID().Value() {
+		t.Fatalf("BYE on the wrong carrier dialog: %s", byeB.CallID().Value())
+	}
+	r.car.send(r.pub, answer(byeB, 200, "OK", "", "", ""))
+	r.waitIdle()
+}
