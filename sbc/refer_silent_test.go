@@ -153,3 +153,36 @@ func TestReferReferrerSilentWhileTargetRings(t *testing.T) {
 	r.car.send(r.pub, answer(byeB, 200, "OK", "", "", ""))
 	r.waitIdle()
 }
+
+// TestReferTransfereeSilent: the target answers, but the transferee (the
+// remaining party) sends 100 Trying to the bridging re-INVITE and then
+// nothing, which stops the stack's Timer B. The SBC gives up on it all
+// the same: the referrer hears 500, and every leg gets BYE.
+func TestReferTransfereeSilent(t *testing.T) {
+	r := newRig(t, withSilentWait(nil))
+	okA, invB := r.establish("rs-6")
+	r.pbx.send(r.priv, r.pbxRefer(11, okA, "rs-6", "<sip:+15559999@127.0.0.1>"))
+	r.pbx.recv("SIP/2.0 202", "SIP/2.0 100")
+	expectNotify(t, r.pbx, r.priv, "SIP/2.0 100 Trying", "active")
+	invT, _ := r.car.recv("INVITE")
+	r.car.send(r.pub, answer(invT, 200, "OK", "tgt-tag", "<sip:target@"+r.car.addr.String()+">", transferSDP))
+	reinv, _ := r.car.recv("INVITE", "SIP/2.0 100")
+	if reinv.CallID().Value() != invB.CallID().Value() {
+		t.Fatalf("bridging re-INVITE on the wrong dialog: %s", reinv.CallID().Value())
+	}
+	r.car.send(r.pub, answer(reinv, 100, "Trying", "", "", ""))
+
+	expectNotify(t, r.pbx, r.priv, "SIP/2.0 500", "terminated")
+	bye, _ := r.pbx.recv("BYE", "NOTIFY")
+	r.pbx.send(r.priv, answer(bye, 200, "OK", "", "", ""))
+	byes := map[string]bool{}
+	for len(byes) < 2 {
+		m, _ := r.car.recv("BYE", "ACK")
+		byes[m.CallID().Value()] = true
+		r.car.send(r.pub, answer(m, 200, "OK", "", "", ""))
+	}
+	if !byes[invB.CallID().Value()] || !byes[invT.CallID().Value()] {
+		t.Fatalf("want BYE on the transferee's and the target's dialogs, got %v", byes)
+	}
+	r.waitIdle()
+}
