@@ -1,42 +1,12 @@
 package sbc
 
-import (
-	"testing"
-	"time"
-
-	"github.com/emiago/sipgo/sip"
-)
+import "testing"
 
 // The tests in this file make one party of a transfer go silent at each
 // step and check that the call still ends, or goes on only with parties
 // that answer, and that everything it held is released. The SBC's wait for
 // the final response to a request it sends in a dialog (64*T1, 32 s) is
-// shortened to silentWait; nothing here asserts how long anything took.
-
-// silentWait stands for 64*T1 in these tests.
-const silentWait = 300 * time.Millisecond
-
-// withSilentWait shortens the SBC's in-dialog wait to silentWait, then
-// applies tweak (if any).
-func withSilentWait(tweak func(*Config)) func(*Config) {
-	return func(c *Config) {
-		c.inDialogWait = silentWait
-		if tweak != nil {
-			tweak(c)
-		}
-	}
-}
-
-// answerByes receives a BYE on each phone (skipping what skip lists on
-// either), answers both with 200 and returns them.
-func (r *rig) answerByes(skip ...string) (pbxBye, carBye sip.Message) {
-	r.t.Helper()
-	pbxBye, _ = r.pbx.recv("BYE", skip...)
-	carBye, _ = r.car.recv("BYE", skip...)
-	r.pbx.send(r.priv, answer(pbxBye, 200, "OK", "", "", ""))
-	r.car.send(r.pub, answer(carBye, 200, "OK", "", "", ""))
-	return pbxBye, carBye
-}
+// shortened (withSilentWait); nothing here asserts how long anything took.
 
 // TestReferPassRecipientSilent: refer = "pass"; the carrier never answers
 // the relayed REFER. The referrer gets 408 once the REFER's transaction
