@@ -321,14 +321,16 @@ func (c *Call) refresh(l *Leg, st *sessionTimer) {
 	s.callWG.Add(1)
 	go func() {
 		defer s.callWG.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), 64*sip.T1+time.Second)
-		defer cancel()
-		tx, err := l.zone.client.TransactionRequest(ctx, req, noBuild)
+		tx, err := l.zone.client.TransactionRequest(context.Background(), req, noBuild)
 		if err != nil {
 			c.refreshDone(l, st, u, req, nil, fmt.Errorf("send %s: %w", method, err))
 			return
 		}
 		defer tx.Terminate()
+		// a provisional stops a re-INVITE's Timer B: the wait for the
+		// final response has a timer of its own (see finalResponse)
+		wait := time.NewTimer(s.cfg.inDialogWait)
+		defer wait.Stop()
 		for {
 			select {
 			case res := <-tx.Responses():
@@ -338,6 +340,9 @@ func (c *Call) refresh(l *Leg, st *sessionTimer) {
 				}
 			case <-tx.Done():
 				c.refreshDone(l, st, u, req, nil, tx.Err())
+				return
+			case <-wait.C:
+				c.refreshDone(l, st, u, req, nil, fmt.Errorf("no final response in %v: %w", s.cfg.inDialogWait, sip.ErrTransactionTimeout))
 				return
 			case <-c.done:
 				return
