@@ -309,6 +309,9 @@ func (c *Call) awaitAck(side media.Side, limit time.Duration) {
 // and the server's inDialogWait bounds it. Caller holds mu; it is released
 // while waiting.
 func (c *Call) awaitReferAnswer(side media.Side) {
+	if c.referring[side] > 0 {
+		c.log.Debug("refer notify waits for the refer's final response", "leg", side)
+	}
 	c.waitWhile(c.srv.cfg.inDialogWait, func() bool {
 		return c.state != stateEnded && c.referring[side] > 0
 	})
