@@ -235,10 +235,11 @@ func (c *Call) relayInDialog(side media.Side, req *sip.Request, tx sip.ServerTra
 	wait := time.NewTimer(c.srv.cfg.inDialogWait)
 	defer wait.Stop()
 	waitC := wait.C
+	cancelSent := false
 	for {
 		select {
 		case res := <-otx.Responses():
-			if req.Method == sip.INVITE && res.StatusCode < 200 {
+			if req.Method == sip.INVITE && res.StatusCode < 200 && !cancelSent {
 				waitC = nil
 			}
 			if done := c.onInDialogResponse(u, req, tx, out, res); done {
@@ -261,13 +262,17 @@ func (c *Call) relayInDialog(side media.Side, req *sip.Request, tx sip.ServerTra
 			c.finishInDialog(u, req, tx, 408, fmt.Errorf("no final response in %v: %w", c.srv.cfg.inDialogWait, sip.ErrTransactionTimeout))
 			return
 		case <-cancelled:
-			cancelled = nil
+			cancelled, cancelSent = nil, true
 			c.mu.Lock()
 			u.cancelled = true
 			if c.state != stateEnded {
 				c.runTx(other, c.cancelFor(other, out))
 			}
 			c.mu.Unlock()
+			// the cancelled re-INVITE's final response is due within
+			// 64*T1 even after a provisional (RFC 3261 §9.1)
+			wait.Reset(c.srv.cfg.inDialogWait)
+			waitC = wait.C
 		case <-c.done:
 			// the call ended meanwhile (BYE, timeout): the request dies
 			// with it
