@@ -162,8 +162,12 @@ type Call struct {
 	update *inDialogTx
 	done   chan struct{} // closed by end()
 	// acked is signalled (with mu) whenever an ACK completes an INVITE
-	// transaction of the call or the call ends; see awaitAck.
+	// transaction of the call, a relayed REFER has its final response, or
+	// the call ends; see awaitAck and awaitReferAnswer.
 	acked *sync.Cond
+	// referring counts the REFERs relayed onto each leg (refer = "pass")
+	// whose final response has not gone back to the referrer yet.
+	referring [2]int
 }
 
 func newID() string {
@@ -1233,17 +1237,20 @@ func (c *Call) cancelFor(l *Leg, inv *sip.Request) *sip.Request {
 // background, bounded by Timer F. The server waits for these on shutdown.
 func (c *Call) runTx(l *Leg, req *sip.Request) { c.runTxThen(l, req, nil) }
 
-// runTxThen is runTx with a function to run after the final response (or
-// the transaction's end); nil for none. Caller holds mu; then runs without
-// it.
-func (c *Call) runTxThen(l *Leg, req *sip.Request, then func()) {
+// runTxThen is runTx with a function to run with the outcome once the
+// transaction has ended; nil for none. The outcome is the final response's
+// status code, 408 when none came in time (Timer F, or the server's
+// inDialogWait) and 503 when the request could not be sent (RFC 3261
+// §8.1.3.1). Caller holds mu; then runs without it.
+func (c *Call) runTxThen(l *Leg, req *sip.Request, then func(code int)) {
 	c.send(l, req)
 	s := c.srv
 	s.callWG.Add(1)
 	go func() {
 		defer s.callWG.Done()
+		code := 503
 		if then != nil {
-			defer then()
+			defer func() { then(code) }()
 		}
 		// Timer F ends the transaction; the timer is only a backstop, and
 		// one timer costs less than a context with a deadline (sipgo uses
@@ -1254,17 +1261,22 @@ func (c *Call) runTxThen(l *Leg, req *sip.Request, then func()) {
 			return
 		}
 		defer tx.Terminate()
-		backstop := time.NewTimer(64*sip.T1 + time.Second)
+		backstop := time.NewTimer(s.cfg.inDialogWait)
 		defer backstop.Stop()
 		for {
 			select {
 			case res := <-tx.Responses():
 				if res.StatusCode >= 200 {
+					code = res.StatusCode
 					return
 				}
 			case <-tx.Done():
+				if errors.Is(tx.Err(), sip.ErrTransactionTimeout) {
+					code = 408
+				}
 				return
 			case <-backstop.C:
+				code = 408
 				return
 			}
 		}

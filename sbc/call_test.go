@@ -184,6 +184,31 @@ func newRigTimeout(t testing.TB, tweak func(*Config), mediaTimeout time.Duration
 	return r
 }
 
+// silentWait stands for 64*T1 in tests of peers that stop answering.
+const silentWait = 300 * time.Millisecond
+
+// withSilentWait shortens the SBC's in-dialog wait to silentWait, then
+// applies tweak (if any).
+func withSilentWait(tweak func(*Config)) func(*Config) {
+	return func(c *Config) {
+		c.inDialogWait = silentWait
+		if tweak != nil {
+			tweak(c)
+		}
+	}
+}
+
+// answerByes receives a BYE on each phone (skipping what skip lists on
+// either), answers both with 200 and returns them.
+func (r *rig) answerByes(skip ...string) (pbxBye, carBye sip.Message) {
+	r.t.Helper()
+	pbxBye, _ = r.pbx.recv("BYE", skip...)
+	carBye, _ = r.car.recv("BYE", skip...)
+	r.pbx.send(r.priv, answer(pbxBye, 200, "OK", "", "", ""))
+	r.car.send(r.pub, answer(carBye, 200, "OK", "", "", ""))
+	return pbxBye, carBye
+}
+
 type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(b []byte) (int, error) {

@@ -34,6 +34,11 @@ type Config struct {
 	// SBC (access.go). At most one per zone; none means REGISTER gets 501
 	// as before.
 	Access []AccessConfig
+
+	// inDialogWait is how long the SBC waits for the final response to a
+	// request it sends within a dialog: 64*T1, Timer F's value (RFC 3261
+	// §17.1.2.2), when zero. Tests shorten it.
+	inDialogWait time.Duration
 }
 
 // AccessConfig is the access mode of one zone: phones there register with

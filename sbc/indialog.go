@@ -6,6 +6,7 @@ import (
 	"fmt"
 	mathrand "math/rand/v2"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -67,6 +68,9 @@ func (c *Call) onInDialog(side media.Side, req *sip.Request, tx sip.ServerTransa
 func (c *Call) relayInDialog(side media.Side, req *sip.Request, tx sip.ServerTransaction, referTo sip.Header) {
 	c.mu.Lock()
 	c.awaitAck(side, 2*time.Second)
+	if req.Method == sip.NOTIFY && eventPackage(req) == "refer" {
+		c.awaitReferAnswer(side)
+	}
 	if c.strayRequest(side, req, tx) {
 		c.mu.Unlock()
 		return
@@ -200,6 +204,10 @@ func (c *Call) relayInDialog(side media.Side, req *sip.Request, tx sip.ServerTra
 	}
 	out.SetBody(body)
 	c.send(other, out)
+	if req.Method == sip.REFER {
+		c.referring[other.side]++
+		defer c.referAnswered(other.side)
+	}
 	c.mu.Unlock()
 
 	var cancelled chan struct{}
@@ -221,9 +229,19 @@ func (c *Call) relayInDialog(side media.Side, req *sip.Request, tx sip.ServerTra
 		return
 	}
 	defer func() { otx.Terminate() }()
+	// the stack's Timer F (Timer B for an INVITE, until a provisional)
+	// ends the transaction too; this timer is the SBC's own, which a test
+	// can shorten
+	wait := time.NewTimer(c.srv.cfg.inDialogWait)
+	defer wait.Stop()
+	waitC := wait.C
+	cancelSent := false
 	for {
 		select {
 		case res := <-otx.Responses():
+			if req.Method == sip.INVITE && res.StatusCode < 200 && !cancelSent {
+				waitC = nil
+			}
 			if done := c.onInDialogResponse(u, req, tx, out, res); done {
 				return
 			}
@@ -234,18 +252,27 @@ func (c *Call) relayInDialog(side media.Side, req *sip.Request, tx sip.ServerTra
 					c.finishInDialog(u, req, tx, 503, err)
 					return
 				}
+				wait.Reset(c.srv.cfg.inDialogWait)
+				waitC = wait.C
 			}
 		case <-otx.Done():
 			c.finishInDialog(u, req, tx, 408, otx.Err())
 			return
+		case <-waitC:
+			c.finishInDialog(u, req, tx, 408, fmt.Errorf("no final response in %v: %w", c.srv.cfg.inDialogWait, sip.ErrTransactionTimeout))
+			return
 		case <-cancelled:
-			cancelled = nil
+			cancelled, cancelSent = nil, true
 			c.mu.Lock()
 			u.cancelled = true
 			if c.state != stateEnded {
 				c.runTx(other, c.cancelFor(other, out))
 			}
 			c.mu.Unlock()
+			// the cancelled re-INVITE's final response is due within
+			// 64*T1 even after a provisional (RFC 3261 §9.1)
+			wait.Reset(c.srv.cfg.inDialogWait)
+			waitC = wait.C
 		case <-c.done:
 			// the call ended meanwhile (BYE, timeout): the request dies
 			// with it
@@ -263,7 +290,7 @@ func (c *Call) relayInDialog(side media.Side, req *sip.Request, tx sip.ServerTra
 // for a 2xx waits for it (bounded), instead of being refused with 491.
 // Caller holds mu; it is released while waiting.
 func (c *Call) awaitAck(side media.Side, limit time.Duration) {
-	owes := func() bool {
+	c.waitWhile(limit, func() bool {
 		switch {
 		case c.state == stateEnded:
 			return false
@@ -273,8 +300,42 @@ func (c *Call) awaitAck(side media.Side, limit time.Duration) {
 			return true
 		}
 		return false
+	})
+}
+
+// awaitReferAnswer keeps a NOTIFY of the refer subscription from leg side
+// behind the final response to a REFER relayed onto that leg (refer =
+// "pass"). The REFER's recipient sends its first NOTIFY right after its
+// 202, or even before it (RFC 6665 §4.1.2.4), and the 202 (in the relayed
+// REFER's client transaction) and the NOTIFY (a request of its own) are
+// handled in separate goroutines: without the wait the NOTIFY can reach the
+// referrer first, which referrers that expect RFC 3515's order take for a
+// broken transfer. The wait ends with the REFER's transaction or the call,
+// and the server's inDialogWait bounds it. Caller holds mu; it is released
+// while waiting.
+func (c *Call) awaitReferAnswer(side media.Side) {
+	if c.referring[side] > 0 {
+		c.log.Debug("refer notify waits for the refer's final response", "leg", side)
 	}
-	if !owes() {
+	c.waitWhile(c.srv.cfg.inDialogWait, func() bool {
+		return c.state != stateEnded && c.referring[side] > 0
+	})
+}
+
+// referAnswered ends the wait of awaitReferAnswer for one REFER relayed
+// onto leg side, once its final response has gone to the referrer (or it
+// never will). Caller does not hold mu.
+func (c *Call) referAnswered(side media.Side) {
+	c.mu.Lock()
+	c.referring[side]--
+	c.mu.Unlock()
+	c.acked.Broadcast()
+}
+
+// waitWhile waits on acked while pending reports true, at most limit.
+// Caller holds mu; it is released while waiting.
+func (c *Call) waitWhile(limit time.Duration, pending func() bool) {
+	if !pending() {
 		return
 	}
 	expired := false
@@ -285,9 +346,21 @@ func (c *Call) awaitAck(side media.Side, limit time.Duration) {
 		c.acked.Broadcast()
 	})
 	defer t.Stop()
-	for owes() && !expired {
+	for pending() && !expired {
 		c.acked.Wait()
 	}
+}
+
+// eventPackage returns the event package of a SUBSCRIBE or NOTIFY, lower
+// case and without parameters (RFC 6665 §8.2.1): "refer" for "refer;id=3".
+func eventPackage(req *sip.Request) string {
+	for _, name := range []string{"Event", "o"} { // o: the compact form
+		for h := range headersNamed(req, name) {
+			pkg, _, _ := strings.Cut(h.Value(), ";")
+			return strings.ToLower(strings.TrimSpace(pkg))
+		}
+	}
+	return ""
 }
 
 // onInDialogResponse handles one response of the relayed request and
@@ -502,7 +575,11 @@ func (c *Call) retransmitUpdate(u *inDialogTx) {
 }
 
 // finishInDialog answers a relayed request whose other side never
-// answered. Caller does not hold mu.
+// answered. When its transaction timed out, that side's dialog is gone as
+// after a 408 (RFC 3261 §12.2.1.2: no response at all counts like 408 or
+// 481), and the call ends with BYE on both legs; a call must not stay up
+// on a leg that no longer answers, whatever the request was (a REFER, a
+// NOTIFY of its subscription). Caller does not hold mu.
 func (c *Call) finishInDialog(u *inDialogTx, req *sip.Request, tx sip.ServerTransaction, code int, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -514,9 +591,16 @@ func (c *Call) finishInDialog(u *inDialogTx, req *sip.Request, tx sip.ServerTran
 			c.update = nil
 		}
 	}
-	c.log.Info("in-dialog request not answered", "method", req.Method, "code", code, "error", err)
-	if c.state != stateEnded {
-		c.respondOn(c.legs[side], req, tx, code, nil, nil)
+	timedOut := errors.Is(err, sip.ErrTransactionTimeout)
+	c.log.Info("in-dialog request not answered", "method", req.Method, "code", code, "error", err,
+		"ending_call", timedOut && c.state != stateEarly && c.state != stateEnded)
+	if c.state == stateEnded {
+		return
+	}
+	c.respondOn(c.legs[side], req, tx, code, nil, nil)
+	if timedOut && c.state != stateEarly {
+		c.rec.EndReason = fmt.Sprintf("in-dialog %s timed out", req.Method)
+		c.byeBoth()
 	}
 }
 

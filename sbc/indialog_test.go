@@ -165,6 +165,27 @@ func TestReinviteCancelled(t *testing.T) {
 	r.pbx.recv("SIP/2.0 200", "SIP/2.0 100", "SIP/2.0 487")
 }
 
+// TestReinviteCancelledSilent: the pbx cancels a re-INVITE that the
+// carrier answered only with 100 Trying, and the carrier then answers
+// neither the CANCEL nor the re-INVITE. The re-INVITE's final response is
+// due within 64*T1 of the CANCEL (RFC 3261 §9.1; shortened here); without
+// it the carrier's dialog is gone and the call ends on both legs, instead
+// of keeping its offer/answer slot taken for good.
+func TestReinviteCancelledSilent(t *testing.T) {
+	r := newRig(t, withSilentWait(nil))
+	okA, _ := r.establish("rc-2")
+	r.pbx.send(r.priv, r.pbxInDialog("INVITE", 50, okA, "rc-2", "", pbxSDP))
+	reinv, _ := r.car.recv("INVITE", "ACK", "SIP/2.0 200")
+	r.car.send(r.pub, answer(reinv, 100, "Trying", "", "", ""))
+	r.pbx.send(r.priv, fmt.Sprintf("CANCEL sip:2001@%s SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.3:%d;branch=z9hG4bK-invite-50;rport\nMax-Forwards: 70\nFrom: %s\nTo: %s\nCall-ID: rc-2\nCSeq: 50 CANCEL\nContent-Length: 0\n\n",
+		r.priv, r.pbx.addr.Port(), okA.From().Value(), okA.To().Value()))
+	r.pbx.recv("SIP/2.0 200", "SIP/2.0 100")
+	r.pbx.recv("SIP/2.0 487", "SIP/2.0 200")
+	r.car.recv("CANCEL", "INVITE")
+	r.answerByes("SIP/2.0", "CANCEL", "INVITE")
+	r.waitIdle()
+}
+
 // TestReliableProvisional: the callee sends a reliable 183 with SDP; the
 // SBC PRACKs it on leg B itself and relays it to the caller unreliably,
 // anchored (RFC 3262, terminated per leg).

@@ -691,8 +691,6 @@ func (c *Call) bridged(xf *transfer, u *inDialogTx, req *sip.Request, ackT *sip.
 	if !x.gone {
 		c.notify(x, "SIP/2.0 200 OK", true, func() {
 			// release the referrer once it has heard the outcome
-			c.mu.Lock()
-			defer c.mu.Unlock()
 			if !x.gone && c.state != stateEnded {
 				c.byeLeg(x)
 			}
@@ -702,8 +700,9 @@ func (c *Call) bridged(xf *transfer, u *inDialogTx, req *sip.Request, ackT *sip.
 
 // notify sends a NOTIFY of the implicit refer subscription on leg x with a
 // sipfrag of the transfer's progress (RFC 3515 §2.4.5); final ends the
-// subscription. then, if set, runs once the NOTIFY has its final response.
-// Caller holds mu.
+// subscription. then, if set, runs with mu held once the NOTIFY has its
+// final response or none will come. A referrer that does not answer it at
+// all (or answers 408) is gone: see referrerGone. Caller holds mu.
 func (c *Call) notify(x *Leg, frag string, final bool, then func()) {
 	if x.gone || c.state == stateEnded {
 		return
@@ -719,7 +718,38 @@ func (c *Call) notify(x *Leg, frag string, final bool, then func()) {
 	req.AppendHeader(sip.NewHeader("Subscription-State", state))
 	req.AppendHeader(sip.NewHeader("Content-Type", "message/sipfrag;version=2.0"))
 	req.SetBody([]byte(frag + "\r\n"))
-	c.runTxThen(x, req, then)
+	c.runTxThen(x, req, func(code int) {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if code == 408 {
+			c.referrerGone(x)
+		}
+		if then != nil {
+			then()
+		}
+	})
+}
+
+// referrerGone handles a NOTIFY that leg x, the referrer, never answered:
+// its dialog is gone (RFC 3261 §12.2.1.2). A transfer it asked for goes on
+// without it, as when a referrer hangs up after the 202, and its failure
+// then ends the call; a call the referrer is still part of (its transfer
+// failed) ends now with BYE on both legs, instead of staying up with a
+// party that no longer answers. A 481 only ends the subscription (RFC 6665
+// §4.1.3) and changes nothing here. Caller holds mu.
+func (c *Call) referrerGone(x *Leg) {
+	if x.gone || c.state == stateEnded {
+		return
+	}
+	switch {
+	case c.xfer != nil && c.xfer.referrer == x:
+		c.log.Info("referrer does not answer, the transfer goes on without it", "leg", x.side)
+		c.byeLeg(x)
+	case c.legs[x.side] == x:
+		c.log.Info("referrer does not answer, ending call", "leg", x.side)
+		c.rec.EndReason = "referrer gone"
+		c.byeBoth()
+	}
 }
 
 // strayRequest answers an in-dialog request that belongs to a leg no longer

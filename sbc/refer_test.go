@@ -320,3 +320,40 @@ func TestReferAttendedUnknownDialog(t *testing.T) {
 	r.pbx.recv("SIP/2.0 481", "SIP/2.0 100")
 	r.car.expectNothing(200 * time.Millisecond)
 }
+
+// carNotify is a NOTIFY of the refer subscription that the REFER ref,
+// relayed to the carrier, created: sent back by the carrier in ref's
+// dialog with sipfrag frag and Subscription-State state.
+func (r *rig) carNotify(ref sip.Message, seq int, state, frag string) string {
+	return fmt.Sprintf("NOTIFY sip:x@%s SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.4:%d;branch=z9hG4bK-nt-%d\nMax-Forwards: 70\nFrom: %s\nTo: %s\nCall-ID: %s\nCSeq: %d NOTIFY\nEvent: refer\nSubscription-State: %s\nContent-Type: message/sipfrag;version=2.0\nContent-Length: %%LEN%%\n\n%s\n",
+		r.pub, r.car.addr.Port(), seq, ref.To().Value(), ref.From().Value(), ref.CallID().Value(), seq, state, frag)
+}
+
+// TestReferPassNotifyAfterAccepted: the recipient of a relayed REFER may
+// send its first NOTIFY before its 202 reaches the SBC (RFC 6665
+// §4.1.2.4), and even when the two arrive in order the SBC handles them
+// in separate goroutines. The referrer still gets the 202 first, then the
+// NOTIFY: a NOTIFY of the refer subscription waits for the final response
+// to the REFER relayed onto its leg. Referrers that expect that order
+// (SIPp's scenarios among them) drop the call otherwise.
+func TestReferPassNotifyAfterAccepted(t *testing.T) {
+	r := newRig(t, withRefer(ReferPass))
+	okA, _ := r.establish("rp-1")
+	r.pbx.send(r.priv, r.pbxRefer(11, okA, "rp-1", "<sip:+15559999@pbx01.corp.internal;user=phone>"))
+	ref, _ := r.car.recv("REFER", "SIP/2.0 100")
+	r.car.send(r.pub, r.carNotify(ref, 3, "active;expires=60", "SIP/2.0 100 Trying"))
+	// not an assertion: time for an SBC that relays the NOTIFY at once to
+	// do so, so that the order checked below is not left to chance
+	time.Sleep(100 * time.Millisecond)
+	r.car.send(r.pub, answer(ref, 202, "Accepted", "", "", ""))
+	r.pbx.recv("SIP/2.0 202", "SIP/2.0 100")
+	n, raw := r.pbx.recv("NOTIFY", "SIP/2.0 100")
+	if !strings.HasPrefix(string(n.Body()), "SIP/2.0 100 Trying") || header(n, "Event") != "refer" {
+		t.Fatalf("NOTIFY not relayed with its sipfrag:\n%s", raw)
+	}
+	r.pbx.send(r.priv, answer(n, 200, "OK", "", "", ""))
+	r.car.recv("SIP/2.0 200")
+	if st := r.srv.Status(); st.Calls != 1 {
+		t.Fatalf("call must go on: %+v", st)
+	}
+}

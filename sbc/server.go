@@ -151,6 +151,9 @@ func NewServer(cfg Config, m Media, hooks Hooks, log hclog.Logger, sl *slog.Logg
 	if cfg.MaxCalls <= 0 {
 		cfg.MaxCalls = 10000
 	}
+	if cfg.inDialogWait <= 0 {
+		cfg.inDialogWait = 64 * sip.T1
+	}
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = 5 * time.Second
 	}

@@ -321,14 +321,16 @@ func (c *Call) refresh(l *Leg, st *sessionTimer) {
 	s.callWG.Add(1)
 	go func() {
 		defer s.callWG.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), 64*sip.T1+time.Second)
-		defer cancel()
-		tx, err := l.zone.client.TransactionRequest(ctx, req, noBuild)
+		tx, err := l.zone.client.TransactionRequest(context.Background(), req, noBuild)
 		if err != nil {
 			c.refreshDone(l, st, u, req, nil, fmt.Errorf("send %s: %w", method, err))
 			return
 		}
 		defer tx.Terminate()
+		// a provisional stops a re-INVITE's Timer B: the wait for the
+		// final response has a timer of its own (see finalResponse)
+		wait := time.NewTimer(s.cfg.inDialogWait)
+		defer wait.Stop()
 		for {
 			select {
 			case res := <-tx.Responses():
@@ -338,6 +340,9 @@ func (c *Call) refresh(l *Leg, st *sessionTimer) {
 				}
 			case <-tx.Done():
 				c.refreshDone(l, st, u, req, nil, tx.Err())
+				return
+			case <-wait.C:
+				c.refreshDone(l, st, u, req, nil, fmt.Errorf("no final response in %v: %w", s.cfg.inDialogWait, sip.ErrTransactionTimeout))
 				return
 			case <-c.done:
 				return
@@ -468,16 +473,20 @@ func (c *Call) afterGlare(l *Leg, req *sip.Request, still func() bool) *sip.Requ
 
 // finalResponse runs a request the SBC originates on leg l as a client
 // transaction and returns its final response, nil when there is none
-// (Timer B/F, transport error). Caller does not hold mu.
+// (Timer B/F, transport error, or nothing final within the server's
+// inDialogWait). A provisional stops an INVITE's Timer B (RFC 3261
+// §17.1.1.2) and sipgo uses a context only to dial, so the wait has a
+// timer of its own: a peer that sends 100 Trying and nothing else must
+// not hold a transfer forever. Caller does not hold mu.
 func (c *Call) finalResponse(l *Leg, req *sip.Request) *sip.Response {
-	ctx, cancel := context.WithTimeout(context.Background(), 64*sip.T1+time.Second)
-	defer cancel()
-	tx, err := l.zone.client.TransactionRequest(ctx, req, noBuild)
+	tx, err := l.zone.client.TransactionRequest(context.Background(), req, noBuild)
 	if err != nil {
 		c.log.Debug("send request", "method", req.Method, "leg", l.side, "error", err)
 		return nil
 	}
 	defer tx.Terminate()
+	wait := time.NewTimer(c.srv.cfg.inDialogWait)
+	defer wait.Stop()
 	for {
 		select {
 		case res := <-tx.Responses():
@@ -485,6 +494,9 @@ func (c *Call) finalResponse(l *Leg, req *sip.Request) *sip.Response {
 				return res
 			}
 		case <-tx.Done():
+			return nil
+		case <-wait.C:
+			c.log.Info("no final response, giving up", "method", req.Method, "leg", l.side, "wait", c.srv.cfg.inDialogWait)
 			return nil
 		}
 	}

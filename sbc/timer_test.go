@@ -215,6 +215,20 @@ func TestSessionTimerRefreshByReinvite(t *testing.T) {
 	r.waitIdle()
 }
 
+// TestSessionTimerRefreshSilentAfterTrying: the carrier answers the SBC's
+// refresh re-INVITE with 100 Trying and then nothing, which stops the
+// stack's Timer B. The refresh still fails after 64*T1 (shortened here),
+// as a timeout (RFC 3261 §12.2.1.2), and the call ends on both legs
+// instead of keeping its offer/answer slot taken and its timer stopped.
+func TestSessionTimerRefreshSilentAfterTrying(t *testing.T) {
+	r := newRig(t, withSilentWait(withTimers(20*time.Second, 2*time.Second)))
+	r.timerCall("st-7", nil, nil)
+	reinv, _ := r.car.recv("INVITE")
+	r.car.send(r.pub, answer(reinv, 100, "Trying", "", "", ""))
+	r.answerByes("SIP/2.0 200", "INVITE")
+	r.waitIdle()
+}
+
 // TestSessionTimerPeerRefreshTooShort: a refresh asking for less than the
 // peer's Min-SE is refused with 422 on its own leg.
 func TestSessionTimerPeerRefreshTooShort(t *testing.T) {
