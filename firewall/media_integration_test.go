@@ -1180,6 +1180,12 @@ func TestIntegrationMediaPinholes(t *testing.T) {
 	if f := st.Streams[0].Sides[media.B].RTCP; f.Forwarded != 5 {
 		t.Errorf("right side RTCP: %d of 5 forwarded", f.Forwarded)
 	}
+	// the RTCP sockets, bound once RTP flowed, are in the sbc namespace
+	// like the RTP sockets beside them, though the relay's own goroutines
+	// run outside it
+	if n := relay.RTCPBindFailed(); n != 0 {
+		t.Errorf("%d streams lost their RTCP sockets", n)
+	}
 	if got := pinDrops(t, l.sbc); got != 3*n {
 		t.Errorf("media_pin dropped %d packets after the call's own media, want still %d", got, 3*n)
 	}

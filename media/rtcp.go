@@ -1,6 +1,7 @@
 package media
 
 import (
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -79,22 +80,50 @@ const rtcpWarnEvery = 10 * time.Second
 
 // serveRTCP binds the RTCP sockets that latches asked for, until Shutdown
 // stops the relay. Requests that arrive after that are never served: their
-// sessions are being closed.
+// sessions are being closed. The binding runs on a locked thread (see
+// binderThread); should that thread ever be unable to return to its own
+// network namespace, it ends and a new one takes over.
 func (r *Relay) serveRTCP() {
+	defer close(r.rtcp.done)
+	for {
+		stopped := make(chan bool, 1)
+		go func() { stopped <- r.serveRTCPOnThread() }()
+		if <-stopped {
+			return
+		}
+		r.log.Error("rtcp binder thread could not return to its network namespace: binding goes on on a new thread")
+	}
+}
+
+// serveRTCPOnThread is serveRTCP on one locked thread: true once the relay
+// stops, false when the thread must be given up.
+func (r *Relay) serveRTCPOnThread() bool {
 	q := r.rtcp
-	defer close(q.done)
+	t := lockBinderThread()
 	var batch []*rtcpBinding
 	for {
 		select {
 		case <-r.stop:
-			return
+			t.release()
+			return true
 		case <-q.wake:
 		}
 		q.mu.Lock()
 		batch, q.queue = q.queue, batch[:0]
 		q.mu.Unlock()
-		for _, b := range batch {
-			b.sess.bindRTCP(b)
+		for i, b := range batch {
+			if !b.sess.bindRTCP(b, &t) {
+				// the rest go back to the queue for the next thread
+				q.mu.Lock()
+				q.queue = append(q.queue, batch[i+1:]...)
+				q.mu.Unlock()
+				select {
+				case q.wake <- struct{}{}:
+				default:
+				}
+				t.close()
+				return false
+			}
 		}
 		clear(batch) // do not keep ended sessions reachable
 	}
@@ -104,27 +133,35 @@ func (r *Relay) serveRTCP() {
 // closed or the stream no longer has b's endpoints (retired, or disabled
 // and offered again) since the latch asked. Both sockets are bound before
 // either is registered with the poller: a worker reading one side's socket
-// sends out of the other side's.
-func (s *session) bindRTCP(b *rtcpBinding) {
+// sends out of the other side's. Each is bound on t in the network
+// namespace of the RTP socket beside it. It returns false only when t can
+// no longer be used (see binderThread.bindNear).
+func (s *session) bindRTCP(b *rtcpBinding, t *binderThread) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed || b.index >= len(s.streams) || s.streams[b.index].eps != b.eps {
-		return
+		return true
 	}
 	ks := [2]*relaySocket{b.eps[A].socks[compRTCP], b.eps[B].socks[compRTCP]}
 	if ks[A].sock.bound() || ks[B].sock.bound() {
-		return // unreachable: each pair is queued once
+		return true // unreachable: each pair is queued once
 	}
 	r := s.relay
 	var socks [2]Socket
 	for side, k := range ks {
-		sock, err := r.pool.BindRTCP(k.local)
-		if err != nil {
+		near := b.eps[side].socks[compRTP].sock.fd
+		sock, ok, err := t.bindNear(near, func() (Socket, error) { return r.pool.BindRTCP(k.local) })
+		if err != nil || !ok {
+			// what is bound goes again: no one's yet
+			if err == nil {
+				sock.Close() // bound, but the thread is lost
+				err = fmt.Errorf("bind rtcp %v: the binder could not return to its network namespace", k.local)
+			}
 			if Side(side) == B {
-				socks[A].Close() // no one's yet
+				socks[A].Close()
 			}
 			r.rtcpLost(s, b.index, err)
-			return
+			return ok
 		}
 		socks[side] = sock
 	}
@@ -134,10 +171,11 @@ func (s *session) bindRTCP(b *rtcpBinding) {
 			// What is bound stays so, read or not, and is closed with the
 			// stream like any of its sockets.
 			r.rtcpLost(s, b.index, err)
-			return
+			return true
 		}
 	}
 	s.log.Debug("rtcp bound", "stream", b.index, "local_a", ks[A].local, "local_b", ks[B].local)
+	return true
 }
 
 // rtcpLost counts and, at most once every rtcpWarnEvery, logs a stream left

@@ -226,7 +226,7 @@ func TestLazyRTCPStaleRequest(t *testing.T) {
 	if _, err := r.Offer(c.id, A, sdpBody(phoneAIP, 2, mline{kind: "audio", port: 0})); err != nil {
 		t.Fatal(err)
 	}
-	s.bindRTCP(old)
+	bindOnce(s, old)
 	if got := r.poll.registered(); got != 0 {
 		t.Errorf("RTCP of a retired stream: registered %d, want 0", got)
 	}
@@ -237,7 +237,7 @@ func TestLazyRTCPStaleRequest(t *testing.T) {
 	if _, err := r.Answer(c.id, B, b.sdp(3)); err != nil {
 		t.Fatal(err)
 	}
-	s.bindRTCP(old)
+	bindOnce(s, old)
 	if n := rtcpBound(t, r, c.id, 0); n != 0 || r.poll.registered() != 2 {
 		t.Errorf("the old endpoints' request bound %d RTCP sockets of the new ones (registered %d, want 2)", n, r.poll.registered())
 	}
@@ -247,8 +247,8 @@ func TestLazyRTCPStaleRequest(t *testing.T) {
 
 	// Served twice: the second finds them bound.
 	cur := rtcpBindingOf(t, r, c.id, 0)
-	s.bindRTCP(cur)
-	s.bindRTCP(cur)
+	bindOnce(s, cur)
+	bindOnce(s, cur)
 	if n := rtcpBound(t, r, c.id, 0); n != 2 || r.poll.registered() != 4 {
 		t.Errorf("served twice: %d RTCP sockets bound, registered %d; want 2, 4", n, r.poll.registered())
 	}
@@ -265,7 +265,7 @@ func TestLazyRTCPStaleRequest(t *testing.T) {
 	late := rtcpBindingOf(t, r, c2.id, 0)
 	s2 := r.session(c2.id)
 	r.Close(c2.id, "bye")
-	s2.bindRTCP(late)
+	bindOnce(s2, late)
 	if got := r.poll.registered(); got != 4 {
 		t.Errorf("after a closed session's request: registered %d, want 4 (the first call's)", got)
 	}
@@ -353,4 +353,17 @@ func TestLazyRTCPCloseRacesFirstRTP(t *testing.T) {
 		t.Errorf("RTCPBindFailed %d, want 0", n)
 	}
 	waitGoroutines(t, base)
+}
+
+// bindOnce serves one binding request the way the binder does, on a
+// locked thread of its own.
+func bindOnce(s *session, b *rtcpBinding) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := lockBinderThread()
+		defer t.release()
+		s.bindRTCP(b, &t)
+	}()
+	<-done
 }
