@@ -1,6 +1,7 @@
 package sbc
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -84,22 +85,14 @@ func TestReferReferrerSilentTransferDone(t *testing.T) {
 	r.car.send(r.pub, answer(reinv, 200, "OK", "", "<sip:carrier@"+r.car.addr.String()+">", carrierSDP))
 	r.car.recv("ACK")
 	r.car.recv("ACK")
-	bye, _ := r.pbx.recv("BYE", "NOTIFY", "SIP/2.0 100")
-	if bye.CallID().Value() != "rs-4" {
-		t.Fatalf("BYE on the wrong pbx dialog: %s", bye.CallID().Value())
-	}
-	r.pbx.send(r.priv, answer(bye, 200, "OK", "", "", ""))
+	answerBye(t, r.pbx, r.priv, "rs-4", "NOTIFY", "SIP/2.0 100")
 	if st := r.srv.Status(); st.Calls != 1 {
 		t.Fatalf("transferred call must go on: %+v", st)
 	}
 	// the transferee hangs up: the BYE reaches the target
 	r.car.send(r.pub, r.carInDialog("BYE", 5, invB, nil, ""))
 	r.car.recv("SIP/2.0 200")
-	byeT, _ := r.car.recv("BYE", "SIP/2.0 200")
-	if byeT.CallID().Value() != invT.CallID().Value() {
-		t.Fatalf("BYE on the wrong dialog: %s", byeT.CallID().Value())
-	}
-	r.car.send(r.pub, answer(byeT, 200, "OK", "", "", ""))
+	answerBye(t, r.car, r.pub, invT.CallID().Value(), "SIP/2.0 200")
 	r.waitIdle()
 }
 
@@ -121,11 +114,7 @@ func TestReferReferrerSilentWhileTargetRings(t *testing.T) {
 		t.Fatalf("the transfer must go on without the referrer: %+v", st)
 	}
 	r.car.send(r.pub, answer(invT, 486, "Busy Here", "tgt-tag", "", ""))
-	byeB, _ := r.car.recv("BYE", "ACK")
-	if byeB.CallID().Value() != invB.CallID().Value() {
-		t.Fatalf("BYE on the wrong carrier dialog: %s", byeB.CallID().Value())
-	}
-	r.car.send(r.pub, answer(byeB, 200, "OK", "", "", ""))
+	answerBye(t, r.car, r.pub, invB.CallID().Value(), "ACK")
 	r.waitIdle()
 }
 
@@ -177,4 +166,16 @@ func TestReferTransfereeSilent(t *testing.T) {
 		t.Fatalf("want BYE on the transferee's and the target's dialogs, got %v", byes)
 	}
 	r.waitIdle()
+}
+
+// answerBye takes the next BYE at p (skipping the messages named in skip),
+// checks that it is on dialog callID and answers it 200 from p to the SBC
+// at sbc.
+func answerBye(t *testing.T, p *phone, sbc netip.AddrPort, callID string, skip ...string) {
+	t.Helper()
+	bye, _ := p.recv("BYE", skip...)
+	if got := bye.CallID().Value(); got != callID {
+		t.Fatalf("BYE on the wrong dialog: %s, want %s", got, callID)
+	}
+	p.send(sbc, answer(bye, 200, "OK", "", "", ""))
 }

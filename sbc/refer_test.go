@@ -97,11 +97,7 @@ func TestReferTerminateBlind(t *testing.T) {
 	r.car.send(r.pub, fmt.Sprintf("BYE sip:x@%s SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.4:%d;branch=z9hG4bK-tbye\nMax-Forwards: 70\nFrom: %s;tag=tgt-tag\nTo: %s\nCall-ID: %s\nCSeq: 2 BYE\nContent-Length: 0\n\n",
 		r.pub, r.car.addr.Port(), invT.To().Value(), invT.From().Value(), invT.CallID().Value()))
 	r.car.recv("SIP/2.0 200")
-	byeY, _ := r.car.recv("BYE", "SIP/2.0 200")
-	if byeY.CallID().Value() != invB.CallID().Value() {
-		t.Fatalf("BYE on the wrong dialog: %s", byeY.CallID().Value())
-	}
-	r.car.send(r.pub, answer(byeY, 200, "OK", "", "", ""))
+	answerBye(t, r.car, r.pub, invB.CallID().Value(), "SIP/2.0 200")
 	r.pbx.expectNothing(200 * time.Millisecond)
 	r.waitIdle()
 }
@@ -139,11 +135,7 @@ func TestReferReferrerLeavesThenTargetFails(t *testing.T) {
 	r.pbx.recv("SIP/2.0 200", "NOTIFY")
 	invT, _ := r.car.recv("INVITE")
 	r.car.send(r.pub, answer(invT, 404, "Not Found", "tgt-tag", "", ""))
-	bye, _ := r.car.recv("BYE", "ACK")
-	if bye.CallID().Value() != invB.CallID().Value() {
-		t.Fatalf("BYE must end the transferee's leg: %s", bye.CallID().Value())
-	}
-	r.car.send(r.pub, answer(bye, 200, "OK", "", "", ""))
+	answerBye(t, r.car, r.pub, invB.CallID().Value(), "ACK")
 	r.pbx.expectNothing(200*time.Millisecond, "NOTIFY")
 	r.waitIdle()
 }
@@ -290,11 +282,7 @@ func TestReferAttended(t *testing.T) {
 		t.Fatalf("the taken-over dialog must get the answer in its ACK: %v", acks)
 	}
 	expectNotify(t, r.pbx, r.priv, "SIP/2.0 200 OK", "terminated")
-	bye, _ := r.pbx.recv("BYE", "SIP/2.0 200")
-	if bye.CallID().Value() != "at-1" {
-		t.Fatalf("BYE on the wrong dialog: %s", bye.CallID().Value())
-	}
-	r.pbx.send(r.priv, answer(bye, 200, "OK", "", "", ""))
+	answerBye(t, r.pbx, r.priv, "at-1", "SIP/2.0 200")
 	if st := r.srv.Status(); st.Calls != 1 {
 		t.Fatalf("one bridged call must remain: %+v", st)
 	}
@@ -303,11 +291,7 @@ func TestReferAttended(t *testing.T) {
 	r.car.send(r.pub, fmt.Sprintf("BYE sip:x@%s SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.4:%d;branch=z9hG4bK-atbye\nMax-Forwards: 70\nFrom: %s;tag=car-tag\nTo: %s\nCall-ID: %s\nCSeq: 9 BYE\nContent-Length: 0\n\n",
 		r.pub, r.car.addr.Port(), invB2.To().Value(), invB2.From().Value(), invB2.CallID().Value()))
 	r.car.recv("SIP/2.0 200")
-	byeY, _ := r.car.recv("BYE", "SIP/2.0 200")
-	if byeY.CallID().Value() != invB.CallID().Value() {
-		t.Fatalf("BYE on the wrong dialog: %s", byeY.CallID().Value())
-	}
-	r.car.send(r.pub, answer(byeY, 200, "OK", "", "", ""))
+	answerBye(t, r.car, r.pub, invB.CallID().Value(), "SIP/2.0 200")
 	r.waitIdle()
 }
 

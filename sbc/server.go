@@ -45,7 +45,7 @@ type Server struct {
 	// its own (relayed REGISTERs) stops waiting.
 	quit     chan struct{}
 	quitOnce sync.Once
-	active atomic.Int64   // len(calls), readable without mu by the entry filter
+	active   atomic.Int64 // len(calls), readable without mu by the entry filter
 
 	counters counters
 	started  atomic.Bool
