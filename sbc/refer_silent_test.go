@@ -56,9 +56,7 @@ func TestReferPassReferrerSilent(t *testing.T) {
 // ends with BYE on both legs instead of staying up.
 func TestReferReferrerSilentTargetBusy(t *testing.T) {
 	r := newRig(t, withSilentWait(nil))
-	okA, invB := r.establish("rs-3")
-	r.pbx.send(r.priv, r.pbxRefer(11, okA, "rs-3", "<sip:+15559999@127.0.0.1>"))
-	r.pbx.recv("SIP/2.0 202", "SIP/2.0 100")
+	_, invB := r.pbxTransfers("rs-3")
 	r.pbx.recv("NOTIFY") // 100 Trying, never answered
 	invT, _ := r.car.recv("INVITE")
 	r.car.send(r.pub, answer(invT, 486, "Busy Here", "tgt-tag", "", ""))
@@ -76,9 +74,7 @@ func TestReferReferrerSilentTargetBusy(t *testing.T) {
 // last NOTIFY went unanswered, and the call still ends normally later.
 func TestReferReferrerSilentTransferDone(t *testing.T) {
 	r := newRig(t, withSilentWait(nil))
-	okA, invB := r.establish("rs-4")
-	r.pbx.send(r.priv, r.pbxRefer(11, okA, "rs-4", "<sip:+15559999@127.0.0.1>"))
-	r.pbx.recv("SIP/2.0 202", "SIP/2.0 100")
+	_, invB := r.pbxTransfers("rs-4")
 	invT, _ := r.car.recv("INVITE")
 	r.car.send(r.pub, answer(invT, 200, "OK", "tgt-tag", "<sip:target@"+r.car.addr.String()+">", transferSDP))
 	reinv, _ := r.car.recv("INVITE", "SIP/2.0 100")
@@ -103,9 +99,7 @@ func TestReferReferrerSilentTransferDone(t *testing.T) {
 // gets BYE too.
 func TestReferReferrerSilentWhileTargetRings(t *testing.T) {
 	r := newRig(t, withSilentWait(nil))
-	okA, invB := r.establish("rs-5")
-	r.pbx.send(r.priv, r.pbxRefer(11, okA, "rs-5", "<sip:+15559999@127.0.0.1>"))
-	r.pbx.recv("SIP/2.0 202", "SIP/2.0 100")
+	_, invB := r.pbxTransfers("rs-5")
 	invT, _ := r.car.recv("INVITE")
 	r.car.send(r.pub, answer(invT, 180, "Ringing", "tgt-tag", "", ""))
 	bye, _ := r.pbx.recv("BYE", "NOTIFY")
@@ -124,9 +118,7 @@ func TestReferReferrerSilentWhileTargetRings(t *testing.T) {
 // the same: the referrer hears 500, and every leg gets BYE.
 func TestReferTransfereeSilent(t *testing.T) {
 	r := newRig(t, withSilentWait(nil))
-	okA, invB := r.establish("rs-6")
-	r.pbx.send(r.priv, r.pbxRefer(11, okA, "rs-6", "<sip:+15559999@127.0.0.1>"))
-	r.pbx.recv("SIP/2.0 202", "SIP/2.0 100")
+	_, invB := r.pbxTransfers("rs-6")
 	expectNotify(t, r.pbx, r.priv, "SIP/2.0 100 Trying", "active")
 	invT, _ := r.car.recv("INVITE")
 	r.car.send(r.pub, answer(invT, 200, "OK", "tgt-tag", "<sip:target@"+r.car.addr.String()+">", transferSDP))
@@ -178,4 +170,15 @@ func answerBye(t *testing.T, p *phone, sbc netip.AddrPort, callID string, skip .
 		t.Fatalf("BYE on the wrong dialog: %s, want %s", got, callID)
 	}
 	p.send(sbc, answer(bye, 200, "OK", "", "", ""))
+}
+
+// pbxTransfers sets up call id and has the pbx ask for a blind transfer of
+// it to +15559999, which the SBC accepts with 202. It returns the call's
+// 200 at the pbx and its INVITE at the carrier.
+func (r *rig) pbxTransfers(id string) (okA, invB sip.Message) {
+	r.t.Helper()
+	okA, invB = r.establish(id)
+	r.pbx.send(r.priv, r.pbxRefer(11, okA, id, "<sip:+15559999@127.0.0.1>"))
+	r.pbx.recv("SIP/2.0 202", "SIP/2.0 100")
+	return okA, invB
 }

@@ -49,9 +49,7 @@ func expectNotify(t *testing.T, p *phone, to interface{ String() string }, frag,
 // then releases the pbx's leg. The transferred call then ends normally.
 func TestReferTerminateBlind(t *testing.T) {
 	r := newRig(t, nil)
-	okA, invB := r.establish("rf-1")
-	r.pbx.send(r.priv, r.pbxRefer(11, okA, "rf-1", "<sip:+15559999@127.0.0.1>"))
-	r.pbx.recv("SIP/2.0 202", "SIP/2.0 100")
+	_, invB := r.pbxTransfers("rf-1")
 	expectNotify(t, r.pbx, r.priv, "SIP/2.0 100 Trying", "active")
 
 	invT, raw := r.car.recv("INVITE")
@@ -128,9 +126,7 @@ func TestReferTargetBusy(t *testing.T) {
 // does not answer the remaining party is hung up.
 func TestReferReferrerLeavesThenTargetFails(t *testing.T) {
 	r := newRig(t, nil)
-	okA, invB := r.establish("rf-3")
-	r.pbx.send(r.priv, r.pbxRefer(11, okA, "rf-3", "<sip:+15559999@127.0.0.1>"))
-	r.pbx.recv("SIP/2.0 202", "SIP/2.0 100")
+	okA, invB := r.pbxTransfers("rf-3")
 	r.pbx.send(r.priv, r.pbxInDialog("BYE", 12, okA, "rf-3", "", ""))
 	r.pbx.recv("SIP/2.0 200", "NOTIFY")
 	invT, _ := r.car.recv("INVITE")
@@ -145,9 +141,7 @@ func TestReferReferrerLeavesThenTargetFails(t *testing.T) {
 // released.
 func TestReferRemainingPartyHangsUpWhileTargetRings(t *testing.T) {
 	r := newRig(t, nil)
-	okA, invB := r.establish("rf-4")
-	r.pbx.send(r.priv, r.pbxRefer(11, okA, "rf-4", "<sip:+15559999@127.0.0.1>"))
-	r.pbx.recv("SIP/2.0 202", "SIP/2.0 100")
+	_, invB := r.pbxTransfers("rf-4")
 	invT, _ := r.car.recv("INVITE")
 	r.car.send(r.pub, answer(invT, 180, "Ringing", "tgt-tag", "", ""))
 	r.car.send(r.pub, r.carInDialog("BYE", 5, invB, nil, ""))
