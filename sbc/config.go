@@ -19,7 +19,9 @@ type Config struct {
 	// MaxMessageSize drops datagrams larger than this before parsing.
 	MaxMessageSize int
 	// InviteTimeout bounds how long a new call may stay unanswered: the
-	// caller then gets 408 and the callee a CANCEL.
+	// caller then gets 408 and the callee a CANCEL. It also bounds a
+	// relayed re-INVITE that has had a provisional: the other leg then
+	// gets a CANCEL and the sender its final response (487).
 	InviteTimeout time.Duration
 	// MaxCalls bounds the calls in progress; a new INVITE beyond it gets a
 	// stateless 503 with Retry-After from the entry filter. 0 means 10000.

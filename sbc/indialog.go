@@ -231,16 +231,34 @@ func (c *Call) relayInDialog(side media.Side, req *sip.Request, tx sip.ServerTra
 	defer func() { otx.Terminate() }()
 	// the stack's Timer F (Timer B for an INVITE, until a provisional)
 	// ends the transaction too; this timer is the SBC's own, which a test
-	// can shorten
+	// can shorten. After a provisional to a re-INVITE it bounds the wait
+	// for the final response by the invite timeout, counted from the
+	// sending like the initial INVITE's (ringing); then the re-INVITE is
+	// cancelled and 64*T1 bounds the wait for its final response.
 	wait := time.NewTimer(c.srv.cfg.inDialogWait)
 	defer wait.Stop()
 	waitC := wait.C
-	cancelSent := false
+	sent := time.Now()
+	ringing, cancelSent := false, false
+	cancelOther := func() {
+		cancelSent, ringing = true, false
+		c.mu.Lock()
+		if c.state != stateEnded {
+			c.runTx(other, c.cancelFor(other, out))
+		}
+		c.mu.Unlock()
+		// the cancelled re-INVITE's final response is due within 64*T1
+		// even after a provisional (RFC 3261 §9.1)
+		wait.Reset(c.srv.cfg.inDialogWait)
+		waitC = wait.C
+	}
 	for {
 		select {
 		case res := <-otx.Responses():
-			if req.Method == sip.INVITE && res.StatusCode < 200 && !cancelSent {
-				waitC = nil
+			if req.Method == sip.INVITE && res.StatusCode < 200 && !cancelSent && !ringing {
+				ringing = true
+				wait.Reset(time.Until(sent.Add(c.srv.cfg.InviteTimeout)))
+				waitC = wait.C
 			}
 			if done := c.onInDialogResponse(u, req, tx, out, res); done {
 				return
@@ -252,6 +270,7 @@ func (c *Call) relayInDialog(side media.Side, req *sip.Request, tx sip.ServerTra
 					c.finishInDialog(u, req, tx, 503, err)
 					return
 				}
+				sent, ringing = time.Now(), false
 				wait.Reset(c.srv.cfg.inDialogWait)
 				waitC = wait.C
 			}
@@ -259,20 +278,26 @@ func (c *Call) relayInDialog(side media.Side, req *sip.Request, tx sip.ServerTra
 			c.finishInDialog(u, req, tx, 408, otx.Err())
 			return
 		case <-waitC:
+			if ringing {
+				// the other leg rings but never answers: the re-INVITE
+				// is cancelled, and its final response (487, or a 2xx
+				// that crosses the CANCEL) goes to the sender; a failed
+				// re-INVITE leaves the session as it was (RFC 3261 §14.1)
+				c.log.Info("re-INVITE not answered in time, cancelling", "leg", other.side, "from", side,
+					"cseq", out.CSeq().SeqNo, "timeout", c.srv.cfg.InviteTimeout)
+				cancelOther()
+				continue
+			}
 			c.finishInDialog(u, req, tx, 408, fmt.Errorf("no final response in %v: %w", c.srv.cfg.inDialogWait, sip.ErrTransactionTimeout))
 			return
 		case <-cancelled:
-			cancelled, cancelSent = nil, true
+			cancelled = nil
 			c.mu.Lock()
 			u.cancelled = true
-			if c.state != stateEnded {
-				c.runTx(other, c.cancelFor(other, out))
-			}
 			c.mu.Unlock()
-			// the cancelled re-INVITE's final response is due within
-			// 64*T1 even after a provisional (RFC 3261 §9.1)
-			wait.Reset(c.srv.cfg.inDialogWait)
-			waitC = wait.C
+			if !cancelSent {
+				cancelOther()
+			}
 		case <-c.done:
 			// the call ended meanwhile (BYE, timeout): the request dies
 			// with it

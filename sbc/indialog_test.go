@@ -186,6 +186,73 @@ func TestReinviteCancelledSilent(t *testing.T) {
 	r.waitIdle()
 }
 
+// TestReinviteRingingTimeout: the carrier answers a relayed re-INVITE
+// with 180 Ringing and then nothing, and the pbx never cancels it. A
+// provisional stops Timer B, so the invite timeout (shortened here) bounds
+// the wait: the carrier gets a CANCEL, its 487 goes to the pbx, and the
+// call and its session stay as they were (RFC 3261 §14.1): a later
+// re-INVITE works and a BYE ends the call normally.
+func TestReinviteRingingTimeout(t *testing.T) {
+	r := newRig(t, func(c *Config) { c.InviteTimeout = 300 * time.Millisecond })
+	okA, _ := r.establish("rt-1")
+	r.pbx.send(r.priv, r.pbxInDialog("INVITE", 50, okA, "rt-1", "", pbxSDP))
+	reinv, _ := r.car.recv("INVITE", "ACK", "SIP/2.0 200")
+	r.car.send(r.pub, answer(reinv, 180, "Ringing", "", "", ""))
+	r.pbx.recv("SIP/2.0 180", "SIP/2.0 100")
+	cancel, _ := r.car.recv("CANCEL", "INVITE")
+	if cancel.Via().Params.GetOr("branch", "") != reinv.Via().Params.GetOr("branch", "x") {
+		t.Error("CANCEL must carry the relayed re-INVITE's branch")
+	}
+	r.car.send(r.pub, answer(cancel, 200, "OK", "", "", ""))
+	r.car.send(r.pub, answer(reinv, 487, "Request Terminated", "", "", ""))
+	r.car.recv("ACK", "SIP/2.0 200", "CANCEL")
+	final, _ := r.pbx.recv("SIP/2.0 487", "SIP/2.0 100", "SIP/2.0 180")
+	if final.CSeq().SeqNo != 50 {
+		t.Fatalf("487 for CSeq %d, want the re-INVITE's 50", final.CSeq().SeqNo)
+	}
+	r.waitNoUpdate()
+	if st := r.srv.Status(); st.Calls != 1 {
+		t.Fatalf("call must survive an unanswered re-INVITE: %+v", st)
+	}
+	// the offer/answer slot is free again and the session goes on
+	r.pbx.send(r.priv, r.pbxInDialog("INVITE", 51, okA, "rt-1", "", pbxSDP))
+	reinv2, _ := r.car.recv("INVITE", "ACK", "SIP/2.0 200", "CANCEL")
+	r.car.send(r.pub, answer(reinv2, 200, "OK", "", fmt.Sprintf("<sip:carrier@%s>", r.car.addr), carrierSDP))
+	r.car.recv("ACK", "SIP/2.0 200", "CANCEL")
+	r.pbx.recv("SIP/2.0 200", "SIP/2.0 100", "SIP/2.0 487")
+	r.pbx.send(r.priv, r.pbxInDialog("ACK", 51, okA, "rt-1", "", ""))
+	r.waitNoUpdate()
+	r.pbx.send(r.priv, r.pbxInDialog("BYE", 52, okA, "rt-1", "", ""))
+	bye, _ := r.car.recv("BYE", "ACK", "SIP/2.0 200", "CANCEL")
+	r.car.send(r.pub, answer(bye, 200, "OK", "", "", ""))
+	for i := 0; ; i++ { // skipping a 200 for the re-INVITE sent before its ACK came
+		res, _ := r.pbx.recv("SIP/2.0 200", "SIP/2.0 100", "SIP/2.0 487")
+		if res.CSeq().MethodName == sip.BYE {
+			break
+		}
+		if i == 3 {
+			t.Fatalf("no 200 for the BYE, last:\n%s", res)
+		}
+	}
+	r.waitIdle()
+}
+
+// TestReinviteRingingTimeoutSilent: as TestReinviteRingingTimeout, but the
+// carrier answers neither the CANCEL nor the re-INVITE: 64*T1 after the
+// CANCEL (shortened here) the pbx gets 408 and the call ends on both legs,
+// as for any relayed request that times out.
+func TestReinviteRingingTimeoutSilent(t *testing.T) {
+	r := newRig(t, withSilentWait(func(c *Config) { c.InviteTimeout = 300 * time.Millisecond }))
+	okA, _ := r.establish("rt-2")
+	r.pbx.send(r.priv, r.pbxInDialog("INVITE", 50, okA, "rt-2", "", pbxSDP))
+	reinv, _ := r.car.recv("INVITE", "ACK", "SIP/2.0 200")
+	r.car.send(r.pub, answer(reinv, 100, "Trying", "", "", ""))
+	r.car.recv("CANCEL", "INVITE")
+	r.pbx.recv("SIP/2.0 408", "SIP/2.0 100", "SIP/2.0 200")
+	r.answerByes("SIP/2.0", "CANCEL", "INVITE")
+	r.waitIdle()
+}
+
 // TestReliableProvisional: the callee sends a reliable 183 with SDP; the
 // SBC PRACKs it on leg B itself and relays it to the caller unreliably,
 // anchored (RFC 3262, terminated per leg).

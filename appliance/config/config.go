@@ -222,7 +222,8 @@ type SIP struct {
 	MaxMessageSize int
 	// InviteTimeout is how long an INVITE may wait for a final response
 	// from the callee before the caller gets 408 and the callee a CANCEL.
-	// Default 180s.
+	// It also bounds a relayed re-INVITE after a provisional response: the
+	// far side gets a CANCEL and the call stays as it was. Default 180s.
 	InviteTimeout time.Duration
 	// MaxCalls bounds the calls in progress (ringing or answered). A new
 	// INVITE beyond it gets 503 with Retry-After before any call state is
