@@ -144,13 +144,7 @@ func TestReinviteCancelled(t *testing.T) {
 		r.priv, r.pbx.addr.Port(), branch, okA.From().Value(), okA.To().Value()))
 	r.pbx.recv("SIP/2.0 200", "SIP/2.0 100")
 	r.pbx.recv("SIP/2.0 487", "SIP/2.0 200")
-	cancel, _ := r.car.recv("CANCEL", "INVITE")
-	if cancel.Via().Params.GetOr("branch", "") != reinv.Via().Params.GetOr("branch", "x") {
-		t.Error("CANCEL must carry the relayed re-INVITE's branch")
-	}
-	r.car.send(r.pub, answer(cancel, 200, "OK", "", "", ""))
-	r.car.send(r.pub, answer(reinv, 487, "Request Terminated", "", "", ""))
-	r.car.recv("ACK", "SIP/2.0 200")
+	r.carrierCancelled(reinv)
 	if st := r.srv.Status(); st.Calls != 1 {
 		t.Fatalf("call must survive a cancelled re-INVITE: %+v", st)
 	}
@@ -199,13 +193,7 @@ func TestReinviteRingingTimeout(t *testing.T) {
 	reinv, _ := r.car.recv("INVITE", "ACK", "SIP/2.0 200")
 	r.car.send(r.pub, answer(reinv, 180, "Ringing", "", "", ""))
 	r.pbx.recv("SIP/2.0 180", "SIP/2.0 100")
-	cancel, _ := r.car.recv("CANCEL", "INVITE")
-	if cancel.Via().Params.GetOr("branch", "") != reinv.Via().Params.GetOr("branch", "x") {
-		t.Error("CANCEL must carry the relayed re-INVITE's branch")
-	}
-	r.car.send(r.pub, answer(cancel, 200, "OK", "", "", ""))
-	r.car.send(r.pub, answer(reinv, 487, "Request Terminated", "", "", ""))
-	r.car.recv("ACK", "SIP/2.0 200", "CANCEL")
+	r.carrierCancelled(reinv)
 	final, _ := r.pbx.recv("SIP/2.0 487", "SIP/2.0 100", "SIP/2.0 180")
 	if final.CSeq().SeqNo != 50 {
 		t.Fatalf("487 for CSeq %d, want the re-INVITE's 50", final.CSeq().SeqNo)
@@ -311,4 +299,18 @@ func (r *rig) waitNoUpdate() {
 		time.Sleep(5 * time.Millisecond)
 	}
 	r.t.Fatal("offer/answer still in progress")
+}
+
+// carrierCancelled has the carrier take the CANCEL of the relayed
+// re-INVITE reinv (on its branch), answer it 200 and the re-INVITE 487,
+// and take the ACK of the 487.
+func (r *rig) carrierCancelled(reinv sip.Message) {
+	r.t.Helper()
+	cancel, _ := r.car.recv("CANCEL", "INVITE")
+	if cancel.Via().Params.GetOr("branch", "") != reinv.Via().Params.GetOr("branch", "x") {
+		r.t.Error("CANCEL must carry the relayed re-INVITE's branch")
+	}
+	r.car.send(r.pub, answer(cancel, 200, "OK", "", "", ""))
+	r.car.send(r.pub, answer(reinv, 487, "Request Terminated", "", "", ""))
+	r.car.recv("ACK", "SIP/2.0 200", "CANCEL")
 }
