@@ -490,7 +490,7 @@ func (s *Server) onRegister(z *zone, req *sip.Request, tx sip.ServerTransaction)
 		if logTurn(&a.lastFullLog) {
 			s.log.Warn("register refused: too many registrations", "zone", z.cfg.Name, "src", src, "max_bindings", a.cfg.MaxBindings, "per_source_attempts", maxPendingPerSource)
 		}
-		s.accessRespond(z, req, tx, 503, []sip.Header{sip.NewHeader("Retry-After", tableFullRetryAfter)})
+		s.accessRespond(z, req, tx, 503, retryAfter(tableFullRetryAfter))
 		return
 	case bindingBusy:
 		// likewise for REGISTERs of one binding sent faster than the
@@ -499,7 +499,7 @@ func (s *Server) onRegister(z *zone, req *sip.Request, tx sip.ServerTransaction)
 		if logTurn(&a.lastBusyLog) {
 			s.log.Warn("register refused: registration busy", "zone", z.cfg.Name, "src", src, "user", reg.user, "refused", a.busyRefused.Swap(0), "max_waiting", maxRegisterWaiters)
 		}
-		s.accessRespond(z, req, tx, 503, []sip.Header{sip.NewHeader("Retry-After", registerRetryAfter)})
+		s.accessRespond(z, req, tx, 503, retryAfter(registerRetryAfter))
 		return
 	}
 	// the turn goes to the next REGISTER of the binding once this one's
@@ -510,7 +510,7 @@ func (s *Server) onRegister(z *zone, req *sip.Request, tx sip.ServerTransaction)
 	if err != nil {
 		s.log.Debug("register relay", "zone", z.cfg.Name, "src", src, "error", err)
 		if errors.Is(err, ErrShuttingDown) {
-			s.accessRespond(z, req, tx, 503, []sip.Header{sip.NewHeader("Retry-After", registerRetryAfter)})
+			s.accessRespond(z, req, tx, 503, retryAfter(registerRetryAfter))
 			return
 		}
 		s.accessRespond(z, req, tx, 408, nil)

@@ -101,7 +101,7 @@ func (c *Call) relayInDialog(side media.Side, req *sip.Request, tx sip.ServerTra
 		c.state == stateEarly:
 		// a re-INVITE before the ACK, or anything but UPDATE in an early
 		// dialog, is refused; the sender may retry
-		c.srv.respond(l.zone, req, tx, 491, []sip.Header{sip.NewHeader("Retry-After", "1")})
+		c.srv.respond(l.zone, req, tx, 491, retryAfter("1"))
 		c.mu.Unlock()
 		return
 	}
@@ -742,7 +742,7 @@ func (c *Call) answerEarlyUpdate(l, other *Leg, req *sip.Request, tx sip.ServerT
 	sdp := sdpBody(req)
 	switch {
 	case sdp != nil && !c.earlyAnswered():
-		c.srv.respond(l.zone, req, tx, 500, []sip.Header{sip.NewHeader("Retry-After", strconv.Itoa(mathrand.IntN(11)))})
+		c.srv.respond(l.zone, req, tx, 500, retryAfter(strconv.Itoa(mathrand.IntN(11))))
 		return true
 	case sdp != nil && c.update != nil:
 		c.srv.respond(l.zone, req, tx, 491, nil)

@@ -141,7 +141,7 @@ func (c *Call) onRefer(side media.Side, req *sip.Request, tx sip.ServerTransacti
 		c.srv.respond(l.zone, req, tx, 603, nil)
 		return
 	case c.state != stateConfirmed || c.update != nil || c.xfer != nil:
-		c.srv.respond(l.zone, req, tx, 491, []sip.Header{sip.NewHeader("Retry-After", "1")})
+		c.srv.respond(l.zone, req, tx, 491, retryAfter("1"))
 		return
 	}
 	if targetErr != nil {
@@ -302,7 +302,7 @@ func (c *Call) startAttended(x *Leg, replaces string, ref legRef, req *sip.Reque
 		return
 	}
 	if other.state != stateConfirmed || other.update != nil || other.xfer != nil {
-		c.srv.respond(x.zone, req, tx, 491, []sip.Header{sip.NewHeader("Retry-After", "1")})
+		c.srv.respond(x.zone, req, tx, 491, retryAfter("1"))
 		return
 	}
 	t := other.legs[ref.side.Other()]

@@ -948,3 +948,9 @@ func (s *Server) ackAndByeOrphan(z *zone, res *sip.Response) {
 // noBuild tells sipgo the request is complete: it must not add or change
 // headers (every header of an outgoing message is ours).
 func noBuild(c *sipgo.Client, r *sip.Request) error { return nil }
+
+// retryAfter is the extra header of a response that tells the client when
+// to try again, in seconds.
+func retryAfter(seconds string) []sip.Header {
+	return []sip.Header{sip.NewHeader("Retry-After", seconds)}
+}
