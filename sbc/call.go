@@ -1149,7 +1149,7 @@ func (c *Call) startRetransmit() {
 			c.byeBoth()
 			return
 		}
-		if err := c.srv.respondTx(c.legs[media.A].zone, c.inReq, c.inTx, c.a2xx); err != nil {
+		if err := c.srv.resend2xx(c.legs[media.A].zone, c.inTx, c.a2xx); err != nil {
 			c.log.Debug("2xx retransmission", "error", err)
 		}
 		interval *= 2

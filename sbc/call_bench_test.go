@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -137,6 +138,14 @@ func (warnHandler) Handle(context.Context, slog.Record) error    { return nil }
 func (h warnHandler) WithAttrs([]slog.Attr) slog.Handler         { return h }
 func (h warnHandler) WithGroup(string) slog.Handler              { return h }
 
+// liveHeap is the heap in use after a full collection.
+func liveHeap() int64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapAlloc)
+}
+
 func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
@@ -188,6 +197,7 @@ func benchCall(b *testing.B, withMedia, tcpZones bool) {
 		}
 	}
 	run(0, warm)
+	heap0 := liveHeap()
 	b.ReportAllocs()
 	b.ResetTimer()
 	cpu0 := cpuTime()
@@ -195,6 +205,11 @@ func benchCall(b *testing.B, withMedia, tcpZones bool) {
 	cpu := cpuTime() - cpu0
 	b.StopTimer()
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
+	// what ended calls still hold once the INVITE transactions' short
+	// linger is over: the BYE's transaction (Timer J, 64×T1), the INVITE
+	// retransmission guard, and whatever else outlives a call
+	time.Sleep(2 * acceptedLinger)
+	b.ReportMetric(float64(liveHeap()-heap0)/float64(b.N), "retained-B/op")
 	if n := r.srv.Status().LeakGuardFired; n != 0 {
 		b.Fatalf("leak guard fired %d times", n)
 	}

@@ -590,7 +590,7 @@ func (c *Call) retransmitUpdate(u *inDialogTx) {
 			c.byeBoth()
 			return
 		}
-		if err := u.tx.Respond(u.res); err != nil {
+		if err := c.srv.resend2xx(c.legs[u.from].zone, u.tx, u.res); err != nil {
 			c.log.Debug("re-INVITE 2xx retransmission", "error", err)
 		}
 		interval = min(2*interval, sip.T2)

@@ -49,6 +49,9 @@ type Server struct {
 
 	counters counters
 	started  atomic.Bool
+	// invites absorbs INVITE retransmissions that outlive their
+	// transaction (retrans.go)
+	invites *seenSet
 
 	callLog hclog.Logger // log named "call": the base of each Call's log
 	// hdrServer and hdrUA are the Server and User-Agent headers of every
@@ -66,6 +69,7 @@ type counters struct {
 	unknownSource   atomic.Uint64
 	noDialog        atomic.Uint64
 	leakGuardFired  atomic.Uint64
+	retransAbsorbed atomic.Uint64
 	lastUnknownLogN atomic.Int64 // unix seconds of the last "unknown source" log line
 }
 
@@ -125,6 +129,9 @@ type Status struct {
 	NoDialog       uint64 `json:"no_dialog"`
 	LeakGuardFired uint64 `json:"leak_guard_fired"`
 	Overload       uint64 `json:"overload_rejected"`
+	// RetransAbsorbed counts retransmitted INVITEs that arrived after
+	// their transaction had ended and were dropped (retrans.go).
+	RetransAbsorbed uint64 `json:"invite_retransmissions_absorbed"`
 	// Registrations and RegistrationsPending are the phone bindings of
 	// the access modes: registered, and attempts not registered yet.
 	Registrations        int `json:"registrations"`
@@ -180,6 +187,7 @@ func NewServer(cfg Config, m Media, hooks Hooks, log hclog.Logger, sl *slog.Logg
 		calls:   make(map[string]*Call),
 		dialogs: make(map[dialogKey]legRef),
 		quit:    make(chan struct{}),
+		invites: newSeenSet(inviteWindow, maxSeenInvites),
 	}
 	s.hdrServer, s.hdrUA = sip.NewHeader("Server", cfg.UserAgent), sip.NewHeader("User-Agent", cfg.UserAgent)
 	byName := map[string]*zone{}
@@ -461,6 +469,7 @@ func (s *Server) Status() Status {
 	st.NoDialog = s.counters.noDialog.Load()
 	st.LeakGuardFired = s.guard.fired.Load()
 	st.Overload = s.counters.overload.Load()
+	st.RetransAbsorbed = s.counters.retransAbsorbed.Load()
 	for _, z := range s.zones {
 		if z.access != nil {
 			r, p := z.access.count()
@@ -669,6 +678,15 @@ func inDialog(req *sip.Request) bool {
 }
 
 func (s *Server) onInvite(z *zone, req *sip.Request, tx sip.ServerTransaction) {
+	if key, ok := s.invites.inviteKey(z.cfg.Name, req); ok && s.invites.seen(key, time.Now()) {
+		// a retransmission whose transaction sipgo has already ended
+		// (acceptedLinger): absorbed, as its transaction would have
+		s.counters.retransAbsorbed.Add(1)
+		if s.log.IsDebug() {
+			s.log.Debug("retransmitted INVITE absorbed", "zone", z.cfg.Name, "call_id", req.CallID().Value())
+		}
+		return
+	}
 	if inDialog(req) {
 		if ref, ok := s.dialogOf(z, req, tx); ok {
 			ref.call.onInDialog(ref.side, req, tx)
