@@ -1398,6 +1398,7 @@ func (c *Call) onBye(side media.Side, req *sip.Request, tx sip.ServerTransaction
 		return
 	}
 	c.srv.respond(l.zone, req, tx, 200, nil)
+	c.srv.byeAnswered(l.zone, req, tx)
 	if c.state == stateEarly {
 		// a BYE in an early dialog (only leg B can have one), or on leg
 		// B's dialog while leg A's 2xx waits for a PRACK: treat it as the

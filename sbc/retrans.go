@@ -18,7 +18,7 @@ import (
 //   - it retransmits its 2xx on its own until the ACK (resend2xx), over the
 //     connection the INVITE came on;
 //   - it absorbs a retransmitted INVITE by its transaction identity for
-//     64×T1 after first seeing it (inviteSeen);
+//     64×T1 after first seeing it (seenSet);
 //   - it terminates its client INVITE transactions at their final
 //     response and answers a retransmitted 2xx with its ACK again
 //     (onStrayResponse).
@@ -58,22 +58,26 @@ func (s *Server) resend2xx(z *zone, tx sip.ServerTransaction, res *sip.Response)
 	return s.respondTx(z, req, tx, res)
 }
 
-// inviteWindow is how long a retransmission of an INVITE can arrive after
-// the first copy: its sender gives up retransmitting after Timer B, 64×T1,
-// and a datagram older than a few seconds more is not delivered.
-var inviteWindow = 64*sip.T1 + sip.T4
+// retransWindow is how long a retransmission of a request can arrive after
+// the first copy: its sender gives up retransmitting after Timer B or F,
+// 64×T1, and a datagram older than a few seconds more is not delivered.
+var retransWindow = 64*sip.T1 + sip.T4
 
-// maxSeenInvites bounds the memory of inviteSeen: 2^20 INVITEs in a window
-// is over 29,000 a second, well above what a node serves; past it the
-// oldest are forgotten first.
-const maxSeenInvites = 1 << 20
+// maxSeenTx bounds the memory of a seenSet: 2^20 requests in a window is
+// over 29,000 a second, well above what a node serves; past it the oldest
+// are forgotten first.
+const maxSeenTx = 1 << 20
 
-// seenSet remembers the transaction identity of every INVITE received,
-// for inviteWindow, so that a retransmission arriving after sipgo's
-// transaction has ended is absorbed instead of starting a second call or
-// repeating a re-INVITE. It keeps a 64-bit hash per INVITE (a collision
-// between two live INVITEs within the window has odds of about 2^-24 at
-// a million entries) and expires them in arrival order: no timer, no goroutine.
+// seenSet remembers server transactions by their identity for
+// retransWindow after sipgo has let go of them, so that a retransmission
+// arriving later gets what the transaction would have given it: every
+// INVITE received (a copy is absorbed instead of starting a second call or
+// repeating a re-INVITE), and every BYE answered 200 (a copy, sent because
+// the 200 was lost, gets 200 again instead of 481), whose transaction the
+// SBC ends at once instead of keeping it for Timer J (64×T1). It keeps a
+// 64-bit hash per request (a collision between two requests within the
+// window has odds of about 2^-24 at a million entries) and expires them in
+// arrival order: no timer, no goroutine.
 type seenSet struct {
 	mu     sync.Mutex
 	seed   maphash.Seed
@@ -94,11 +98,11 @@ func newSeenSet(window time.Duration, max int) *seenSet {
 	return &seenSet{seed: maphash.MakeSeed(), window: window, max: max, at: map[uint64]int64{}}
 }
 
-// inviteKey hashes what identifies an INVITE's server transaction (RFC
-// 3261 §17.2.3) plus the zone it came to: the top Via's branch and
-// sent-by, Call-ID, From tag and CSeq number. ok is false when the
-// request lacks one of them (such requests are refused before this).
-func (s *seenSet) inviteKey(zoneName string, req *sip.Request) (uint64, bool) {
+// txKey hashes what identifies a request's server transaction (RFC 3261
+// §17.2.3) plus the zone it came to: the method, the top Via's branch and
+// sent-by, Call-ID, From tag and CSeq number. ok is false when the request
+// lacks one of them (such requests are refused before this).
+func (s *seenSet) txKey(zoneName string, req *sip.Request) (uint64, bool) {
 	via, id, from, cs := req.Via(), req.CallID(), req.From(), req.CSeq()
 	if via == nil || id == nil || from == nil || cs == nil {
 		return 0, false
@@ -107,7 +111,7 @@ func (s *seenSet) inviteKey(zoneName string, req *sip.Request) (uint64, bool) {
 	tag, _ := from.Params.Get("tag")
 	var h maphash.Hash
 	h.SetSeed(s.seed)
-	for _, part := range [...]string{zoneName, branch, via.Host, id.Value(), tag} {
+	for _, part := range [...]string{zoneName, string(req.Method), branch, via.Host, id.Value(), tag} {
 		h.WriteString(part)
 		h.WriteByte(0)
 	}
@@ -145,6 +149,15 @@ func (s *seenSet) seen(key uint64, now time.Time) bool {
 	return false
 }
 
+// has reports whether key was recorded within the window before now.
+func (s *seenSet) has(key uint64, now time.Time) bool {
+	t := now.UnixNano()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at, ok := s.at[key]
+	return ok && t-at < int64(s.window)
+}
+
 // expire forgets the entries older than the window. Caller holds mu.
 func (s *seenSet) expire(now int64) {
 	for s.n > 0 && now-s.order[s.head].at >= int64(s.window) {
@@ -167,4 +180,14 @@ func (s *seenSet) size() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.n
+}
+
+// byeAnswered ends the transaction of a BYE just answered 200 and
+// remembers it, so that a copy gets 200 again (onBye). Over UDP sipgo would
+// keep the transaction, the BYE and its 200 for Timer J, 64×T1.
+func (s *Server) byeAnswered(z *zone, req *sip.Request, tx sip.ServerTransaction) {
+	if key, ok := s.seenTx.txKey(z.cfg.Name, req); ok {
+		s.seenTx.seen(key, time.Now())
+	}
+	tx.Terminate()
 }

@@ -44,21 +44,44 @@ func TestInviteRetransmissionsOutliveTransaction(t *testing.T) {
 
 	r.pbx.send(r.priv, fmt.Sprintf("ACK sip:x@%s SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.3:%d;branch=z9hG4bK-art1\nMax-Forwards: 70\nFrom: %s\nTo: %s\nCall-ID: %s\nCSeq: 10 ACK\nContent-Length: 0\n\n",
 		r.priv, r.pbx.addr.Port(), ok.From().Value(), ok.To().Value(), callID))
-	r.pbx.send(r.priv, r.pbxInDialog("BYE", 11, ok, callID, "", ""))
-	// a 2xx retransmission sent before the ACK arrived may come first
-	for res, _ := r.pbx.recv("SIP/2.0 200"); res.CSeq().MethodName != "BYE"; res, _ = r.pbx.recv("SIP/2.0 200") {
-	}
-	bye, _ := r.car.recv("BYE", "ACK")
-	r.car.send(r.pub, answer(bye, 200, "OK", "", "", ""))
+	bye := r.pbxInDialog("BYE", 11, ok, callID, "", "")
+	r.pbx.send(r.priv, bye)
+	r.pbxByeAnswered()
+	byeB, _ := r.car.recv("BYE", "ACK")
+	r.car.send(r.pub, answer(byeB, 200, "OK", "", "", ""))
 	r.waitIdle()
+
+	// the BYE again, as if its 200 was lost: its transaction ended when
+	// it was answered, the call is gone, and it still gets 200, not 481
+	r.pbx.send(r.priv, bye)
+	r.pbxByeAnswered()
+	r.car.expectNothing(300 * time.Millisecond)
+	if st := r.srv.Status(); st.RetransAbsorbed != 2 || st.NoDialog != 0 {
+		t.Fatalf("retransmitted BYE not answered as before: %+v", st)
+	}
 
 	// a new transaction of the same dialog's caller is a new call
 	r.pbx.send(r.priv, r.pbxInvite("rt-2", "z9hG4bK-rt2"))
 	inv2, _ := r.car.recv("INVITE", "SIP/2.0 100")
 	r.car.send(r.pub, answer(inv2, 486, "Busy Here", "car-tag2", "", ""))
 	r.pbx.recv("SIP/2.0 486", "SIP/2.0 100")
-	if st := r.srv.Status(); st.CallsTotal != 2 || st.RetransAbsorbed != 1 {
+	if st := r.srv.Status(); st.CallsTotal != 2 || st.RetransAbsorbed != 2 {
 		t.Fatalf("a new INVITE was taken for a retransmission: %+v", st)
+	}
+}
+
+// pbxByeAnswered waits for the 200 to the pbx's BYE; a 2xx retransmission
+// of its INVITE sent before the ACK arrived may come first.
+func (r *rig) pbxByeAnswered() {
+	r.t.Helper()
+	for {
+		res, raw := r.pbx.recv("SIP/2.0")
+		if res.CSeq().MethodName == "BYE" {
+			if !strings.HasPrefix(raw, "SIP/2.0 200") {
+				r.t.Fatalf("BYE answered:\n%s", raw)
+			}
+			return
+		}
 	}
 }
 

@@ -49,9 +49,9 @@ type Server struct {
 
 	counters counters
 	started  atomic.Bool
-	// invites absorbs INVITE retransmissions that outlive their
-	// transaction (retrans.go)
-	invites *seenSet
+	// seenTx answers retransmissions that outlive their transaction
+	// (retrans.go)
+	seenTx *seenSet
 
 	callLog hclog.Logger // log named "call": the base of each Call's log
 	// hdrServer and hdrUA are the Server and User-Agent headers of every
@@ -129,9 +129,9 @@ type Status struct {
 	NoDialog       uint64 `json:"no_dialog"`
 	LeakGuardFired uint64 `json:"leak_guard_fired"`
 	Overload       uint64 `json:"overload_rejected"`
-	// RetransAbsorbed counts retransmitted INVITEs that arrived after
-	// their transaction had ended and were dropped (retrans.go).
-	RetransAbsorbed uint64 `json:"invite_retransmissions_absorbed"`
+	// RetransAbsorbed counts requests repeated after their transaction
+	// had ended: INVITEs dropped, BYEs answered 200 again (retrans.go).
+	RetransAbsorbed uint64 `json:"retransmissions_absorbed"`
 	// Registrations and RegistrationsPending are the phone bindings of
 	// the access modes: registered, and attempts not registered yet.
 	Registrations        int `json:"registrations"`
@@ -187,7 +187,7 @@ func NewServer(cfg Config, m Media, hooks Hooks, log hclog.Logger, sl *slog.Logg
 		calls:   make(map[string]*Call),
 		dialogs: make(map[dialogKey]legRef),
 		quit:    make(chan struct{}),
-		invites: newSeenSet(inviteWindow, maxSeenInvites),
+		seenTx:  newSeenSet(retransWindow, maxSeenTx),
 	}
 	s.hdrServer, s.hdrUA = sip.NewHeader("Server", cfg.UserAgent), sip.NewHeader("User-Agent", cfg.UserAgent)
 	byName := map[string]*zone{}
@@ -678,7 +678,7 @@ func inDialog(req *sip.Request) bool {
 }
 
 func (s *Server) onInvite(z *zone, req *sip.Request, tx sip.ServerTransaction) {
-	if key, ok := s.invites.inviteKey(z.cfg.Name, req); ok && s.invites.seen(key, time.Now()) {
+	if key, ok := s.seenTx.txKey(z.cfg.Name, req); ok && s.seenTx.seen(key, time.Now()) {
 		// a retransmission whose transaction sipgo has already ended
 		// (acceptedLinger): absorbed, as its transaction would have
 		s.counters.retransAbsorbed.Add(1)
@@ -758,6 +758,13 @@ func (s *Server) onAck(z *zone, req *sip.Request) {
 }
 
 func (s *Server) onBye(z *zone, req *sip.Request, tx sip.ServerTransaction) {
+	if key, ok := s.seenTx.txKey(z.cfg.Name, req); ok && s.seenTx.has(key, time.Now()) {
+		// its 200 was lost: the dialog is gone, the answer stays 200
+		s.counters.retransAbsorbed.Add(1)
+		s.respond(z, req, tx, 200, nil)
+		tx.Terminate()
+		return
+	}
 	if ref, ok := s.dialogOf(z, req, tx); ok {
 		ref.call.onBye(ref.side, req, tx)
 	}
