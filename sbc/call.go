@@ -1381,7 +1381,8 @@ func (c *Call) answerFromA(sdp []byte) ([]byte, error) {
 	return c.negotiate(false, media.A, sdp)
 }
 
-func (c *Call) onBye(side media.Side, req *sip.Request, tx sip.ServerTransaction) {
+// onBye handles a BYE on one leg and reports whether it answered it 200.
+func (c *Call) onBye(side media.Side, req *sip.Request, tx sip.ServerTransaction) (answered bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.strayRequest(side, req, tx) {
@@ -1398,7 +1399,7 @@ func (c *Call) onBye(side media.Side, req *sip.Request, tx sip.ServerTransaction
 		return
 	}
 	c.srv.respond(l.zone, req, tx, 200, nil)
-	c.srv.byeAnswered(l.zone, req, tx)
+	answered = true
 	if c.state == stateEarly {
 		// a BYE in an early dialog (only leg B can have one), or on leg
 		// B's dialog while leg A's 2xx waits for a PRACK: treat it as the
@@ -1432,6 +1433,7 @@ func (c *Call) onBye(side media.Side, req *sip.Request, tx sip.ServerTransaction
 	}
 	c.byeLeg(c.legs[side.Other()])
 	c.end()
+	return
 }
 
 // end releases everything of the call exactly once. Caller holds mu.

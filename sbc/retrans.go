@@ -181,13 +181,3 @@ func (s *seenSet) size() int {
 	defer s.mu.Unlock()
 	return s.n
 }
-
-// byeAnswered ends the transaction of a BYE just answered 200 and
-// remembers it, so that a copy gets 200 again (onBye). Over UDP sipgo would
-// keep the transaction, the BYE and its 200 for Timer J, 64×T1.
-func (s *Server) byeAnswered(z *zone, req *sip.Request, tx sip.ServerTransaction) {
-	if key, ok := s.seenTx.txKey(z.cfg.Name, req); ok {
-		s.seenTx.seen(key, time.Now())
-	}
-	tx.Terminate()
-}

@@ -758,15 +758,23 @@ func (s *Server) onAck(z *zone, req *sip.Request) {
 }
 
 func (s *Server) onBye(z *zone, req *sip.Request, tx sip.ServerTransaction) {
-	if key, ok := s.seenTx.txKey(z.cfg.Name, req); ok && s.seenTx.has(key, time.Now()) {
+	key, keyed := s.seenTx.txKey(z.cfg.Name, req)
+	now := time.Now()
+	if keyed && s.seenTx.has(key, now) {
 		// its 200 was lost: the dialog is gone, the answer stays 200
 		s.counters.retransAbsorbed.Add(1)
 		s.respond(z, req, tx, 200, nil)
 		tx.Terminate()
 		return
 	}
-	if ref, ok := s.dialogOf(z, req, tx); ok {
-		ref.call.onBye(ref.side, req, tx)
+	if ref, ok := s.dialogOf(z, req, tx); ok && ref.call.onBye(ref.side, req, tx) {
+		// answered 200: the transaction ends now instead of keeping the
+		// BYE and its 200 for Timer J (64×T1 over UDP); a copy sent
+		// because the 200 was lost gets 200 again above
+		if keyed {
+			s.seenTx.seen(key, now)
+		}
+		tx.Terminate()
 	}
 }
 
