@@ -107,7 +107,9 @@ func NewRelay(cfg Config, log hclog.Logger) (*Relay, error) {
 		}
 		pool.raw = true
 		r.rtcp = newRTCPBinder()
-		go r.serveRTCP()
+		ready := make(chan struct{})
+		go r.serveRTCP(ready)
+		<-ready
 	}
 	go r.janitor()
 	r.log.Info("relay started", "port_min", cfg.PortMin, "port_max", cfg.PortMax, "pairs", pool.Size(),

@@ -82,12 +82,15 @@ const rtcpWarnEvery = 10 * time.Second
 // stops the relay. Requests that arrive after that are never served: their
 // sessions are being closed. The binding runs on a locked thread (see
 // binderThread); should that thread ever be unable to return to its own
-// network namespace, it ends and a new one takes over.
-func (r *Relay) serveRTCP() {
+// network namespace, it ends and a new one takes over. ready is closed
+// once the first thread serves, so that NewRelay returns with the relay's
+// goroutines all running (tests count them).
+func (r *Relay) serveRTCP(ready chan<- struct{}) {
 	defer close(r.rtcp.done)
 	for {
 		stopped := make(chan bool, 1)
-		go func() { stopped <- r.serveRTCPOnThread() }()
+		go func(ready chan<- struct{}) { stopped <- r.serveRTCPOnThread(ready) }(ready)
+		ready = nil
 		if <-stopped {
 			return
 		}
@@ -96,10 +99,14 @@ func (r *Relay) serveRTCP() {
 }
 
 // serveRTCPOnThread is serveRTCP on one locked thread: true once the relay
-// stops, false when the thread must be given up.
-func (r *Relay) serveRTCPOnThread() bool {
+// stops, false when the thread must be given up. It closes ready, when
+// not nil, once its thread is locked.
+func (r *Relay) serveRTCPOnThread(ready chan<- struct{}) bool {
 	q := r.rtcp
 	t := lockBinderThread()
+	if ready != nil {
+		close(ready)
+	}
 	var batch []*rtcpBinding
 	for {
 		select {
