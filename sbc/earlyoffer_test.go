@@ -112,7 +112,11 @@ func rtpBothWays(t *testing.T, toPBXSide, toCarrierSide netip.AddrPort) {
 // from p2 to to2, and checks that each reaches the other.
 func rtpBetween(t *testing.T, p1 string, to1 netip.AddrPort, p2 string, to2 netip.AddrPort) {
 	t.Helper()
+	// closed on return: a later rtpBetween of the same test listens on
+	// the same media addresses again
 	c1, c2 := listenUDP(t, p1), listenUDP(t, p2)
+	defer c1.Close()
+	defer c2.Close()
 	pkt := rtpTestPacket()
 	for range 3 { // the first packet latches
 		if _, err := c1.WriteToUDPAddrPort(pkt, to1); err != nil {
